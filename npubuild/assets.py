@@ -1,0 +1,132 @@
+"""Firmware assets from templates: the compiled model as a C array, and its metadata header.
+
+Python only shapes the data (hex rows, sizes, names); the C lives in templates/.
+Output is deterministic: it names the source file and its sha256, never a date
+or an absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Recipe, Target
+from .stages import write_text
+
+ALIGNMENT = 16
+BYTES_PER_ROW = 16
+
+
+def c_identifier(name: str) -> str:
+    """A valid C identifier from any name: other characters become '_'; no leading digit."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    return ident if ident and not ident[0].isdigit() else f"_{ident}"
+
+
+def c_string(text: str) -> str:
+    """A C string literal for any text (non-ASCII as UTF-8 octal escapes)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= byte < 0x7F and ch != "?":  # '?' escaped: no trigraphs
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def hex_rows(data: bytes, per_row: int = BYTES_PER_ROW) -> str:
+    """C initialiser rows, `per_row` bytes each, e.g. "    0x1c, 0x00, ..."."""
+    if not data:
+        return ""
+    table = np.array([f"0x{b:02x}" for b in range(256)])
+    cells = table[np.frombuffer(data, np.uint8)]
+    rows = [", ".join(cells[i:i + per_row]) for i in range(0, len(cells), per_row)]
+    return "    " + ",\n    ".join(rows)
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("npubuild", "templates"),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+    )
+    env.filters["c_string"] = c_string
+    return env
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def io_tensors(tflite_path: Path) -> tuple[TensorInfo, TensorInfo]:
+    """Input and output tensor details of a (pre-Vela) INT8 TFLite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_path))
+
+    def info(detail: dict) -> TensorInfo:
+        scale, zero_point = detail["quantization"]
+        return TensorInfo(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name,
+                          float(np.float32(scale)), int(zero_point))
+
+    return info(interpreter.get_input_details()[0]), info(interpreter.get_output_details()[0])
+
+
+def padded_size(n: int, alignment: int = ALIGNMENT) -> int:
+    return -(-n // alignment) * alignment
+
+
+def arena_size(vela_sram_bytes: int, target: Target) -> int:
+    return padded_size(vela_sram_bytes + target.tflm_overhead_bytes)
+
+
+def _float(x: float) -> str:
+    return repr(float(np.float32(x)))
+
+
+def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
+                       features: Path | None, vela_sram_bytes: int, out_dir: Path) -> list[Path]:
+    from .frontend import LOG_FLOOR
+
+    env = _environment()
+    name = recipe.name
+    data = compiled.read_bytes()
+    input_info, output_info = io_tensors(int8)
+    context = {
+        "name": name, "guard": c_identifier(name).upper(), "symbol": f"{c_identifier(name)}_model",
+        "target": target, "technique": technique, "alignment": ALIGNMENT,
+        "source_name": compiled.name, "sha256": hashlib.sha256(data).hexdigest(),
+        "section": target.model_section, "length": len(data),
+        "labels": list(recipe.labels), "input": input_info, "output": output_info,
+        "arena_size": arena_size(vela_sram_bytes, target), "vela_sram": vela_sram_bytes,
+        "frontend": None,
+    }
+    if features is not None:
+        with np.load(features) as d:
+            context.update(frontend=recipe.frontend, log_floor=repr(float(LOG_FLOOR)),
+                           mfcc_mean=[_float(v) + "f" for v in d["mean"]],
+                           mfcc_std=[_float(v) + "f" for v in d["std"]])
+    paths = {
+        out_dir / f"{name}_model.h": env.get_template("model.h.j2").render(context),
+        out_dir / f"{name}_model.c": env.get_template("model.c.j2").render(context, hex_rows=hex_rows(data)),
+        out_dir / f"{name}_meta.h": env.get_template("meta.h.j2").render(context),
+    }
+    for path, text in paths.items():
+        write_text(path, text)
+    return list(paths)

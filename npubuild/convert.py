@@ -1,0 +1,39 @@
+"""Full-INT8 post-training quantization to TFLite: int8 input and output, batch fixed to 1.
+
+A dynamic batch dimension would leave SHAPE / STRIDED_SLICE / PACK operators
+that Vela cannot place on the NPU, so the model is traced with batch 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .stages import atomic_output
+
+REPRESENTATIVE_SAMPLES = 500
+
+
+def convert_to_int8(keras_model_path: Path, features: Path, out: Path, seed: int) -> None:
+    from .tfenv import import_tf
+    from .train import load_keras_model, load_split
+
+    tf, _ = import_tf(seed=seed)
+    model = load_keras_model(keras_model_path)
+    x_train, _ = load_split(features, "train")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(x_train))[:REPRESENTATIVE_SAMPLES])
+    representative = x_train[pick]
+
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([row[None, :]] for row in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    flatbuffer = converter.convert()
+    with atomic_output(out) as f:
+        f.write(flatbuffer)

@@ -1,0 +1,63 @@
+"""FP32 (Keras) vs INT8 (LiteRT) accuracy on the held-out test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .stages import write_json
+
+
+def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
+    """INT8 model outputs (dequantised) for float inputs, one sample at a time as on the device."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tflite_path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    results = np.empty((len(x), *out["shape"][1:]), np.float32)
+    for i, row in enumerate(x):
+        q = np.clip(np.round(row / in_scale + in_zero), -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
+        interpreter.invoke()
+        results[i] = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
+    return results
+
+
+def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    n = len(labels)
+    confusion = np.zeros((n, n), np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    per_class = {}
+    for i, label in enumerate(labels):
+        total = int(confusion[i].sum())
+        per_class[label] = round(float(confusion[i, i] / total), 6) if total else None
+    return {
+        "accuracy": round(float(np.mean(y_true == y_pred)), 6) if len(y_true) else 0.0,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate_classifier(labels: list[str], keras_model_path: Path, tflite_path: Path,
+                        features: Path, out: Path) -> None:
+    from .train import load_keras_model, load_split
+
+    x_test, y_test = load_split(features, "test")
+    model = load_keras_model(keras_model_path)
+    fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
+    int8 = run_int8(tflite_path, x_test).argmax(axis=1)
+    result = {
+        "labels": list(labels),
+        "test_clips": int(len(y_test)),
+        "fp32": classification_metrics(labels, y_test, fp32),
+        "int8": classification_metrics(labels, y_test, int8),
+        "int8_fp32_agreement": round(float(np.mean(fp32 == int8)), 6) if len(y_test) else 0.0,
+    }
+    write_json(out, result)
+    print(f"  test accuracy: FP32 {result['fp32']['accuracy']:.4f}, INT8 {result['int8']['accuracy']:.4f} "
+          f"({len(y_test)} clips)", flush=True)

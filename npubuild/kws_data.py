@@ -1,0 +1,333 @@
+"""Keyword-spotting data: the built-in eSpeak NG dataset, or a Speech Commands v2 folder.
+
+Both produce the same thing: 1 s clips of 16 kHz audio per split with integer
+labels in the recipe's label order, turned into MFCC features by the front end.
+
+Built-in dataset
+----------------
+Each keyword and each `_unknown_` word is synthesised with eSpeak NG, with a
+voice (accent + variant), speed, pitch and pitch range drawn per clip; trimmed,
+resampled to 16 kHz, scaled to a random peak level, placed at a random offset
+in a 1 s clip, and mixed with generated noise (white, pink, brown, mains hum) at
+a random SNR. `_silence_` clips are noise alone. Voices are split between
+train/validation/test, so no split hears a voice another split was built with.
+Audio is synthesised in fixed chunks, each in a fresh process, because eSpeak NG
+carries state from one utterance to the next: that makes the dataset a function
+of the seed alone, whatever the scheduling.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Profile, Recipe
+from .errors import BuildError
+
+SPLITS = ("train", "val", "test")
+ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
+           "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+# Variants that make words unintelligible even to people are left out.
+_EXCLUDED_VARIANTS = {"whisper", "whisperf", "Demonic", "croak", "UniRobot", "anikaRobot"}
+SPLIT_SHARES = (0.7, 0.15, 0.15)
+NOISE_PROBABILITY = 0.8
+SNR_DB = (5.0, 30.0)
+RATE_WPM = (80, 170)
+CHUNK = 400
+
+
+def voice_names() -> list[str]:
+    """Every accent x variant combination the bundled eSpeak NG data offers, in a fixed order."""
+    import espeakng_loader
+
+    variants_dir = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    variants = sorted(p.name for p in variants_dir.iterdir() if p.name not in _EXCLUDED_VARIANTS)
+    return [accent if v == "" else f"{accent}+{v}" for accent in ACCENTS for v in ["", *variants]]
+
+
+def split_voices(seed: int) -> dict[str, list[str]]:
+    voices = voice_names()
+    order = np.random.default_rng([seed, 1]).permutation(len(voices))
+    n_train = round(SPLIT_SHARES[0] * len(voices))
+    n_val = round(SPLIT_SHARES[1] * len(voices))
+    cut = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    return {split: sorted(voices[i] for i in idx) for split, idx in cut.items()}
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything that determines one built-in clip."""
+
+    label: int
+    word: str  # "" for silence
+    voice: str
+    rate_wpm: int
+    pitch: int
+    pitch_range: int
+    seed: int
+
+
+def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
+    per_class = {"train": profile.train_per_class, "val": profile.val_per_class,
+                 "test": profile.test_per_class}[split]
+    voices = split_voices(recipe.seed)[split]
+    rng = np.random.default_rng([recipe.seed, SPLITS.index(split), 2])
+    specs = []
+    for label, name in enumerate(recipe.labels):
+        for _ in range(per_class):
+            if name == "_silence_":
+                word = ""
+            elif name == "_unknown_":
+                word = recipe.unknown_words[rng.integers(len(recipe.unknown_words))]
+            else:
+                word = name
+            specs.append(ClipSpec(
+                label=label, word=word, voice=voices[rng.integers(len(voices))],
+                rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
+                pitch=int(rng.integers(15, 86)), pitch_range=int(rng.integers(10, 91)),
+                seed=int(rng.integers(2**31)),
+            ))
+    return specs
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def make_noise(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
+    """Unit-RMS background noise of a random colour, sometimes with mains hum."""
+    kind = rng.integers(4)
+    white = rng.standard_normal(n)
+    if kind == 0:
+        noise = white
+    elif kind in (1, 2):  # pink (1/f) or brown (1/f^2) by shaping the spectrum
+        spectrum = np.fft.rfft(white)
+        f = np.arange(len(spectrum), dtype=np.float64)
+        f[0] = 1.0
+        spectrum /= f ** (0.5 if kind == 1 else 1.0)
+        noise = np.fft.irfft(spectrum, n)
+    else:  # hum: mains fundamental and harmonics over a little white noise
+        t = np.arange(n) / sample_rate
+        mains = 50.0 if rng.random() < 0.5 else 60.0
+        noise = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * mains * h * t + rng.uniform(0, 2 * np.pi))
+                    for h in range(1, 6)) + 0.05 * white
+    noise = noise - noise.mean()
+    return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
+
+
+def _trim(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
+    if not len(audio):
+        return audio
+    loud = np.flatnonzero(np.abs(audio) > threshold * (np.abs(audio).max() + 1e-12))
+    return audio[loud[0]:loud[-1] + 1] if len(loud) else audio[:0]
+
+
+def render_clip(spec: ClipSpec, speech: np.ndarray, sample_rate: int, clip_samples: int) -> np.ndarray:
+    """Place synthesised speech (already at `sample_rate`) in a noisy 1 s clip."""
+    rng = np.random.default_rng(spec.seed)
+    clip = np.zeros(clip_samples, np.float32)
+    speech = _trim(speech)[:clip_samples]
+    if len(speech):
+        speech = speech / (np.abs(speech).max() + 1e-12) * 10 ** (rng.uniform(-20.0, -1.0) / 20)
+        start = rng.integers(0, clip_samples - len(speech) + 1)
+        clip[start:start + len(speech)] = speech
+        if rng.random() < NOISE_PROBABILITY:
+            speech_rms = np.sqrt(np.mean(speech**2))
+            snr = rng.uniform(*SNR_DB)
+            clip += make_noise(rng, clip_samples, sample_rate) * speech_rms / 10 ** (snr / 20)
+    else:  # silence: background noise alone, from near-digital silence to loud
+        clip += make_noise(rng, clip_samples, sample_rate) * 10 ** (rng.uniform(-70.0, -15.0) / 20)
+    return np.clip(clip, -1.0, 1.0)
+
+
+def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    from .espeak import Synthesizer, Voice
+
+    specs, sample_rate, clip_samples = args
+    synth = Synthesizer()
+    g = math.gcd(sample_rate, synth.sample_rate)
+    out = np.empty((len(specs), clip_samples), np.float32)
+    for i, spec in enumerate(specs):
+        if spec.word:
+            raw = synth.say(spec.word, Voice(spec.voice, spec.rate_wpm, spec.pitch, spec.pitch_range))
+            speech = resample_poly(raw, sample_rate // g, synth.sample_rate // g).astype(np.float32)
+        else:
+            speech = np.zeros(0, np.float32)
+        out[i] = render_clip(spec, speech, sample_rate, clip_samples)
+    return out
+
+
+def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, workers: int | None = None) -> np.ndarray:
+    """Audio for `specs`, in chunks of CHUNK clips, each chunk in a fresh process."""
+    chunks = [(specs[i:i + CHUNK], sample_rate, clip_samples) for i in range(0, len(specs), CHUNK)]
+    workers = workers or min(len(chunks), os.cpu_count() or 1)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, maxtasksperchild=1) as pool:
+        parts = pool.map(_synthesise_chunk, chunks, chunksize=1)
+    return np.concatenate(parts) if parts else np.zeros((0, clip_samples), np.float32)
+
+
+def builtin_dataset(recipe: Recipe, profile: Profile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (audio (N, clip_samples) float32, labels (N,) int32)}."""
+    fe = recipe.frontend
+    plans = {split: plan_clips(recipe, profile, split) for split in SPLITS}
+    audio = synthesise([s for split in SPLITS for s in plans[split]], fe.sample_rate, fe.clip_samples)
+    data, start = {}, 0
+    for split in SPLITS:
+        n = len(plans[split])
+        data[split] = (audio[start:start + n], np.array([s.label for s in plans[split]], np.int32))
+        start += n
+    return data
+
+
+# --------------------------------------------------------------------------- Speech Commands v2
+
+# The Speech Commands recipe: silence and unknown each 10% of the keyword clips
+# of a split; background noise mixed into training clips with probability 0.8
+# at volume up to 0.1; training clips shifted by up to 100 ms.
+SC_SILENCE_PERCENT = 10
+SC_UNKNOWN_PERCENT = 10
+SC_BACKGROUND_VOLUME = 0.1
+SC_TIME_SHIFT_S = 0.1
+
+
+def read_wav(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 audio at `sample_rate`. Policy: stereo is averaged to mono;
+    other sample rates are resampled (polyphase); 8/16/32-bit PCM and float WAVs are read."""
+    import scipy.io.wavfile
+    from scipy.signal import resample_poly
+
+    try:
+        rate, data = scipy.io.wavfile.read(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise BuildError(f"{path}: not a readable WAV file ({e})") from None
+    if data.dtype == np.uint8:
+        audio = (data.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
+        audio = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    else:
+        audio = data.astype(np.float32)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if rate != sample_rate:
+        g = math.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+    return audio
+
+
+def fit_clip(audio: np.ndarray, clip_samples: int) -> np.ndarray:
+    """Policy for clip length: shorter clips are zero-padded at the end, longer ones
+    keep their loudest `clip_samples` window."""
+    if len(audio) < clip_samples:
+        return np.pad(audio, (0, clip_samples - len(audio)))
+    if len(audio) > clip_samples:
+        energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+        window = energy[clip_samples:] - energy[:-clip_samples]
+        start = int(np.argmax(window))
+        return audio[start:start + clip_samples]
+    return audio
+
+
+def _list_file(path: Path) -> set[str]:
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
+def speech_commands_dataset(recipe: Recipe, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a Speech Commands v2 folder: one folder per word, `_background_noise_/`,
+    `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips)."""
+    if not data_dir.is_dir():
+        raise BuildError(f"{data_dir}: data directory does not exist")
+    fe = recipe.frontend
+    rng = np.random.default_rng([recipe.seed, 3])
+    val_list = _list_file(data_dir / "validation_list.txt")
+    test_list = _list_file(data_dir / "testing_list.txt")
+    word_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    for keyword in recipe.keywords:
+        folder = data_dir / keyword
+        if not folder.is_dir() or not any(folder.glob("*.wav")):
+            raise BuildError(f"{folder}: no .wav clips for keyword '{keyword}'")
+    noise_files = sorted((data_dir / "_background_noise_").glob("*.wav"))
+    noises = [read_wav(p, fe.sample_rate) for p in noise_files]
+    noises = [n for n in noises if len(n) >= fe.clip_samples]
+
+    files: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
+    unknown: dict[str, list[Path]] = {s: [] for s in SPLITS}
+    unknown_label, silence_label = recipe.labels.index("_unknown_"), recipe.labels.index("_silence_")
+    for folder in word_dirs:
+        for wav in sorted(folder.glob("*.wav")):
+            rel = f"{folder.name}/{wav.name}"
+            split = "val" if rel in val_list else "test" if rel in test_list else "train"
+            if folder.name in recipe.keywords:
+                files[split].append((wav, recipe.labels.index(folder.name)))
+            else:
+                unknown[split].append(wav)
+
+    def noise_crop(volume: float) -> np.ndarray:
+        if not noises:
+            return np.zeros(fe.clip_samples, np.float32)
+        noise = noises[rng.integers(len(noises))]
+        start = rng.integers(0, len(noise) - fe.clip_samples + 1)
+        return noise[start:start + fe.clip_samples] * volume
+
+    data = {}
+    for split in SPLITS:
+        n_kw = len(files[split])
+        n_unknown = min(len(unknown[split]), math.ceil(n_kw * SC_UNKNOWN_PERCENT / 100))
+        picks = [unknown[split][i] for i in sorted(rng.permutation(len(unknown[split]))[:n_unknown])]
+        entries = files[split] + [(p, unknown_label) for p in picks]
+        clips, labels = [], []
+        for path, label in entries:
+            audio = fit_clip(read_wav(path, fe.sample_rate), fe.clip_samples)
+            if split == "train":
+                shift = int(rng.integers(-int(SC_TIME_SHIFT_S * fe.sample_rate), int(SC_TIME_SHIFT_S * fe.sample_rate) + 1))
+                audio = np.roll(audio, shift)
+                if shift > 0:
+                    audio[:shift] = 0
+                elif shift < 0:
+                    audio[shift:] = 0
+                if rng.random() < 0.8:
+                    audio = audio + noise_crop(rng.uniform(0, SC_BACKGROUND_VOLUME))
+            clips.append(np.clip(audio, -1, 1))
+            labels.append(label)
+        for _ in range(math.ceil(n_kw * SC_SILENCE_PERCENT / 100)):
+            clips.append(np.clip(noise_crop(rng.uniform(0, 1.0)), -1, 1))
+            labels.append(silence_label)
+        if not clips:
+            raise BuildError(f"{data_dir}: split '{split}' has no clips (check validation_list.txt / testing_list.txt)")
+        data[split] = (np.stack(clips).astype(np.float32), np.array(labels, np.int32))
+    return data
+
+
+def fingerprint_dir(data_dir: Path) -> str:
+    """A cheap identity of a data folder: every file's relative path, size and mtime."""
+    import hashlib
+
+    if not data_dir.is_dir():
+        raise BuildError(f"{data_dir}: data directory does not exist")
+    h = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(data_dir).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path) -> None:
+    """The data stage: clips -> MFCC features per split, with the training split's statistics."""
+    from .frontend import mfcc_batched
+    from .stages import atomic_output
+
+    data = speech_commands_dataset(recipe, data_dir) if data_dir else builtin_dataset(recipe, profile)
+    arrays = {}
+    for split, (audio, labels) in data.items():
+        arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)
+        arrays[f"y_{split}"] = labels
+    arrays["mean"] = arrays["x_train"].mean(axis=(0, 1)).astype(np.float32)
+    arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
+    with atomic_output(out) as f:
+        np.savez(f, **arrays)

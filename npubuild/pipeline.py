@@ -1,0 +1,263 @@
+"""The build driver: lays out the stages for each model and target, and runs them through the cache.
+
+Reads like a script: data -> train -> convert -> evaluate, then per target
+compile -> assets, then per target report. Nothing here imports TensorFlow;
+the stage actions do, when they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Recipe, Target, resolve_models, resolve_targets
+from .errors import BuildError
+from .stages import Cache, Stage, StageResult
+
+TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
+LITERT = ("ai-edge-litert",)
+VELA = ("ethos-u-vela",)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things go: the project (recipes, targets), intermediates, deliverables."""
+
+    root: Path
+    build_dir: Path
+    assets_dir: Path
+
+    @classmethod
+    def for_project(cls, root: Path, build_dir: Path | None = None, assets_dir: Path | None = None) -> Layout:
+        root = root.resolve()
+        return cls(root, (build_dir or root / "build").resolve(), (assets_dir or root / "firmware_assets").resolve())
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Intermediate artifacts of one model, one profile, one dataset, one technique."""
+
+    base: Path
+
+    @property
+    def features(self) -> Path:
+        return self.base / "data" / "features.npz"
+
+    def technique_dir(self, technique: str) -> Path:
+        return self.base / technique
+
+    def fp32(self, technique: str) -> Path:
+        return self.technique_dir(technique) / "fp32.h5"
+
+    def train_log(self, technique: str) -> Path:
+        return self.technique_dir(technique) / "train.json"
+
+    def int8(self, technique: str) -> Path:
+        return self.technique_dir(technique) / f"{self.base.parent.name}_int8.tflite"
+
+    def evaluation(self, technique: str) -> Path:
+        return self.technique_dir(technique) / "evaluation.json"
+
+    def vela_dir(self, technique: str, target: str) -> Path:
+        return self.technique_dir(technique) / "vela" / target
+
+
+@dataclass
+class BuildSummary:
+    results: list[StageResult] = field(default_factory=list)
+    reports: dict[str, dict] = field(default_factory=dict)  # target name -> memory report
+    seconds: float = 0.0
+
+
+def dataset_id(data_dir: Path | None) -> str:
+    if data_dir is None:
+        return "builtin"
+    return "dir-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths) -> Stage:
+    from . import kws_data
+
+    prof = recipe.profile(profile)
+    params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
+              "seed": recipe.seed}
+    if data_dir is None:
+        params.update(profile={k: getattr(prof, k) for k in ("train_per_class", "val_per_class", "test_per_class")},
+                      unknown_words=recipe.unknown_words, source="builtin")
+        tools = ("espeakng-loader", "scipy", "numpy")
+    else:
+        params.update(source="speech_commands", fingerprint=kws_data.fingerprint_dir(data_dir))
+        tools = ("scipy", "numpy")
+    return Stage(
+        name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,), tools=tools,
+        action=lambda: kws_data.build_features(recipe, prof, data_dir, paths.features),
+    )
+
+
+def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, technique: str) -> list[Stage]:
+    from . import convert, evaluate, train
+
+    prof = recipe.profile(profile)
+    return [
+        Stage(
+            name=f"train {recipe.name}", version=1, inputs=(paths.features,),
+            params={"architecture": recipe.architecture, "labels": recipe.labels, "seed": recipe.seed,
+                    "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate},
+            outputs=(paths.fp32(technique), paths.train_log(technique)), tools=TF_TOOLS,
+            action=lambda: train.train_fp32(recipe, prof, paths.features, paths.fp32(technique),
+                                            paths.train_log(technique)),
+        ),
+        Stage(
+            name=f"convert {recipe.name}", version=1, inputs=(paths.fp32(technique), paths.features),
+            params={"technique": technique, "representative_samples": convert.REPRESENTATIVE_SAMPLES,
+                    "seed": recipe.seed},
+            outputs=(paths.int8(technique),), tools=TF_TOOLS,
+            action=lambda: convert.convert_to_int8(paths.fp32(technique), paths.features, paths.int8(technique),
+                                                   recipe.seed),
+        ),
+        Stage(
+            name=f"evaluate {recipe.name}", version=1,
+            inputs=(paths.fp32(technique), paths.int8(technique), paths.features),
+            params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
+            action=lambda: evaluate.evaluate_classifier(list(recipe.labels), paths.fp32(technique),
+                                                        paths.int8(technique), paths.features,
+                                                        paths.evaluation(technique)),
+        ),
+    ]
+
+
+def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: str) -> Stage:
+    from . import vela
+
+    out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
+    return Stage(
+        name=f"compile {recipe.name} for {target.name}", version=1, inputs=(paths.int8(technique),),
+        params={**target.vela_params(), "vela_config": vela.VELA_CONFIG}, outputs=out.all(), tools=VELA,
+        action=lambda: vela.compile_with_vela(paths.int8(technique), target, out),
+    )
+
+
+def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: ModelPaths, technique: str,
+                 assets_dir: Path) -> Stage:
+    from . import assets, vela
+
+    out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
+    folder = assets_dir / target.name / recipe.name
+
+    def action() -> None:
+        figures = vela.read_vela_figures(out)
+        assets.write_model_assets(recipe=recipe, target=target, technique=technique, compiled=out.tflite,
+                                  int8=paths.int8(technique), features=paths.features,
+                                  vela_sram_bytes=figures["sram_bytes"], out_dir=folder)
+
+    return Stage(
+        name=f"assets {recipe.name} for {target.name}", version=1,
+        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, recipe.source, target_file),
+        params={"technique": technique}, tools=LITERT + ("jinja2",),
+        outputs=tuple(folder / f"{recipe.name}{suffix}" for suffix in ("_model.h", "_model.c", "_meta.h")),
+        action=action,
+    )
+
+
+def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str):
+    from . import assets, vela
+    from .report import ModelFigures
+
+    out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
+    v = vela.read_vela_figures(out)
+    evaluation = json.loads(paths.evaluation(technique).read_text())
+    arena = assets.arena_size(v["sram_bytes"], target)
+    return ModelFigures(
+        name=recipe.name, technique=technique, sram_bytes=arena,
+        flash_bytes=assets.padded_size(v["compiled_bytes"]),
+        vela_sram_bytes=v["sram_bytes"], vela_flash_bytes=v["flash_bytes"], arena_bytes=arena,
+        npu_ops=v["npu_ops"], cpu_ops=v["cpu_ops"], cpu_op_names=v["cpu_op_names"], cycles=v["cycles"],
+        inference_ms=v["inference_ms"], macs=v["macs"], tflite_bytes=paths.int8(technique).stat().st_size,
+        accuracy={"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
+        per_class_int8=evaluation["int8"]["per_class"], confusion_int8=evaluation["int8"]["confusion"],
+        labels=evaluation["labels"],
+    )
+
+
+def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, ModelPaths, str]],
+                 assets_dir: Path) -> Stage:
+    from . import report, stages, vela
+
+    folder = assets_dir / target.name
+    json_path, md_path = folder / "memory_report.json", folder / "memory_report.md"
+
+    def action() -> None:
+        figures = [model_figures(r, target, p, t) for r, p, t in entries]
+        rep = report.build_report(target, figures)
+        stages.write_json(json_path, rep)
+        stages.write_text(md_path, report.render_markdown(rep, figures))
+
+    inputs = [target_file]
+    for recipe, paths, technique in entries:
+        out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
+        inputs += [out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique),
+                   paths.evaluation(technique)]
+    return Stage(name=f"report {target.name}", version=1, inputs=tuple(inputs),
+                 params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path), action=action)
+
+
+def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
+          build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
+          log: Callable[[str], None] = print) -> BuildSummary:
+    """Build every stage that is out of date for the models and targets asked for.
+
+    With `dry_run`, say which stages would run and why, and run none.
+    """
+    from .report import check_budget
+
+    start = time.perf_counter()
+    layout = Layout.for_project(root, build_dir, assets_dir)
+    recipes = resolve_models(layout.root, model)
+    targets = resolve_targets(layout.root, target)
+    if data_dir is not None and not data_dir.is_dir():
+        raise BuildError(f"{data_dir}: data directory does not exist")
+    cache = Cache(layout.root, log, dry_run=dry_run)
+    summary = BuildSummary()
+    entries = []
+    for recipe in recipes:
+        recipe.profile(profile)  # fail early on an unknown profile
+        paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir))
+        technique = recipe.ship
+        cache.run(data_stage(recipe, profile, data_dir, paths))
+        for stage in model_stages(recipe, profile, paths, technique):
+            cache.run(stage)
+        entries.append((recipe, paths, technique))
+    for tgt in targets:
+        target_file = layout.root / "targets" / f"{tgt.name}.toml"
+        for recipe, paths, technique in entries:
+            cache.run(compile_stage(recipe, tgt, paths, technique))
+            cache.run(assets_stage(recipe, tgt, target_file, paths, technique, layout.assets_dir))
+        cache.run(report_stage(tgt, target_file, entries, layout.assets_dir))
+        if dry_run:
+            continue
+        summary.reports[tgt.name] = json.loads((layout.assets_dir / tgt.name / "memory_report.json").read_text())
+    summary.results = cache.results
+    summary.seconds = time.perf_counter() - start
+    log(render_summary(summary))
+    for rep in summary.reports.values():
+        check_budget(rep)
+    return summary
+
+
+def render_summary(summary: BuildSummary) -> str:
+    lines = ["", "stage                                        ran    seconds  reason", "-" * 78]
+    for r in summary.results:
+        lines.append(f"{r.name:<44} {'yes' if r.ran else 'no':<6} {r.seconds:>7.1f}  {r.reason}")
+    lines.append("")
+    lines.append(f"{'target':<24} {'model':<8} {'SRAM KiB':>9} {'flash KiB':>10} {'ms':>7} {'INT8 acc':>9} fits")
+    for name, rep in summary.reports.items():
+        for m in rep["models"]:
+            lines.append(f"{name:<24} {m['name']:<8} {m['sram_bytes'] / 1024:>9.1f} {m['flash_bytes'] / 1024:>10.1f} "
+                         f"{m['inference_ms']:>7.3f} {m['accuracy']['int8']:>9.4f} "
+                         f"{'yes' if rep['total']['fits'] else 'NO'}")
+    lines.append(f"\nbuild finished in {summary.seconds:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Cached stages: a stage is data (inputs, params, outputs, action); a stamp records what built it.
+
+A stage is up to date when its stamp exists and every rule below agrees; the
+first rule that disagrees is the reason the stage reruns:
+
+1. no stamp                  -> "never built"
+2. an output is missing      -> "missing output X"
+3. an output changed on disk -> "output X changed since it was built"
+4. stage version / tool version / param / input changed -> named
+
+The stamp is written last, after every output was renamed into place, so an
+interrupted stage never looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import BuildError
+
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) within this process."""
+    st = path.stat()
+    memo_key = (str(path), st.st_size, st.st_mtime_ns)
+    if memo_key not in _hash_memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _hash_memo[memo_key] = h.hexdigest()
+    return _hash_memo[memo_key]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of Python distributions, read without importing them."""
+    versions = {}
+    for tool in tools:
+        try:
+            versions[tool] = metadata.version(tool)
+        except metadata.PackageNotFoundError:
+            versions[tool] = "not installed"
+    return versions
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: str = "wb") -> Iterator[Any]:
+    """Write `path` through a temporary file in the same folder, renamed into place on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path for tools that write a file by name; renamed to `path` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_output(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the build. `action` must write every path in `outputs`."""
+
+    name: str  # e.g. "train kws"
+    version: int
+    inputs: tuple[Path, ...]
+    params: dict[str, Any]
+    outputs: tuple[Path, ...]
+    action: Callable[[], None]
+    tools: tuple[str, ...] = ()
+    stamp: Path = field(default=Path())
+
+    def __post_init__(self) -> None:
+        if self.stamp == Path():
+            slug = self.name.replace(" ", "-")
+            object.__setattr__(self, "stamp", self.outputs[0].parent / f".{slug}.stamp.json")
+
+
+@dataclass
+class StageResult:
+    name: str
+    ran: bool
+    reason: str
+    seconds: float
+
+
+class Cache:
+    """Decides whether stages are up to date and runs them; paths in stamps are relative to `root`."""
+
+    def __init__(self, root: Path, log: Callable[[str], None] = print, dry_run: bool = False) -> None:
+        self.root = root
+        self.log = log
+        self.dry_run = dry_run
+        self.results: list[StageResult] = []
+        self._pending: set[Path] = set()  # dry run: outputs of stages that would run
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    def _describe(self, stage: Stage) -> dict[str, Any]:
+        inputs = {}
+        for path in stage.inputs:
+            if not path.is_file():
+                raise BuildError(f"{path}: input of stage '{stage.name}' is missing")
+            inputs[self._rel(path)] = sha256_file(path)
+        desc = {
+            "stage": stage.name,
+            "version": stage.version,
+            "params": json.loads(canonical_json(stage.params)),
+            "inputs": inputs,
+            "tools": tool_versions(stage.tools),
+        }
+        desc["key"] = hashlib.sha256(canonical_json(desc).encode()).hexdigest()
+        return desc
+
+    def why_stale(self, stage: Stage, desc: dict[str, Any]) -> str | None:
+        try:
+            stamp = json.loads(stage.stamp.read_text())
+        except FileNotFoundError:
+            return "never built"
+        except (OSError, ValueError):
+            return f"stamp {self._rel(stage.stamp)} is unreadable"
+        for path in stage.outputs:
+            rel = self._rel(path)
+            if not path.is_file():
+                return f"missing output {rel}"
+            if stamp.get("outputs", {}).get(rel) != sha256_file(path):
+                return f"output {rel} changed since it was built"
+        if stamp.get("version") != desc["version"]:
+            return f"stage version {stamp.get('version')} -> {desc['version']}"
+        for tool, version in desc["tools"].items():
+            if stamp.get("tools", {}).get(tool) != version:
+                return f"new {tool} version {stamp.get('tools', {}).get(tool)} -> {version}"
+        old_params = stamp.get("params", {})
+        for key in sorted(set(old_params) | set(desc["params"])):
+            if old_params.get(key) != desc["params"].get(key):
+                return f"changed param {key}: {old_params.get(key)!r} -> {desc['params'].get(key)!r}"
+        old_inputs = stamp.get("inputs", {})
+        for rel in sorted(set(old_inputs) | set(desc["inputs"])):
+            if old_inputs.get(rel) != desc["inputs"].get(rel):
+                return f"changed input {rel}"
+        if stamp.get("key") != desc["key"]:
+            return "stamp key differs"
+        return None
+
+    def run(self, stage: Stage) -> StageResult:
+        pending = [p for p in stage.inputs if p in self._pending]
+        if pending:  # dry run only: an earlier stage would rebuild this input
+            reason = f"input {self._rel(pending[0])} would be rebuilt"
+        else:
+            desc = self._describe(stage)
+            reason = self.why_stale(stage, desc)
+        if reason is None:
+            result = StageResult(stage.name, False, "up to date", 0.0)
+            self.log(f"[{stage.name}] up to date")
+        elif self.dry_run:
+            self._pending.update(stage.outputs)
+            self.log(f"[{stage.name}] would run: {reason}")
+            result = StageResult(stage.name, False, f"would run: {reason}", 0.0)
+        else:
+            self.log(f"[{stage.name}] running: {reason}")
+            stage.stamp.unlink(missing_ok=True)
+            start = time.perf_counter()
+            stage.action()
+            seconds = time.perf_counter() - start
+            outputs = {}
+            for path in stage.outputs:
+                if not path.is_file():
+                    raise BuildError(f"{path}: stage '{stage.name}' did not write this output")
+                outputs[self._rel(path)] = sha256_file(path)
+            write_json(stage.stamp, {**desc, "outputs": outputs})
+            self.log(f"[{stage.name}] done in {seconds:.1f} s")
+            result = StageResult(stage.name, True, reason, seconds)
+        self.results.append(result)
+        return result

@@ -1,0 +1,53 @@
+"""Train the FP32 model on the data stage's features."""
+
+from __future__ import annotations
+
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import Profile, Recipe
+from .stages import atomic_path, write_json
+
+
+def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised, flattened features and labels of one split, as the model takes them."""
+    from .frontend import standardise
+
+    with np.load(features) as d:
+        x = standardise(d[f"x_{split}"], d["mean"], d["std"])
+        return x.reshape(len(x), -1), d[f"y_{split}"]
+
+
+def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
+    from .architectures import build_model
+    from .tfenv import import_tf
+
+    tf, keras = import_tf(seed=recipe.seed)
+    x_train, y_train = load_split(features, "train")
+    x_val, y_val = load_split(features, "val")
+    model = build_model(recipe)
+    steps = profile.epochs * int(np.ceil(len(x_train) / profile.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(profile.learning_rate, decay_steps=max(steps, 1), alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    print(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
+          f"{len(x_train)} clips, {profile.epochs} epochs", flush=True)
+    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=profile.epochs,
+                        batch_size=profile.batch_size, shuffle=True, verbose=2)
+    with atomic_path(out_model) as tmp:
+        model.save(tmp, include_optimizer=False)
+    hist = {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
+    write_json(out_log, {"parameters": int(model.count_params()), "history": hist})
+    del tf
+
+
+def load_keras_model(path: Path):
+    from .tfenv import import_tf
+
+    _, keras = import_tf()
+    return keras.models.load_model(path, compile=False)
+
+
+

@@ -1,0 +1,126 @@
+"""Compile an INT8 TFLite model with Arm's Vela for one target, and read its figures.
+
+Vela writes `<net>_vela.tflite`, a summary CSV and (with --verbose-performance)
+a per-layer CSV. Vela 5.2's console no longer prints cycles, so figures come
+from the summary CSV; operator counts from the console summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Target
+from .errors import BuildError
+
+VELA_CONFIG = "Arm/vela.ini"
+
+
+@dataclass(frozen=True)
+class VelaOutputs:
+    """Where one model's Vela results live for one target."""
+
+    folder: Path
+    model: str
+
+    @property
+    def tflite(self) -> Path:
+        return self.folder / f"{self.model}_vela.tflite"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / f"{self.model}_summary.csv"
+
+    @property
+    def per_layer(self) -> Path:
+        return self.folder / f"{self.model}_per-layer.csv"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"{self.model}_vela.log"
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.tflite, self.summary, self.per_layer, self.log)
+
+
+def vela_command(network: Path, target: Target, output_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "ethosu.vela", str(network),
+        "--accelerator-config", target.accelerator,
+        "--config", VELA_CONFIG,
+        "--system-config", target.system_config,
+        "--memory-mode", target.memory_mode,
+        "--output-dir", str(output_dir),
+        "--verbose-performance",
+    ]
+
+
+def compile_with_vela(tflite: Path, target: Target, out: VelaOutputs) -> None:
+    """Run Vela in a scratch folder and move its results into place (stable names)."""
+    out.folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.folder, prefix=".vela-") as scratch:
+        scratch = Path(scratch)
+        network = scratch / f"{out.model}.tflite"
+        shutil.copyfile(tflite, network)
+        proc = subprocess.run(vela_command(network, target, scratch / "out"),
+                              capture_output=True, text=True, cwd=scratch)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+            raise BuildError(f"{tflite}: Vela failed for target {target.name}: "
+                             f"{lines[-1] if lines else 'exit code ' + str(proc.returncode)}")
+        produced = scratch / "out"
+        summaries = list(produced.glob("*_summary_*.csv"))
+        if not summaries:
+            raise BuildError(f"{tflite}: Vela wrote no summary CSV for target {target.name}")
+        (scratch / "log").write_text(proc.stdout)
+        moves = [
+            (produced / f"{out.model}_vela.tflite", out.tflite),
+            (summaries[0], out.summary),
+            (produced / f"{out.model}_per-layer.csv", out.per_layer),
+            (scratch / "log", out.log),
+        ]
+        for src, dst in moves:
+            os.replace(src, dst)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_vela_figures(out: VelaOutputs) -> dict:
+    """Figures of one compiled model: bytes, cycles, time, operators, per-layer rows."""
+    rows = _read_csv(out.summary)
+    if len(rows) != 1:
+        raise BuildError(f"{out.summary}: expected one summary row, found {len(rows)}")
+    s = rows[0]
+    log = out.log.read_text()
+    counts = {}
+    for kind in ("CPU", "NPU"):
+        m = re.search(rf"^{kind} operators = (\d+)", log, re.MULTILINE)
+        if not m:
+            raise BuildError(f"{out.log}: no '{kind} operators' line in Vela's summary")
+        counts[kind] = int(m.group(1))
+    layers = _read_csv(out.per_layer)
+    kib = 1024
+    return {
+        "sram_bytes": round(float(s["sram_memory_used"]) * kib),
+        "flash_bytes": round((float(s["off_chip_flash_memory_used"]) + float(s["on_chip_flash_memory_used"])) * kib),
+        "dram_bytes": round(float(s["dram_memory_used"]) * kib),
+        "cycles": int(float(s["cycles_total"])),
+        "inference_ms": round(float(s["inference_time"]) * 1000.0, 4),
+        "macs": int(float(s["nn_macs"])),
+        "npu_ops": counts["NPU"],
+        "cpu_ops": counts["CPU"],
+        "cpu_op_names": sorted({row["Original Operator"] for row in layers if row["Target"] != "NPU"}),
+        "weights_storage": s["weights_storage_area"],
+        "feature_map_storage": s["feature_map_storage_area"],
+        "compiled_bytes": out.tflite.stat().st_size,
+    }

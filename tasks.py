@@ -1,0 +1,80 @@
+"""Invoke tasks: parse arguments, call the library. `invoke --list` shows them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _fail_cleanly(fn, *args, **kwargs):
+    from npubuild.errors import BuildError
+
+    try:
+        return fn(*args, **kwargs)
+    except BuildError as e:
+        raise Exit(f"error: {e}", code=1) from None
+
+
+@task(help={
+    "model": "kws, quality or all (default: config build.model)",
+    "target": "a target name from targets/, or all (default: config build.target)",
+    "profile": "smoke (tiny, for tests) or default",
+    "data-dir": "real data instead of the built-in dataset (Speech Commands v2 layout for kws)",
+    "build-dir": "where intermediate artifacts go (default: build/)",
+    "assets-dir": "where firmware assets go (default: firmware_assets/)",
+    "dry-run": "say which stages would run and why; run nothing",
+})
+def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
+          dry_run=False):
+    """Train, quantize, compile and package the models; write memory reports."""
+    from npubuild.pipeline import build as run_build
+
+    cfg = c.config.build
+    _fail_cleanly(
+        run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
+        data_dir=Path(data_dir) if data_dir else None,
+        build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
+        dry_run=dry_run,
+    )
+
+
+@task(help={"k": "only tests matching this pytest -k expression", "fast": "skip the slow end-to-end tests"})
+def test(c, k=None, fast=False):
+    """Run the test suite (real TensorFlow, Vela, LiteRT and C compiler on the smoke profile)."""
+    args = [sys.executable, "-m", "pytest", "-q", "-ra", "tests"]
+    if k:
+        args += ["-k", k]
+    if fast:
+        args += ["-m", "not slow"]
+    c.run(" ".join(f"'{a}'" for a in args), pty=False)
+
+
+@task(help={
+    "profile": "profile to time (default: default)",
+    "output": "results file (default: benchmarks/results.json)",
+})
+def bench(c, profile="default", output="benchmarks/results.json"):
+    """Time each stage of a clean build and the no-op rebuild; write the results file."""
+    from npubuild.bench import run_benchmarks
+
+    _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target)
+
+
+@task(help={"all": "also remove firmware_assets/ (its README is kept)"})
+def clean(c, all=False):
+    """Remove build/ (and with --all, the generated firmware assets)."""
+    import shutil
+
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    if all:
+        for child in (ROOT / "firmware_assets").iterdir():
+            if child.name != "README.md":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+ns = Collection(build, test, bench, clean)
+ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

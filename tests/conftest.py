@@ -1,0 +1,30 @@
+"""Shared builders: a throwaway copy of the project, and one smoke-profile build per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = "corstone-300-u55-128"
+
+
+def make_project(dest: Path) -> Path:
+    """A project folder with this repository's recipes and targets, and nothing built."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for sub in ("models", "targets"):
+        shutil.copytree(ROOT / sub, dest / sub)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory):
+    """A project built once with the smoke profile for the keyword model: (root, summary, log lines)."""
+    from npubuild.pipeline import build
+
+    root = make_project(tmp_path_factory.mktemp("smoke") / "project with spaces")
+    lines: list[str] = []
+    summary = build(root, model="kws", target=TARGET, profile="smoke", log=lines.append)
+    return root, summary, lines

@@ -1,0 +1,119 @@
+"""Keyword data: eSpeak NG synthesis is reproducible, voices do not leak between splits,
+real-data policies (resample, downmix, pad/trim) and errors."""
+
+from __future__ import annotations
+
+import wave
+
+import numpy as np
+import pytest
+
+from npubuild import kws_data
+from npubuild.config import load_recipe
+from npubuild.errors import BuildError
+
+from .conftest import ROOT
+
+RECIPE = load_recipe(ROOT / "models" / "kws.toml")
+FE = RECIPE.frontend
+
+
+def write_wav(path, audio, rate=16000, channels=1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def test_voices_are_disjoint_between_splits():
+    splits = kws_data.split_voices(RECIPE.seed)
+    train, val, test = (set(splits[s]) for s in kws_data.SPLITS)
+    assert train and val and test
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == len(kws_data.voice_names())
+
+
+def test_plan_is_balanced_and_uses_split_voices():
+    profile = RECIPE.profile("smoke")
+    specs = kws_data.plan_clips(RECIPE, profile, "val")
+    counts = np.bincount([s.label for s in specs], minlength=len(RECIPE.labels))
+    assert (counts == profile.val_per_class).all()
+    assert {s.voice for s in specs} <= set(kws_data.split_voices(RECIPE.seed)["val"])
+    assert all(s.word == "" for s in specs if RECIPE.labels[s.label] == "_silence_")
+    assert all(s.word in RECIPE.unknown_words for s in specs if RECIPE.labels[s.label] == "_unknown_")
+
+
+def test_synthesis_is_reproducible_and_audible():
+    specs = kws_data.plan_clips(RECIPE, RECIPE.profile("smoke"), "test")[4:12]  # silence and unknown/keyword clips
+    a = kws_data.synthesise(specs, FE.sample_rate, FE.clip_samples, workers=1)
+    b = kws_data.synthesise(specs[::-1], FE.sample_rate, FE.clip_samples, workers=1)[::-1]
+    assert a.shape == (8, 16000) and np.abs(a).max() <= 1.0
+    speech = [i for i, s in enumerate(specs) if s.word]
+    assert speech and all(np.abs(a[i]).max() > 0.05 for i in speech)
+    # each clip depends on its own spec, not on what was synthesised before it in the chunk
+    # (chunks run in fresh processes, so the order within a chunk is fixed by the plan)
+    assert np.array_equal(a[0], kws_data.synthesise(specs[:1], FE.sample_rate, FE.clip_samples, workers=1)[0])
+    assert a.dtype == b.dtype
+
+
+def test_read_wav_resamples_and_downmixes(tmp_path):
+    t = np.arange(44100) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([tone, tone], axis=1).reshape(-1)
+    write_wav(tmp_path / "s.wav", stereo, rate=44100, channels=2)
+    audio = kws_data.read_wav(tmp_path / "s.wav", 16000)
+    assert audio.ndim == 1 and abs(len(audio) - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(audio[:16000]))
+    assert abs(np.argmax(spectrum) - 440) <= 1
+
+
+def test_bad_wav_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00not really a wav")
+    with pytest.raises(BuildError) as err:
+        kws_data.read_wav(bad, 16000)
+    assert str(err.value).startswith(f"{bad}: not a readable WAV file")
+
+
+def test_fit_clip_pads_short_and_keeps_loudest_second_of_long():
+    short = np.ones(11200, np.float32)
+    assert np.array_equal(kws_data.fit_clip(short, 16000)[:11200], short)
+    assert not kws_data.fit_clip(short, 16000)[11200:].any()
+    long = np.zeros(24000, np.float32)
+    long[20000:21000] = 1.0
+    fitted = kws_data.fit_clip(long, 16000)
+    assert len(fitted) == 16000 and fitted.sum() == 1000.0
+
+
+def test_speech_commands_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "sc"
+    for word in (*RECIPE.keywords, "bird"):
+        for i in range(3):
+            write_wav(root / word / f"{i:08x}_nohash_0.wav", rng.uniform(-0.3, 0.3, 16000))
+    write_wav(root / "_background_noise_" / "white.wav", rng.uniform(-0.5, 0.5, 48000))
+    (root / "validation_list.txt").write_text("yes/00000001_nohash_0.wav\n")
+    (root / "testing_list.txt").write_text("\n".join(f"{w}/00000002_nohash_0.wav" for w in (*RECIPE.keywords, "bird")))
+    data = kws_data.speech_commands_dataset(RECIPE, root)
+    x_test, y_test = data["test"]
+    labels = [RECIPE.labels[i] for i in y_test]
+    assert labels.count("_unknown_") == 1 and labels.count("_silence_") == 1  # 10% of 10 keyword clips each
+    assert x_test.shape == (12, 16000)
+    # no unknown word is in the validation list, so validation gets none
+    assert [RECIPE.labels[i] for i in data["val"][1]] == ["yes", "_silence_"]
+    # train: 2 clips per keyword (1 for "yes"), unknown and silence each ceil(10% of 19)
+    assert len(data["train"][1]) == 19 + 2 + 2
+
+
+def test_speech_commands_missing_keyword_folder(tmp_path):
+    (tmp_path / "sc" / "yes").mkdir(parents=True)
+    with pytest.raises(BuildError, match=r"sc/yes: no \.wav clips for keyword 'yes'"):
+        kws_data.speech_commands_dataset(RECIPE, tmp_path / "sc")
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(BuildError, match="data directory does not exist"):
+        kws_data.speech_commands_dataset(RECIPE, tmp_path / "nope")

@@ -1,0 +1,149 @@
+"""End to end on the smoke profile: real eSpeak NG, TensorFlow, LiteRT, Vela and C compiler."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from npubuild.errors import BuildError
+from npubuild.pipeline import build
+
+from .conftest import TARGET
+
+pytestmark = pytest.mark.slow
+
+
+def test_build_writes_assets_and_report(smoke_project):
+    root, summary, _ = smoke_project
+    folder = root / "firmware_assets" / TARGET
+    for name in ("kws/kws_model.c", "kws/kws_model.h", "kws/kws_meta.h", "memory_report.json", "memory_report.md"):
+        assert (folder / name).is_file(), name
+    report = json.loads((folder / "memory_report.json").read_text())
+    assert report["target"]["accelerator"] == "ethos-u55-128"
+    assert report["target"]["system_config"] == "Ethos_U55_High_End_Embedded"
+    (model,) = report["models"]
+    assert model["name"] == "kws" and model["technique"] == "ptq"
+    assert model["cpu_ops"] == 0 and model["npu_ops"] > 0
+    # DS-CNN-L: 28.35 M MACs, INT8 TFLite within 2% of 506,400 bytes
+    assert model["macs"] == pytest.approx(28.35e6, rel=0.01)
+    assert abs(model["tflite_bytes"] - 506_400) / 506_400 < 0.02
+    assert 0.0 <= model["accuracy"]["int8"] <= 1.0
+    assert model["sram_bytes"] == model["arena_bytes"] >= model["vela_sram_bytes"] + 2048
+    assert report["total"]["sram_bytes"] == model["sram_bytes"]
+    assert report["total"]["fits"] is True
+
+
+def test_all_stages_ran_once_then_nothing_reruns(smoke_project):
+    root, summary, _ = smoke_project
+    assert all(r.ran for r in summary.results)
+    again = build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+    assert [r.ran for r in again.results] == [False] * len(summary.results)
+
+
+def test_noop_build_does_not_import_tensorflow(smoke_project):
+    root, _, _ = smoke_project
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from npubuild.pipeline import build
+        s = build(Path({str(root)!r}), model="kws", target={TARGET!r}, profile="smoke", log=lambda m: None)
+        assert not any(r.ran for r in s.results), s.results
+        heavy = sorted(m for m in ("tensorflow", "tf_keras", "ai_edge_litert", "tensorflow_model_optimization")
+                       if m in sys.modules)
+        print("imported:", heavy)
+        assert not heavy
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: []" in proc.stdout
+
+
+def test_new_target_reruns_only_compile_assets_report(smoke_project):
+    root, _, _ = smoke_project
+    text = (root / "targets" / f"{TARGET}.toml").read_text()
+    other = root / "targets" / "tight-budget.toml"
+    other.write_text(text.replace(f'name = "{TARGET}"', 'name = "tight-budget"')
+                     .replace("flash_budget_bytes = 4_194_304", "flash_budget_bytes = 1_000_000"))
+    try:
+        summary = build(root, model="kws", target="tight-budget", profile="smoke", log=lambda s: None)
+    finally:
+        other.unlink()
+    ran = {r.name.split()[0] for r in summary.results if r.ran}
+    assert ran == {"compile", "assets", "report"}
+    assert (root / "firmware_assets" / "tight-budget" / "memory_report.json").is_file()
+
+
+def test_budget_exceeded_fails_naming_model_memory_and_bytes(smoke_project):
+    root, _, _ = smoke_project
+    text = (root / "targets" / f"{TARGET}.toml").read_text()
+    small = root / "targets" / "too-small.toml"
+    small.write_text(text.replace(f'name = "{TARGET}"', 'name = "too-small"')
+                     .replace("sram_budget_bytes = 2_097_152", "sram_budget_bytes = 65_536"))
+    try:
+        with pytest.raises(BuildError) as err:
+            build(root, model="kws", target="too-small", profile="smoke", log=lambda s: None)
+    finally:
+        small.unlink()
+    report = json.loads((root / "firmware_assets" / "too-small" / "memory_report.json").read_text())
+    over = report["total"]["sram_bytes"] - 65_536
+    message = str(err.value)
+    assert "SRAM" in message and "kws" in message and f"by {over} bytes" in message
+    assert "\n" not in message
+
+
+def test_changed_param_names_the_reason_and_what_follows(smoke_project):
+    root, _, _ = smoke_project
+    recipe = root / "models" / "kws.toml"
+    original = recipe.read_text()
+    lines: list[str] = []
+    try:
+        recipe.write_text(original.replace("learning_rate = 0.001", "learning_rate = 0.0011", 1))
+        summary = build(root, model="kws", target=TARGET, profile="smoke", dry_run=True, log=lines.append)
+    finally:
+        recipe.write_text(original)
+    assert not any(r.ran for r in summary.results)
+    assert "[data kws] up to date" in lines
+    assert "[train kws] would run: changed param learning_rate: 0.001 -> 0.0011" in lines
+    assert any(line.startswith("[convert kws] would run: input ") for line in lines)
+    assert any(line.startswith(f"[report {TARGET}] would run: input ") for line in lines)
+
+
+def test_generated_c_compiles_with_warnings_as_errors(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    folder = root / "firmware_assets" / TARGET / "kws"
+    main = tmp_path / "main.c"
+    main.write_text(textwrap.dedent("""
+        #include <stdint.h>
+        #include <stdio.h>
+        #include "kws_model.h"
+        #include "kws_meta.h"
+        int main(void) {
+            static const char *const labels[KWS_NUM_LABELS] = KWS_LABELS;
+            static const int input_dims[KWS_INPUT_RANK] = KWS_INPUT_DIMS;
+            static const float mean[KWS_NUM_MFCC] = KWS_MFCC_MEAN;
+            if ((uintptr_t)kws_model % KWS_MODEL_ALIGNMENT != 0) return 1;
+            if (input_dims[1] != KWS_NUM_FRAMES * KWS_NUM_MFCC) return 2;
+            printf("%u %s %s %d %f %u\\n", (unsigned)kws_model_len, labels[2], (const char *)&kws_model[4],
+                   input_dims[1], (double)mean[0], (unsigned)KWS_ARENA_SIZE);
+            return 0;
+        }
+    """))
+    exe = tmp_path / "main"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is required"
+    proc = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-std=c99", f"-I{folder}", str(main),
+                           str(folder / "kws_model.c"), "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+    length, label, ident, dims, _, arena = run.stdout.split()
+    compiled = root / "build" / "smoke" / "kws" / "builtin" / "ptq" / "vela" / TARGET / "kws_vela.tflite"
+    assert int(length) == compiled.stat().st_size
+    assert label == "yes" and ident.startswith("TFL3") and dims == "490"
+    report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
+    assert int(arena) == report["models"][0]["arena_bytes"]

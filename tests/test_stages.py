@@ -1,0 +1,117 @@
+"""The cache: ordered up-to-date rules with reasons, stamps written last, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from npubuild.errors import BuildError
+from npubuild.stages import Cache, Stage, atomic_output, write_text
+
+
+def make_stage(tmp_path: Path, *, params=None, version=1, calls=None, fail=False) -> Stage:
+    src = tmp_path / "in.txt"
+    out = tmp_path / "out" / "result.txt"
+
+    def action():
+        if calls is not None:
+            calls.append(1)
+        if fail:
+            raise RuntimeError("boom")
+        write_text(out, src.read_text().upper())
+
+    return Stage(name="shout", version=version, inputs=(src,), params=params or {"n": 1}, outputs=(out,),
+                 action=action, tools=("numpy",))
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "in.txt").write_text("hello")
+    return tmp_path
+
+
+def run(project, **kw):
+    lines = []
+    result = Cache(project, lines.append).run(make_stage(project, **kw))
+    return result, lines
+
+
+def test_first_run_then_up_to_date(project):
+    calls = []
+    first, _ = run(project, calls=calls)
+    second, lines = run(project, calls=calls)
+    assert (first.ran, first.reason) == (True, "never built")
+    assert (second.ran, second.reason) == (False, "up to date")
+    assert calls == [1]
+    assert (project / "out" / "result.txt").read_text() == "HELLO"
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda p: (p / "in.txt").write_text("bye"), "changed input in.txt"),
+    (lambda p: (p / "out" / "result.txt").unlink(), "missing output out/result.txt"),
+    (lambda p: (p / "out" / "result.txt").write_text("HELLO!"), "output out/result.txt changed since it was built"),
+    (lambda p: (p / "out" / ".shout.stamp.json").unlink(), "never built"),
+    (lambda p: (p / "out" / ".shout.stamp.json").write_text("{"), "stamp out/.shout.stamp.json is unreadable"),
+])
+def test_reason_for_rerun(project, change, reason):
+    run(project)
+    change(project)
+    result, _ = run(project)
+    assert (result.ran, result.reason) == (True, reason)
+
+
+def test_changed_param_and_version_are_named(project):
+    run(project)
+    assert run(project, params={"n": 2})[0].reason == "changed param n: 1 -> 2"
+    assert run(project, params={"n": 2}, version=2)[0].reason == "stage version 1 -> 2"
+
+
+def test_new_tool_version_is_named(project):
+    run(project)
+    stamp_path = project / "out" / ".shout.stamp.json"
+    stamp = json.loads(stamp_path.read_text())
+    stamp["tools"]["numpy"] = "0.0.1"
+    stamp_path.write_text(json.dumps(stamp))
+    assert run(project)[0].reason.startswith("new numpy version 0.0.1 -> ")
+
+
+def test_failed_action_leaves_no_stamp(project):
+    run(project)
+    (project / "in.txt").write_text("changed")
+    with pytest.raises(RuntimeError):
+        run(project, fail=True)
+    assert not (project / "out" / ".shout.stamp.json").exists()
+    assert run(project)[0].reason == "never built"
+
+
+def test_stamp_holds_relative_paths_only(project):
+    run(project)
+    text = (project / "out" / ".shout.stamp.json").read_text()
+    assert str(project) not in text
+    stamp = json.loads(text)
+    assert set(stamp["inputs"]) == {"in.txt"} and set(stamp["outputs"]) == {"out/result.txt"}
+
+
+def test_missing_input_is_one_clear_error(project):
+    (project / "in.txt").unlink()
+    with pytest.raises(BuildError, match="in.txt: input of stage 'shout' is missing"):
+        run(project)
+
+
+def test_dry_run_runs_nothing_and_says_why(project):
+    calls = []
+    result = Cache(project, [].append, dry_run=True).run(make_stage(project, calls=calls))
+    assert calls == [] and not result.ran and result.reason == "would run: never built"
+    assert not (project / "out" / "result.txt").exists()
+
+
+def test_atomic_output_keeps_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"good")
+    with pytest.raises(ValueError), atomic_output(path) as f:
+        f.write(b"half")
+        raise ValueError("interrupted")
+    assert path.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]

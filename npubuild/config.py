@@ -5,12 +5,14 @@ Every problem found while loading names the file and the field.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from .errors import BuildError
+from .techniques import RECIPES
 
 ACCELERATORS = (
     "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
@@ -159,6 +161,29 @@ class Profile:
     epochs: int
     batch_size: int
     learning_rate: float
+    # Fine-tuning of each optimization step: epochs, and at most this many training
+    # clips per epoch (0: all).
+    prune_epochs: int
+    cluster_epochs: int
+    qat_epochs: int
+    finetune_samples: int
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    """Parameters of the optimization steps (tfmot), shared by every profile."""
+
+    target_sparsity: float
+    prune_updates: int  # how many times the polynomial schedule raises sparsity
+    prune_frequency: int  # steps between pruning updates; 0 derives it from prune_updates
+    prune_learning_rate: float
+    clusters: int
+    centroid_init: str  # kmeans_plus_plus | linear | density_based
+    cluster_learning_rate: float
+    qat_learning_rate: float
+
+
+CENTROID_INITS = ("kmeans_plus_plus", "linear", "density_based")
 
 
 @dataclass(frozen=True)
@@ -171,6 +196,7 @@ class Recipe:
     ship: str
     seed: int
     frontend: FrontEnd
+    optimize: OptimizeSettings
     profiles: dict[str, Profile]
     source: Path
 
@@ -195,20 +221,29 @@ class _RecipeTop:
     seed: int
 
 
-TECHNIQUES = ("ptq",)
 ARCHITECTURES = ("ds_cnn_l",)
 
 
 def load_recipe(path: Path) -> Recipe:
     table = dict(read_toml(path))
     frontend_table = table.pop("frontend", None)
+    optimize_table = table.pop("optimize", None)
     profiles_table = table.pop("profiles", None)
-    if frontend_table is None:
-        raise BuildError(f"{path}: missing table '[frontend]'")
+    for name, sub in (("frontend", frontend_table), ("optimize", optimize_table)):
+        if sub is None:
+            raise BuildError(f"{path}: missing table '[{name}]'")
     if not profiles_table:
         raise BuildError(f"{path}: missing table '[profiles.<name>]'")
     top = _take(path, table, _RecipeTop)
     frontend = _take(path, frontend_table, FrontEnd, prefix="frontend.")
+    optimize = _take(path, optimize_table, OptimizeSettings, prefix="optimize.")
+    if not 0.0 < optimize.target_sparsity < 1.0:
+        raise BuildError(f"{path}: field 'optimize.target_sparsity' must be between 0 and 1")
+    if optimize.clusters < 2:
+        raise BuildError(f"{path}: field 'optimize.clusters' must be at least 2")
+    if optimize.centroid_init not in CENTROID_INITS:
+        raise BuildError(f"{path}: field 'optimize.centroid_init' {optimize.centroid_init!r} is unknown "
+                         f"(known: {', '.join(CENTROID_INITS)})")
     profiles = {}
     for pname, ptable in profiles_table.items():
         if pname not in PROFILES:
@@ -219,14 +254,14 @@ def load_recipe(path: Path) -> Recipe:
     if top.architecture not in ARCHITECTURES:
         raise BuildError(f"{path}: field 'architecture' {top.architecture!r} is unknown "
                          f"(known: {', '.join(ARCHITECTURES)})")
-    if top.ship not in TECHNIQUES:
+    if top.ship not in RECIPES:
         raise BuildError(f"{path}: field 'ship' names unknown technique {top.ship!r} "
-                         f"(known: {', '.join(TECHNIQUES)})")
+                         f"(known: {', '.join(RECIPES)})")
     if len(set(top.labels)) != len(top.labels):
         raise BuildError(f"{path}: field 'labels' has duplicates")
     if frontend.num_frames <= 0 or frontend.fft_size < frontend.window_samples:
         raise BuildError(f"{path}: table 'frontend' gives no frames (window longer than clip or FFT)")
-    return Recipe(**vars(top), frontend=frontend, profiles=profiles, source=path)
+    return Recipe(**vars(top), frontend=frontend, optimize=optimize, profiles=profiles, source=path)
 
 
 def resolve_models(root: Path, name: str) -> list[Recipe]:

@@ -15,12 +15,14 @@ from .stages import atomic_output
 REPRESENTATIVE_SAMPLES = 500
 
 
-def convert_to_int8(keras_model_path: Path, features: Path, out: Path, seed: int) -> None:
+def convert_to_int8(model, features: Path, out: Path, seed: int, quantization_aware: bool = False) -> None:
+    """Post-training quantization with representative data from the training split, or,
+    for a quantization-aware trained model, conversion with the ranges it learned.
+    `quantization_aware` is recorded for the cache; the converter reads the fake-quant ops itself."""
     from .tfenv import import_tf
-    from .train import load_keras_model, load_split
+    from .train import load_split
 
     tf, _ = import_tf(seed=seed)
-    model = load_keras_model(keras_model_path)
     x_train, _ = load_split(features, "train")
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(x_train))[:REPRESENTATIVE_SAMPLES])
@@ -30,6 +32,7 @@ def convert_to_int8(keras_model_path: Path, features: Path, out: Path, seed: int
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # Needed for full-INT8 even after QAT (the converter asks for it); QAT's learned ranges take precedence.
     converter.representative_dataset = lambda: ([row[None, :]] for row in representative)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8

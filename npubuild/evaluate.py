@@ -43,12 +43,11 @@ def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.nda
     }
 
 
-def evaluate_classifier(labels: list[str], keras_model_path: Path, tflite_path: Path,
-                        features: Path, out: Path) -> None:
-    from .train import load_keras_model, load_split
+def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: Path, out: Path) -> None:
+    """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
+    from .train import load_split
 
     x_test, y_test = load_split(features, "test")
-    model = load_keras_model(keras_model_path)
     fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
     int8 = run_int8(tflite_path, x_test).argmax(axis=1)
     result = {

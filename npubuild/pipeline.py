@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import Recipe, Target, resolve_models, resolve_targets
 from .errors import BuildError
 from .stages import Cache, Stage, StageResult
+from .techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
 LITERT = ("ai-edge-litert",)
@@ -39,31 +40,41 @@ class Layout:
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Intermediate artifacts of one model, one profile, one dataset, one technique."""
+    """Intermediate artifacts of one model, one profile, one dataset.
+
+    base/data/features.npz, base/fp32/model.h5, base/steps/<chain>/model.h5 (one
+    per optimization chain, shared by the recipes that start with it), and
+    base/<recipe>/ for what follows from each recipe (INT8 file, evaluation,
+    weight check, Vela output per target).
+    """
 
     base: Path
+    model: str
 
     @property
     def features(self) -> Path:
         return self.base / "data" / "features.npz"
 
-    def technique_dir(self, technique: str) -> Path:
-        return self.base / technique
+    def keras(self, steps: tuple[str, ...]) -> Path:
+        return self.base / ("fp32" if not steps else f"steps/{chain_name(steps)}") / "model.h5"
 
-    def fp32(self, technique: str) -> Path:
-        return self.technique_dir(technique) / "fp32.h5"
+    def keras_log(self, steps: tuple[str, ...]) -> Path:
+        return self.keras(steps).with_name("train.json")
 
-    def train_log(self, technique: str) -> Path:
-        return self.technique_dir(technique) / "train.json"
+    def recipe_dir(self, recipe: str) -> Path:
+        return self.base / recipe
 
-    def int8(self, technique: str) -> Path:
-        return self.technique_dir(technique) / f"{self.base.parent.name}_int8.tflite"
+    def int8(self, recipe: str) -> Path:
+        return self.recipe_dir(recipe) / f"{self.model}_int8.tflite"
 
-    def evaluation(self, technique: str) -> Path:
-        return self.technique_dir(technique) / "evaluation.json"
+    def evaluation(self, recipe: str) -> Path:
+        return self.recipe_dir(recipe) / "evaluation.json"
 
-    def vela_dir(self, technique: str, target: str) -> Path:
-        return self.technique_dir(technique) / "vela" / target
+    def weights(self, recipe: str) -> Path:
+        return self.recipe_dir(recipe) / "weights.json"
+
+    def vela_dir(self, recipe: str, target: str) -> Path:
+        return self.recipe_dir(recipe) / "vela" / target
 
 
 @dataclass
@@ -98,36 +109,85 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
     )
 
 
-def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, technique: str) -> list[Stage]:
-    from . import convert, evaluate, train
+def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
+    from . import train
 
     prof = recipe.profile(profile)
+    return Stage(
+        name=f"train {recipe.name}", version=2, inputs=(paths.features,),
+        params={"architecture": recipe.architecture, "labels": recipe.labels, "seed": recipe.seed,
+                "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate},
+        outputs=(paths.keras(()), paths.keras_log(())), tools=TF_TOOLS,
+        action=lambda: train.train_fp32(recipe, prof, paths.features, paths.keras(()), paths.keras_log(())),
+    )
+
+
+def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
+    from . import optimize
+
+    prof = recipe.profile(profile)
+    epochs = {"prune": prof.prune_epochs, "cluster": prof.cluster_epochs, "qat": prof.qat_epochs}[plan.step]
+    return Stage(
+        name=f"{plan.scheme} {recipe.name}", version=2, inputs=(paths.keras(plan.before), paths.features),
+        params={"chain": plan.chain, "scheme": plan.scheme, "settings": vars(recipe.optimize), "epochs": epochs,
+                "finetune_samples": prof.finetune_samples, "batch_size": prof.batch_size, "seed": recipe.seed},
+        outputs=(paths.keras(plan.chain), paths.keras_log(plan.chain)), tools=TF_TOOLS,
+        action=lambda: optimize.run_step(recipe, prof, plan, paths.keras(plan.before), paths.features,
+                                         paths.keras(plan.chain), paths.keras_log(plan.chain)),
+    )
+
+
+def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Stage]:
+    """convert -> evaluate -> verify for one recipe, after its chain was trained."""
+    from . import convert, evaluate, optimize
+
+    steps = RECIPES[technique]
+    qat = bool(steps) and steps[-1] == "qat"
+    # A QAT model is rebuilt from the model before the QAT step plus its weights.
+    keras_files = (paths.keras(steps), paths.keras(steps[:-1])) if qat else (paths.keras(steps),)
+
+    def keras_model():
+        return optimize.load_chain_model(steps, *keras_files)
+
+    label = f"{recipe.name} {technique}"
     return [
         Stage(
-            name=f"train {recipe.name}", version=1, inputs=(paths.features,),
-            params={"architecture": recipe.architecture, "labels": recipe.labels, "seed": recipe.seed,
-                    "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate},
-            outputs=(paths.fp32(technique), paths.train_log(technique)), tools=TF_TOOLS,
-            action=lambda: train.train_fp32(recipe, prof, paths.features, paths.fp32(technique),
-                                            paths.train_log(technique)),
-        ),
-        Stage(
-            name=f"convert {recipe.name}", version=1, inputs=(paths.fp32(technique), paths.features),
-            params={"technique": technique, "representative_samples": convert.REPRESENTATIVE_SAMPLES,
+            name=f"convert {label}", version=2, inputs=(*keras_files, paths.features),
+            params={"quantization_aware": qat, "representative_samples": convert.REPRESENTATIVE_SAMPLES,
                     "seed": recipe.seed},
             outputs=(paths.int8(technique),), tools=TF_TOOLS,
-            action=lambda: convert.convert_to_int8(paths.fp32(technique), paths.features, paths.int8(technique),
-                                                   recipe.seed),
+            action=lambda: convert.convert_to_int8(keras_model(), paths.features, paths.int8(technique),
+                                                   recipe.seed, quantization_aware=qat),
         ),
         Stage(
-            name=f"evaluate {recipe.name}", version=1,
-            inputs=(paths.fp32(technique), paths.int8(technique), paths.features),
+            name=f"evaluate {label}", version=2, inputs=(*keras_files, paths.int8(technique), paths.features),
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
-            action=lambda: evaluate.evaluate_classifier(list(recipe.labels), paths.fp32(technique),
-                                                        paths.int8(technique), paths.features,
-                                                        paths.evaluation(technique)),
+            action=lambda: evaluate.evaluate_classifier(list(recipe.labels), keras_model(), paths.int8(technique),
+                                                        paths.features, paths.evaluation(technique)),
+        ),
+        Stage(
+            name=f"verify {label}", version=2, inputs=(paths.int8(technique),),
+            params={"steps": steps, "expect": optimize.expectations(recipe, technique)},
+            outputs=(paths.weights(technique),), tools=LITERT,
+            action=lambda: optimize.verify_recipe(recipe, technique, paths.int8(technique),
+                                                  paths.weights(technique)),
         ),
     ]
+
+
+def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, techniques: list[str]) -> list[Stage]:
+    """Every stage from features to verified INT8 files for `techniques`, each shared chain once."""
+    from .optimize import plan_recipe
+
+    stages, seen = [train_stage(recipe, profile, paths)], set()
+    for technique in techniques:
+        for plan in plan_recipe(technique):
+            if plan.chain not in seen:
+                seen.add(plan.chain)
+                stages.append(step_stage(recipe, profile, paths, plan))
+    for technique in techniques:
+        stages += recipe_stages(recipe, paths, technique)
+    return stages
 
 
 def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: str) -> Stage:
@@ -135,7 +195,7 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     return Stage(
-        name=f"compile {recipe.name} for {target.name}", version=1, inputs=(paths.int8(technique),),
+        name=f"compile {recipe.name} {technique} for {target.name}", version=1, inputs=(paths.int8(technique),),
         params={**target.vela_params(), "vela_config": vela.VELA_CONFIG}, outputs=out.all(), tools=VELA,
         action=lambda: vela.compile_with_vela(paths.int8(technique), target, out),
     )
@@ -155,9 +215,10 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   vela_sram_bytes=figures["sram_bytes"], out_dir=folder)
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=1,
-        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, recipe.source, target_file),
-        params={"technique": technique}, tools=LITERT + ("jinja2",),
+        name=f"assets {recipe.name} for {target.name}", version=2,
+        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file),
+        params={"technique": technique, "labels": recipe.labels, "frontend": vars(recipe.frontend)},
+        tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}" for suffix in ("_model.h", "_model.c", "_meta.h")),
         action=action,
     )
@@ -225,10 +286,10 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     entries = []
     for recipe in recipes:
         recipe.profile(profile)  # fail early on an unknown profile
-        paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir))
+        paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
         technique = recipe.ship
         cache.run(data_stage(recipe, profile, data_dir, paths))
-        for stage in model_stages(recipe, profile, paths, technique):
+        for stage in model_stages(recipe, profile, paths, [technique]):
             cache.run(stage)
         entries.append((recipe, paths, technique))
     for tgt in targets:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
     from .architectures import build_model
     from .tfenv import import_tf
 
-    tf, keras = import_tf(seed=recipe.seed)
+    _, keras = import_tf(seed=recipe.seed)
     x_train, y_train = load_split(features, "train")
     x_val, y_val = load_split(features, "val")
     model = build_model(recipe)
@@ -34,20 +34,28 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     print(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
           f"{len(x_train)} clips, {profile.epochs} epochs", flush=True)
+    start = time.perf_counter()
     history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=profile.epochs,
                         batch_size=profile.batch_size, shuffle=True, verbose=2)
+    seconds = time.perf_counter() - start
     with atomic_path(out_model) as tmp:
         model.save(tmp, include_optimizer=False)
     hist = {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
-    write_json(out_log, {"parameters": int(model.count_params()), "history": hist})
-    del tf
+    write_json(out_log, {"parameters": int(model.count_params()), "samples": len(x_train),
+                         "epochs": profile.epochs, "seconds": round(seconds, 1),
+                         "samples_per_second": round(len(x_train) * profile.epochs / seconds, 1),
+                         "history": hist})
 
 
 def load_keras_model(path: Path):
+    """Load a model saved by any stage, QAT wrappers and quantizers included."""
     from .tfenv import import_tf
 
     _, keras = import_tf()
-    return keras.models.load_model(path, compile=False)
+    import tensorflow_model_optimization as tfmot
+
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(path, compile=False)
 
 
 

@@ -147,3 +147,19 @@ def test_generated_c_compiles_with_warnings_as_errors(smoke_project, tmp_path):
     assert label == "yes" and ident.startswith("TFL3") and dims == "490"
     report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
     assert int(arena) == report["models"][0]["arena_bytes"]
+
+
+def test_broken_chain_fails_naming_the_layer(tmp_path):
+    """A prune step whose schedule never fires (frequency beyond the fine-tuning length)."""
+    from .conftest import make_project
+
+    root = make_project(tmp_path / "broken")
+    recipe = root / "models" / "kws.toml"
+    text = recipe.read_text().replace('ship = "ptq"', 'ship = "prune"')
+    recipe.write_text(text.replace("prune_frequency = 0 ", "prune_frequency = 100000 "))
+    with pytest.raises(BuildError) as err:
+        build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+    message = str(err.value)
+    assert message.startswith("recipe prune lost what its steps gained: kws_int8.tflite: layer conv2d has sparsity")
+    assert "below 95% of the pruning target (0.475)" in message
+    assert not (root / "firmware_assets").exists()

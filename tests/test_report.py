@@ -34,6 +34,6 @@ def test_over_budget_names_models_memory_and_bytes():
     rep = build_report(T, [figures("kws", T.sram_budget_bytes + 10, 1000)])
     assert rep["total"]["fits"] is False
     (problem,) = over_budget(rep)
-    assert f"SRAM over budget by 10 bytes" in problem and "kws" in problem
+    assert "SRAM over budget by 10 bytes" in problem and "kws" in problem
     with pytest.raises(BuildError, match="SRAM over budget by 10 bytes"):
         check_budget(rep)

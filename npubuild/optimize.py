@@ -1,0 +1,215 @@
+"""Collaborative optimization with tfmot: techniques as named steps, recipes as lists of steps.
+
+Each step starts from the previous step's stripped model, loaded fresh from its
+file (never the same model object twice: tfmot's wrappers damage the model they
+are given), and knows what the steps before it gained, so it keeps it:
+
+| step    | after nothing        | after prune                          | after cluster (± prune)                      |
+|---------|----------------------|--------------------------------------|----------------------------------------------|
+| prune   | magnitude pruning    | -                                    | -                                            |
+| cluster | weight clustering    | sparsity-preserving clustering       | -                                            |
+| qat     | quantization-aware   | PQAT (prune-preserving QAT)          | CQAT / PCQAT (cluster[+sparsity]-preserving) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import OptimizeSettings, Profile, Recipe
+from .errors import BuildError
+from .stages import atomic_path, write_json
+from .techniques import RECIPES, STEPS
+
+# Layers tfmot 0.8.1 prunes and clusters (its registries list no DepthwiseConv2D weights).
+PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step of a chain: what it is and what came before it."""
+
+    step: str
+    before: tuple[str, ...]
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return (*self.before, self.step)
+
+    @property
+    def scheme(self) -> str:
+        """The tfmot scheme this step uses, given what came before."""
+        if self.step == "cluster":
+            return "sparsity_preserving_clustering" if "prune" in self.before else "clustering"
+        if self.step == "qat":
+            if "cluster" in self.before:
+                return "pcqat" if "prune" in self.before else "cqat"
+            return "pqat" if "prune" in self.before else "qat"
+        return "pruning"
+
+
+def plan_recipe_steps(steps: tuple[str, ...]) -> list[StepPlan]:
+    return [StepPlan(step, steps[:i]) for i, step in enumerate(steps)]
+
+
+def plan_recipe(recipe_name: str) -> list[StepPlan]:
+    return plan_recipe_steps(RECIPES[recipe_name])
+
+
+def apply_qat(model, scheme: str):
+    """Wrap `model` for quantization-aware training with the scheme that keeps earlier gains."""
+    import tensorflow_model_optimization as tfmot
+
+    qk = tfmot.quantization.keras
+    if scheme == "qat":
+        return qk.quantize_model(model)
+    if scheme == "pqat":
+        collaborative = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    else:
+        collaborative = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
+            preserve_sparsity=scheme == "pcqat")
+    return qk.quantize_apply(qk.quantize_annotate_model(model), collaborative)
+
+
+def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path | None = None):
+    """The Keras model at the end of `steps`; after a QAT step, rebuilt from the model
+    before it with the same scheme, then given the fine-tuned weights."""
+    from .train import load_keras_model
+
+    if not steps or steps[-1] != "qat":
+        return load_keras_model(model_path)
+    plans = plan_recipe_steps(steps)
+    model = apply_qat(load_keras_model(before_path), plans[-1].scheme)
+    model.load_weights(model_path)
+    return model
+
+
+def _fine_tune(model, keras, x, y, epochs: int, batch_size: int, learning_rate: float, callbacks=()):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=2,
+                        callbacks=list(callbacks))
+    return {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
+
+
+def pruning_schedule(settings: OptimizeSettings, steps: int):
+    """Polynomial decay from 0 to the target sparsity over the first 70% of fine-tuning,
+    updating `prune_updates` times (or every `prune_frequency` steps if set)."""
+    import tensorflow_model_optimization as tfmot
+
+    end_step = max(1, int(0.7 * steps))
+    frequency = settings.prune_frequency or max(1, end_step // settings.prune_updates)
+    end_step = max(frequency, (end_step // frequency) * frequency)
+    return tfmot.sparsity.keras.PolynomialDecay(initial_sparsity=0.0, final_sparsity=settings.target_sparsity,
+                                                begin_step=0, end_step=end_step, frequency=frequency)
+
+
+def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, features: Path,
+             out_model: Path, out_log: Path) -> None:
+    """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
+    import tensorflow_model_optimization as tfmot
+
+    from .tfenv import import_tf
+    from .train import load_keras_model, load_split
+
+    _, keras = import_tf(seed=recipe.seed)
+    s = recipe.optimize
+    x, y = load_split(features, "train")
+    if profile.finetune_samples and len(x) > profile.finetune_samples:
+        pick = np.sort(np.random.default_rng([recipe.seed, STEPS.index(plan.step)]).permutation(len(x))
+                       [:profile.finetune_samples])
+        x, y = x[pick], y[pick]
+    model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
+    epochs = {"prune": profile.prune_epochs, "cluster": profile.cluster_epochs, "qat": profile.qat_epochs}[plan.step]
+    steps = epochs * int(np.ceil(len(x) / profile.batch_size))
+    print(f"  {plan.scheme}: {len(x)} clips, {epochs} epochs", flush=True)
+
+    if plan.step == "prune":
+        schedule = pruning_schedule(s, steps)
+        wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+        history = _fine_tune(wrapped, keras, x, y, epochs, profile.batch_size, s.prune_learning_rate,
+                             [tfmot.sparsity.keras.UpdatePruningStep()])
+        final = tfmot.sparsity.keras.strip_pruning(wrapped)
+        details = {"target_sparsity": s.target_sparsity, "end_step": int(schedule.end_step),
+                   "frequency": int(schedule.frequency), "steps": steps}
+    elif plan.step == "cluster":
+        cluster = tfmot.clustering.keras
+        init = {"kmeans_plus_plus": cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
+                "linear": cluster.CentroidInitialization.LINEAR,
+                "density_based": cluster.CentroidInitialization.DENSITY_BASED}[s.centroid_init]
+        wrapped = cluster.cluster_weights(model, number_of_clusters=s.clusters, cluster_centroids_init=init,
+                                          preserve_sparsity="prune" in plan.before)
+        history = _fine_tune(wrapped, keras, x, y, epochs, profile.batch_size, s.cluster_learning_rate)
+        final = cluster.strip_clustering(wrapped)
+        details = {"clusters": s.clusters, "centroid_init": s.centroid_init,
+                   "preserve_sparsity": "prune" in plan.before}
+    else:
+        final = apply_qat(model, plan.scheme)
+        history = _fine_tune(final, keras, x, y, epochs, profile.batch_size, s.qat_learning_rate)
+        details = {"scheme": plan.scheme}
+
+    with atomic_path(out_model) as tmp:
+        if plan.step == "qat":
+            # Keras cannot reload the collaborative schemes' quantizers from a saved model
+            # (the weight counts differ), so QAT keeps weights only; see load_chain_model.
+            final.save_weights(tmp)
+        else:
+            final.save(tmp, include_optimizer=False)
+    write_json(out_log, {"step": plan.step, "scheme": plan.scheme, "chain": list(plan.chain), "clips": len(x),
+                         "epochs": epochs, **details, "history": history})
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def expectations(recipe: Recipe, recipe_name: str) -> dict:
+    """What the INT8 file of `recipe_name` must show, from its steps."""
+    steps = RECIPES[recipe_name]
+    s = recipe.optimize
+    return {
+        "min_sparsity": round(0.95 * s.target_sparsity, 6) if "prune" in steps else None,
+        "max_values_per_channel": s.clusters if "cluster" in steps else None,
+    }
+
+
+def verify_int8(layers: list, expect: dict, tflite_name: str) -> list[str]:
+    """Problems with the INT8 weights, one line per layer; empty when the chain kept its gains.
+
+    Sparsity-preserving clustering keeps zero as one of the cluster values, so the
+    limit on distinct values per channel is the number of clusters in every recipe.
+    """
+    problems = []
+    for lw in layers:
+        if lw.op not in PRUNABLE_OPS:
+            continue
+        if expect["min_sparsity"] is not None and lw.sparsity < expect["min_sparsity"]:
+            problems.append(f"{tflite_name}: layer {lw.layer} has sparsity {lw.sparsity:.3f}, below 95% of the "
+                            f"pruning target ({expect['min_sparsity']:.3f})")
+        limit = expect["max_values_per_channel"]
+        if limit is not None and lw.max_distinct_per_channel > limit:
+            problems.append(f"{tflite_name}: layer {lw.layer} has {lw.max_distinct_per_channel} distinct weight "
+                            f"values in an output channel, more than its {limit} clusters")
+    return problems
+
+
+def verify_recipe(recipe: Recipe, recipe_name: str, tflite: Path, out: Path) -> None:
+    from .weights import measure_weights, overall_sparsity
+
+    layers = measure_weights(tflite)
+    expect = expectations(recipe, recipe_name)
+    problems = verify_int8(layers, expect, tflite.name)
+    summary = {
+        "recipe": recipe_name, "steps": list(RECIPES[recipe_name]), "expect": expect,
+        "sparsity_prunable": overall_sparsity(layers), "sparsity_all": overall_sparsity(
+            layers, ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D")),
+        "max_values_per_channel": max((lw.max_distinct_per_channel for lw in layers if lw.op in PRUNABLE_OPS),
+                                      default=0),
+        "not_optimizable": sorted(lw.layer for lw in layers if lw.op not in PRUNABLE_OPS),
+        "layers": [lw.to_json() for lw in layers],
+    }
+    if problems:
+        raise BuildError(f"recipe {recipe_name} lost what its steps gained: {problems[0]}"
+                         + (f" (and {len(problems) - 1} more layers)" if len(problems) > 1 else ""))
+    write_json(out, summary)

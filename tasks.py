@@ -42,6 +42,23 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
     )
 
 
+@task(help={
+    "model": "the model whose recipes to compare (kws)",
+    "targets": "comma-separated target names, or all (default: config build.target)",
+    "profile": "smoke or default",
+    "techniques": "comma-separated recipes (default: all eight: ptq,qat,prune,pqat,cluster,cqat,prune_cluster,pcqat)",
+    "data-dir": "real data instead of the built-in dataset",
+})
+def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None):
+    """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
+    from npubuild.pipeline import compare as run_compare
+
+    _fail_cleanly(
+        run_compare, ROOT, model=model, targets=targets or c.config.build.target, profile=profile or c.config.build.profile,
+        techniques=techniques.split(",") if techniques else None, data_dir=Path(data_dir) if data_dir else None,
+    )
+
+
 @task(help={"k": "only tests matching this pytest -k expression", "fast": "skip the slow end-to-end tests"})
 def test(c, k=None, fast=False):
     """Run the test suite (real TensorFlow, Vela, LiteRT and C compiler on the smoke profile)."""
@@ -76,5 +93,5 @@ def clean(c, all=False):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-ns = Collection(build, test, bench, clean)
+ns = Collection(build, compare, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

@@ -117,14 +117,17 @@ def find_targets(root: Path) -> list[Path]:
     return sorted((root / "targets").glob("*.toml"))
 
 
-def resolve_targets(root: Path, name: str) -> list[Target]:
-    """`name` is a target name or "all"."""
+def resolve_targets(root: Path, names: str) -> list[Target]:
+    """`names` is a target name, several separated by commas, or "all"."""
     paths = find_targets(root)
-    if name != "all":
-        paths = [p for p in paths if p.stem == name]
-        if not paths:
-            known = ", ".join(p.stem for p in find_targets(root)) or "none"
-            raise BuildError(f"{root / 'targets' / (name + '.toml')}: no such target (known: {known})")
+    if names != "all":
+        known = {p.stem: p for p in paths}
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        for name in wanted:
+            if name not in known:
+                raise BuildError(f"{root / 'targets' / (name + '.toml')}: no such target "
+                                 f"(known: {', '.join(known) or 'none'})")
+        paths = [known[n] for n in dict.fromkeys(wanted)]
     return [load_target(p) for p in paths]
 
 

@@ -13,6 +13,7 @@ are given), and knows what the steps before it gained, so it keeps it:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,16 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
     return model
 
 
-def _fine_tune(model, keras, x, y, epochs: int, batch_size: int, learning_rate: float, callbacks=()):
+def _fine_tune(model, keras, x, y, epochs: int, batch_size: int, learning_rate: float, callbacks=()) -> dict:
+    """Fit and report the history with the throughput of the fit itself (samples per second)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    start = time.perf_counter()
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=2,
                         callbacks=list(callbacks))
-    return {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
+            "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
 
 
 def pruning_schedule(settings: OptimizeSettings, steps: int):
@@ -106,16 +111,49 @@ def pruning_schedule(settings: OptimizeSettings, steps: int):
                                                 begin_step=0, end_step=end_step, frequency=frequency)
 
 
+@dataclass
+class Wrapped:
+    """A model ready to fine-tune for one step, and how to finish it."""
+
+    model: object
+    learning_rate: float
+    callbacks: list
+    strip: object  # callable: fine-tuned wrapped model -> model to save
+    details: dict
+
+
+def wrap_for_step(model, plan: StepPlan, settings: OptimizeSettings, steps: int) -> Wrapped:
+    """Wrap `model` (a fresh object, never reused) for the step in `plan`."""
+    import tensorflow_model_optimization as tfmot
+
+    s = settings
+    if plan.step == "prune":
+        schedule = pruning_schedule(s, steps)
+        return Wrapped(tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule),
+                       s.prune_learning_rate, [tfmot.sparsity.keras.UpdatePruningStep()],
+                       tfmot.sparsity.keras.strip_pruning,
+                       {"target_sparsity": s.target_sparsity, "end_step": int(schedule.end_step),
+                        "frequency": int(schedule.frequency), "steps": steps})
+    if plan.step == "cluster":
+        cluster = tfmot.clustering.keras
+        init = {"kmeans_plus_plus": cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
+                "linear": cluster.CentroidInitialization.LINEAR,
+                "density_based": cluster.CentroidInitialization.DENSITY_BASED}[s.centroid_init]
+        preserve = "prune" in plan.before
+        return Wrapped(cluster.cluster_weights(model, number_of_clusters=s.clusters, cluster_centroids_init=init,
+                                               preserve_sparsity=preserve),
+                       s.cluster_learning_rate, [], cluster.strip_clustering,
+                       {"clusters": s.clusters, "centroid_init": s.centroid_init, "preserve_sparsity": preserve})
+    return Wrapped(apply_qat(model, plan.scheme), s.qat_learning_rate, [], lambda m: m, {"scheme": plan.scheme})
+
+
 def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, features: Path,
              out_model: Path, out_log: Path) -> None:
     """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
-    import tensorflow_model_optimization as tfmot
-
     from .tfenv import import_tf
     from .train import load_keras_model, load_split
 
     _, keras = import_tf(seed=recipe.seed)
-    s = recipe.optimize
     x, y = load_split(features, "train")
     if profile.finetune_samples and len(x) > profile.finetune_samples:
         pick = np.sort(np.random.default_rng([recipe.seed, STEPS.index(plan.step)]).permutation(len(x))
@@ -125,31 +163,10 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     epochs = {"prune": profile.prune_epochs, "cluster": profile.cluster_epochs, "qat": profile.qat_epochs}[plan.step]
     steps = epochs * int(np.ceil(len(x) / profile.batch_size))
     print(f"  {plan.scheme}: {len(x)} clips, {epochs} epochs", flush=True)
-
-    if plan.step == "prune":
-        schedule = pruning_schedule(s, steps)
-        wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-        history = _fine_tune(wrapped, keras, x, y, epochs, profile.batch_size, s.prune_learning_rate,
-                             [tfmot.sparsity.keras.UpdatePruningStep()])
-        final = tfmot.sparsity.keras.strip_pruning(wrapped)
-        details = {"target_sparsity": s.target_sparsity, "end_step": int(schedule.end_step),
-                   "frequency": int(schedule.frequency), "steps": steps}
-    elif plan.step == "cluster":
-        cluster = tfmot.clustering.keras
-        init = {"kmeans_plus_plus": cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
-                "linear": cluster.CentroidInitialization.LINEAR,
-                "density_based": cluster.CentroidInitialization.DENSITY_BASED}[s.centroid_init]
-        wrapped = cluster.cluster_weights(model, number_of_clusters=s.clusters, cluster_centroids_init=init,
-                                          preserve_sparsity="prune" in plan.before)
-        history = _fine_tune(wrapped, keras, x, y, epochs, profile.batch_size, s.cluster_learning_rate)
-        final = cluster.strip_clustering(wrapped)
-        details = {"clusters": s.clusters, "centroid_init": s.centroid_init,
-                   "preserve_sparsity": "prune" in plan.before}
-    else:
-        final = apply_qat(model, plan.scheme)
-        history = _fine_tune(final, keras, x, y, epochs, profile.batch_size, s.qat_learning_rate)
-        details = {"scheme": plan.scheme}
-
+    wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
+    fit = _fine_tune(wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
+                     wrapped.callbacks)
+    final = wrapped.strip(wrapped.model)
     with atomic_path(out_model) as tmp:
         if plan.step == "qat":
             # Keras cannot reload the collaborative schemes' quantizers from a saved model
@@ -158,7 +175,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
         else:
             final.save(tmp, include_optimizer=False)
     write_json(out_log, {"step": plan.step, "scheme": plan.scheme, "chain": list(plan.chain), "clips": len(x),
-                         "epochs": epochs, **details, "history": history})
+                         "epochs": epochs, **wrapped.details, **fit})
 
 
 # --------------------------------------------------------------------------- verification

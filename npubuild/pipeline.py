@@ -266,6 +266,27 @@ def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, 
                  params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path), action=action)
 
 
+def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
+           assets_dir: Path | None, dry_run: bool, log: Callable[[str], None]):
+    layout = Layout.for_project(root, build_dir, assets_dir)
+    recipes = resolve_models(layout.root, model)
+    targets = resolve_targets(layout.root, target)
+    for recipe in recipes:
+        recipe.profile(profile)  # fail early on an unknown profile
+    if data_dir is not None and not data_dir.is_dir():
+        raise BuildError(f"{data_dir}: data directory does not exist")
+    return layout, recipes, targets, Cache(layout.root, log, dry_run=dry_run)
+
+
+def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
+                techniques: list[str]) -> ModelPaths:
+    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
+    cache.run(data_stage(recipe, profile, data_dir, paths))
+    for stage in model_stages(recipe, profile, paths, techniques):
+        cache.run(stage)
+    return paths
+
+
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
           log: Callable[[str], None] = print) -> BuildSummary:
@@ -276,22 +297,11 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     from .report import check_budget
 
     start = time.perf_counter()
-    layout = Layout.for_project(root, build_dir, assets_dir)
-    recipes = resolve_models(layout.root, model)
-    targets = resolve_targets(layout.root, target)
-    if data_dir is not None and not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-    cache = Cache(layout.root, log, dry_run=dry_run)
+    layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
+                                             dry_run, log)
     summary = BuildSummary()
-    entries = []
-    for recipe in recipes:
-        recipe.profile(profile)  # fail early on an unknown profile
-        paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
-        technique = recipe.ship
-        cache.run(data_stage(recipe, profile, data_dir, paths))
-        for stage in model_stages(recipe, profile, paths, [technique]):
-            cache.run(stage)
-        entries.append((recipe, paths, technique))
+    entries = [(recipe, _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship]), recipe.ship)
+               for recipe in recipes]
     for tgt in targets:
         target_file = layout.root / "targets" / f"{tgt.name}.toml"
         for recipe, paths, technique in entries:
@@ -306,6 +316,73 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     log(render_summary(summary))
     for rep in summary.reports.values():
         check_budget(rep)
+    return summary
+
+
+def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targets: list[Target],
+                  assets_dir: Path) -> Stage:
+    from . import compare, stages, vela
+
+    folder = assets_dir / "compare"
+    json_path, md_path = folder / f"{recipe.name}.json", folder / f"{recipe.name}.md"
+
+    def action() -> None:
+        records = []
+        for technique in techniques:
+            evaluation = json.loads(paths.evaluation(technique).read_text())
+            weights = json.loads(paths.weights(technique).read_text())
+            prunable = [lw for lw in weights["layers"] if lw["op"] in ("CONV_2D", "FULLY_CONNECTED")]
+            per_target = {}
+            for tgt in targets:
+                v = vela.read_vela_figures(vela.VelaOutputs(paths.vela_dir(technique, tgt.name), recipe.name))
+                per_target[tgt.name] = {k: v[k] for k in ("sram_bytes", "flash_bytes", "cycles", "inference_ms",
+                                                          "npu_ops", "cpu_ops")}
+            records.append({
+                "recipe": technique, "steps": list(RECIPES[technique]),
+                "accuracy": {"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
+                "tflite_bytes": paths.int8(technique).stat().st_size,
+                "zipped_bytes": compare.zipped_size(paths.int8(technique)),
+                "weights": {"sparsity_prunable": weights["sparsity_prunable"],
+                            "sparsity_all": weights["sparsity_all"],
+                            "max_values_per_channel": max((lw["max_distinct_per_channel"] for lw in prunable), default=0),
+                            "max_values_per_tensor": max((lw["distinct_per_tensor"] for lw in prunable), default=0),
+                            "not_optimizable": weights["not_optimizable"]},
+                "targets": per_target,
+            })
+        result = {"model": recipe.name, "shipped": recipe.ship, **compare.compare_rows(records)}
+        stages.write_json(json_path, result)
+        stages.write_text(md_path, compare.render_markdown(recipe.name, result, recipe.ship))
+
+    inputs = []
+    for technique in techniques:
+        inputs += [paths.int8(technique), paths.evaluation(technique), paths.weights(technique)]
+        for tgt in targets:
+            out = vela.VelaOutputs(paths.vela_dir(technique, tgt.name), recipe.name)
+            inputs += [out.summary, out.log]
+    return Stage(name=f"compare {recipe.name}", version=1, inputs=tuple(inputs),
+                 params={"techniques": techniques, "targets": [t.name for t in targets], "shipped": recipe.ship},
+                 outputs=(json_path, md_path), action=action)
+
+
+def compare(root: Path, *, model: str, targets: str, profile: str = "default", data_dir: Path | None = None,
+            techniques: list[str] | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
+            log: Callable[[str], None] = print) -> BuildSummary:
+    """Build every recipe of the deployment tree for `model` and compare them on `targets`."""
+    start = time.perf_counter()
+    layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
+                                                 False, log)
+    techniques = techniques or list(RECIPES)
+    unknown = [t for t in techniques if t not in RECIPES]
+    if unknown:
+        raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
+    for recipe in recipes:
+        paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
+        for technique in techniques:
+            for tgt in target_list:
+                cache.run(compile_stage(recipe, tgt, paths, technique))
+        cache.run(compare_stage(recipe, paths, techniques, target_list, layout.assets_dir))
+    summary = BuildSummary(results=cache.results, seconds=time.perf_counter() - start)
+    log(render_summary(summary))
     return summary
 
 

@@ -39,6 +39,10 @@ def ds_cnn_l(num_frames: int, num_mfcc: int, num_classes: int):
 
 
 def build_model(recipe: Recipe):
+    # Layer names come from per-process counters; start them afresh so every build names
+    # the layers (and so the TFLite tensors) the same way.
+    _, keras = import_tf()
+    keras.backend.clear_session()
     if recipe.architecture == "ds_cnn_l":
         fe = recipe.frontend
         return ds_cnn_l(fe.num_frames, fe.num_mfcc, len(recipe.labels))

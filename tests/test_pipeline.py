@@ -109,7 +109,7 @@ def test_changed_param_names_the_reason_and_what_follows(smoke_project):
     assert not any(r.ran for r in summary.results)
     assert "[data kws] up to date" in lines
     assert "[train kws] would run: changed param learning_rate: 0.001 -> 0.0011" in lines
-    assert any(line.startswith("[convert kws] would run: input ") for line in lines)
+    assert any(line.startswith("[convert kws ptq] would run: input ") for line in lines)
     assert any(line.startswith(f"[report {TARGET}] would run: input ") for line in lines)
 
 

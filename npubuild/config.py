@@ -171,6 +171,10 @@ class Profile:
     qat_epochs: int
     finetune_samples: int
 
+    def step_epochs(self, step: str) -> int:
+        """Fine-tuning epochs of an optimization step ("prune", "cluster" or "qat")."""
+        return {"prune": self.prune_epochs, "cluster": self.cluster_epochs, "qat": self.qat_epochs}[step]
+
 
 @dataclass(frozen=True)
 class OptimizeSettings:

@@ -23,9 +23,7 @@ from .config import OptimizeSettings, Profile, Recipe
 from .errors import BuildError
 from .stages import atomic_path, write_json
 from .techniques import RECIPES, STEPS
-
-# Layers tfmot 0.8.1 prunes and clusters (its registries list no DepthwiseConv2D weights).
-PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")
+from .weights import PRUNABLE_OPS
 
 
 @dataclass(frozen=True)
@@ -51,12 +49,9 @@ class StepPlan:
         return "pruning"
 
 
-def plan_recipe_steps(steps: tuple[str, ...]) -> list[StepPlan]:
-    return [StepPlan(step, steps[:i]) for i, step in enumerate(steps)]
-
-
 def plan_recipe(recipe_name: str) -> list[StepPlan]:
-    return plan_recipe_steps(RECIPES[recipe_name])
+    steps = RECIPES[recipe_name]
+    return [StepPlan(step, steps[:i]) for i, step in enumerate(steps)]
 
 
 def apply_qat(model, scheme: str):
@@ -81,8 +76,7 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
 
     if not steps or steps[-1] != "qat":
         return load_keras_model(model_path)
-    plans = plan_recipe_steps(steps)
-    model = apply_qat(load_keras_model(before_path), plans[-1].scheme)
+    model = apply_qat(load_keras_model(before_path), StepPlan(steps[-1], steps[:-1]).scheme)
     model.load_weights(model_path)
     return model
 
@@ -160,7 +154,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
                        [:profile.finetune_samples])
         x, y = x[pick], y[pick]
     model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
-    epochs = {"prune": profile.prune_epochs, "cluster": profile.cluster_epochs, "qat": profile.qat_epochs}[plan.step]
+    epochs = profile.step_epochs(plan.step)
     steps = epochs * int(np.ceil(len(x) / profile.batch_size))
     print(f"  {plan.scheme}: {len(x)} clips, {epochs} epochs", flush=True)
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
@@ -212,17 +206,17 @@ def verify_int8(layers: list, expect: dict, tflite_name: str) -> list[str]:
 
 
 def verify_recipe(recipe: Recipe, recipe_name: str, tflite: Path, out: Path) -> None:
-    from .weights import measure_weights, overall_sparsity
+    from .weights import WEIGHTED_OPS, measure_weights, overall_sparsity
 
     layers = measure_weights(tflite)
     expect = expectations(recipe, recipe_name)
     problems = verify_int8(layers, expect, tflite.name)
+    prunable = [lw for lw in layers if lw.op in PRUNABLE_OPS]
     summary = {
         "recipe": recipe_name, "steps": list(RECIPES[recipe_name]), "expect": expect,
-        "sparsity_prunable": overall_sparsity(layers), "sparsity_all": overall_sparsity(
-            layers, ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D")),
-        "max_values_per_channel": max((lw.max_distinct_per_channel for lw in layers if lw.op in PRUNABLE_OPS),
-                                      default=0),
+        "sparsity_prunable": overall_sparsity(layers), "sparsity_all": overall_sparsity(layers, tuple(WEIGHTED_OPS)),
+        "max_values_per_channel": max((lw.max_distinct_per_channel for lw in prunable), default=0),
+        "max_values_per_tensor": max((lw.distinct_per_tensor for lw in prunable), default=0),
         "not_optimizable": sorted(lw.layer for lw in layers if lw.op not in PRUNABLE_OPS),
         "layers": [lw.to_json() for lw in layers],
     }

@@ -126,7 +126,7 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
     from . import optimize
 
     prof = recipe.profile(profile)
-    epochs = {"prune": prof.prune_epochs, "cluster": prof.cluster_epochs, "qat": prof.qat_epochs}[plan.step]
+    epochs = prof.step_epochs(plan.step)
     return Stage(
         name=f"{plan.scheme} {recipe.name}", version=2, inputs=(paths.keras(plan.before), paths.features),
         params={"chain": plan.chain, "scheme": plan.scheme, "settings": vars(recipe.optimize), "epochs": epochs,
@@ -166,7 +166,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
                                                         paths.features, paths.evaluation(technique)),
         ),
         Stage(
-            name=f"verify {label}", version=2, inputs=(paths.int8(technique),),
+            name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
             params={"steps": steps, "expect": optimize.expectations(recipe, technique)},
             outputs=(paths.weights(technique),), tools=LITERT,
             action=lambda: optimize.verify_recipe(recipe, technique, paths.int8(technique),
@@ -331,7 +331,6 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
         for technique in techniques:
             evaluation = json.loads(paths.evaluation(technique).read_text())
             weights = json.loads(paths.weights(technique).read_text())
-            prunable = [lw for lw in weights["layers"] if lw["op"] in ("CONV_2D", "FULLY_CONNECTED")]
             per_target = {}
             for tgt in targets:
                 v = vela.read_vela_figures(vela.VelaOutputs(paths.vela_dir(technique, tgt.name), recipe.name))
@@ -342,11 +341,8 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
                 "accuracy": {"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
                 "tflite_bytes": paths.int8(technique).stat().st_size,
                 "zipped_bytes": compare.zipped_size(paths.int8(technique)),
-                "weights": {"sparsity_prunable": weights["sparsity_prunable"],
-                            "sparsity_all": weights["sparsity_all"],
-                            "max_values_per_channel": max((lw["max_distinct_per_channel"] for lw in prunable), default=0),
-                            "max_values_per_tensor": max((lw["distinct_per_tensor"] for lw in prunable), default=0),
-                            "not_optimizable": weights["not_optimizable"]},
+                "weights": {k: weights[k] for k in ("sparsity_prunable", "sparsity_all", "max_values_per_channel",
+                                                    "max_values_per_tensor", "not_optimizable")},
                 "targets": per_target,
             })
         result = {"model": recipe.name, "shipped": recipe.ship, **compare.compare_rows(records)}

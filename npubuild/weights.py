@@ -16,6 +16,8 @@ import numpy as np
 # Operator -> axis of the output channel in its weight tensor (TFLite layouts:
 # CONV_2D [out, h, w, in], DEPTHWISE_CONV_2D [1, h, w, out], FULLY_CONNECTED [out, in]).
 WEIGHTED_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}
+# Layers tfmot 0.8.1 prunes and clusters (its registries list no DepthwiseConv2D weights).
+PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")
 # "<model>/<layer>/..." segments of a (possibly fused, ';'-joined) tensor name; QAT prefixes "quant_".
 _LAYER_SEGMENT = re.compile(r"(?:^|;)[^/;]+/(?:quant_)?([^/;]+)/")
 _FUSED_LAYERS = ("batch_normalization", "re_lu", "activation")
@@ -74,7 +76,7 @@ def measure_weights(tflite_path: Path) -> list[LayerWeights]:
     return layers
 
 
-def overall_sparsity(layers: list[LayerWeights], ops: tuple[str, ...] = ("CONV_2D", "FULLY_CONNECTED")) -> float:
+def overall_sparsity(layers: list[LayerWeights], ops: tuple[str, ...] = PRUNABLE_OPS) -> float:
     chosen = [lw for lw in layers if lw.op in ops]
     total = sum(lw.parameters for lw in chosen)
     return round(sum(lw.sparsity * lw.parameters for lw in chosen) / total, 6) if total else 0.0

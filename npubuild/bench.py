@@ -78,7 +78,7 @@ def finetune_throughput(root: Path, *, samples: int = 2000, batch_size: int = 10
 
     from .architectures import build_model
     from .config import load_recipe
-    from .optimize import plan_recipe, wrap_for_step
+    from .optimize import apply_qat, plan_recipe, wrap_for_step
     from .techniques import RECIPES, chain_name
     from .tfenv import import_tf
     from .train import load_keras_model
@@ -117,4 +117,9 @@ def finetune_throughput(root: Path, *, samples: int = 2000, batch_size: int = 10
                 final = wrapped.strip(wrapped.model)
                 if plan.step != "qat":
                     final.save(saved[plan.chain])
+        # Before the vectorized clustering: tfmot's own cluster-preserving scheme, same models.
+        for recipe_name in ("cqat", "pcqat"):
+            plan = plan_recipe(recipe_name)[-1]
+            measure(f"{plan.scheme} (tfmot stock)",
+                    apply_qat(load_keras_model(saved[plan.before]), plan.scheme, stock_cqat=True))
     return {"samples": samples, "batch_size": batch_size, "schemes": results}

@@ -54,8 +54,12 @@ def plan_recipe(recipe_name: str) -> list[StepPlan]:
     return [StepPlan(step, steps[:i]) for i, step in enumerate(steps)]
 
 
-def apply_qat(model, scheme: str):
-    """Wrap `model` for quantization-aware training with the scheme that keeps earlier gains."""
+def apply_qat(model, scheme: str, stock_cqat: bool = False):
+    """Wrap `model` for quantization-aware training with the scheme that keeps earlier gains.
+
+    CQAT/PCQAT use tfmot's scheme with its per-channel clustering vectorized
+    (`fast_cqat`: same results, ~6x faster here); `stock_cqat` selects tfmot's own
+    for comparison (tests, benchmark)."""
     import tensorflow_model_optimization as tfmot
 
     qk = tfmot.quantization.keras
@@ -63,9 +67,13 @@ def apply_qat(model, scheme: str):
         return qk.quantize_model(model)
     if scheme == "pqat":
         collaborative = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    else:
+    elif stock_cqat:
         collaborative = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
             preserve_sparsity=scheme == "pcqat")
+    else:
+        from .fast_cqat import FastClusterPreserveQuantizeScheme
+
+        collaborative = FastClusterPreserveQuantizeScheme(preserve_sparsity=scheme == "pcqat")
     return qk.quantize_apply(qk.quantize_annotate_model(model), collaborative)
 
 

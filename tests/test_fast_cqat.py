@@ -61,5 +61,5 @@ def test_vectorized_clustering_matches_tfmot(scheme):
     assert stock_fast == 0
     assert fast_layers == 2  # both Conv2D layers took the vectorized path
     assert len(stock) == len(fast)
-    for a, b in zip(stock, fast):
+    for a, b in zip(stock, fast, strict=True):
         np.testing.assert_array_equal(a, b)

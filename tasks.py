@@ -27,9 +27,10 @@ def _fail_cleanly(fn, *args, **kwargs):
     "build-dir": "where intermediate artifacts go (default: build/)",
     "assets-dir": "where firmware assets go (default: firmware_assets/)",
     "dry-run": "say which stages would run and why; run nothing",
+    "jobs": "Vela compilations run at once (default: one per CPU)",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
-          dry_run=False):
+          dry_run=False, jobs=None):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.pipeline import build as run_build
 
@@ -38,8 +39,26 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
         data_dir=Path(data_dir) if data_dir else None,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
-        dry_run=dry_run,
+        dry_run=dry_run, jobs=int(jobs) if jobs else None,
     )
+
+
+@task(help={
+    "target": "a target name, several separated by commas, or all (default: every target with a report)",
+    "check": "exit non-zero when a budget is exceeded, naming the model, the memory and the bytes over",
+    "assets-dir": "where firmware assets are (default: firmware_assets/)",
+})
+def report(c, target="all", check=False, assets_dir=None):
+    """Re-read the memory reports against the targets as they are now; print every target x model."""
+    from npubuild.errors import BuildError
+    from npubuild.pipeline import check_reports
+
+    try:
+        check_reports(ROOT, target=target, assets_dir=Path(assets_dir) if assets_dir else None)
+    except BuildError as e:
+        if check or "no memory report" in str(e) or "over budget" not in str(e):
+            raise Exit(f"error: {e}", code=1) from None
+        print(f"warning: {e}")
 
 
 @task(help={
@@ -93,5 +112,5 @@ def clean(c, all=False):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-ns = Collection(build, compare, test, bench, clean)
+ns = Collection(build, report, compare, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

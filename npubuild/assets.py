@@ -92,8 +92,9 @@ def padded_size(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
 
 
-def arena_size(vela_sram_bytes: int, target: Target) -> int:
-    return padded_size(vela_sram_bytes + target.tflm_overhead_bytes)
+def arena_size(scratch_bytes: int, target: Target) -> int:
+    """TFLM tensor arena: Vela's scratch tensor (feature maps, input, output) + TFLM's own overhead."""
+    return padded_size(scratch_bytes + target.tflm_overhead_bytes)
 
 
 def _float(x: float) -> str:
@@ -101,7 +102,8 @@ def _float(x: float) -> str:
 
 
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
-                       features: Path | None, vela_sram_bytes: int, out_dir: Path) -> list[Path]:
+                       features: Path | None, scratch_bytes: int, fast_scratch_bytes: int,
+                       out_dir: Path) -> list[Path]:
     from .frontend import LOG_FLOOR
 
     env = _environment()
@@ -114,7 +116,8 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "source_name": compiled.name, "sha256": hashlib.sha256(data).hexdigest(),
         "section": target.model_section, "length": len(data),
         "labels": list(recipe.labels), "input": input_info, "output": output_info,
-        "arena_size": arena_size(vela_sram_bytes, target), "vela_sram": vela_sram_bytes,
+        "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
+        "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
         "frontend": None,
     }
     if features is not None:

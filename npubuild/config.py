@@ -5,7 +5,7 @@ Every problem found while loading names the file and the field.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,24 @@ def _has_type(value: Any, expected: str) -> bool:
 # --------------------------------------------------------------------------- targets
 
 
+MEMORIES = ("sram", "flash", "dram")
+MODEL_SCHEDULES = ("one_at_a_time", "concurrently")
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    """One memory of the board, and the part of it the ML models may use."""
+
+    kind: str  # sram | flash | dram
+    region: str  # what it is on the board, e.g. "ISRAM0 + ISRAM1 (0x31000000)"
+    bytes: int
+    ml_share: float  # fraction of `bytes` budgeted for the models (the rest is the application's)
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.bytes * self.ml_share)
+
+
 @dataclass(frozen=True)
 class Target:
     """A deployment target: the NPU, how Vela sees the memory system, and the budgets."""
@@ -75,17 +93,42 @@ class Target:
     accelerator: str
     system_config: str
     memory_mode: str
-    sram_budget_bytes: int
-    flash_budget_bytes: int
     tflm_overhead_bytes: int
     model_section: str
     arena_section: str
     cpu_clock_hz: int
     npu_clock_hz: int
+    # Do the models run one at a time (their arenas can share one buffer) or concurrently?
+    models_run: str
+    source: Path
+    memory: dict  # kind -> MemoryRegion
+    arena_memory: str  # where Vela puts the feature maps (the TFLM arena): "sram" or "dram"
+    model_memory: str  # where the NPU reads weights from at run time: "flash" or "dram"
+    fast_memory: bool  # a separate NPU scratch buffer in SRAM (Dedicated_Sram memory modes)
+    vela_config: str = ""  # a Vela .ini beside this file; empty: Vela's bundled Arm/vela.ini
+    fast_memory_section: str = ".bss.ethosu_fast_memory"
 
     @property
     def npu_family(self) -> str:
         return self.accelerator.split("-")[1]  # "u55"
+
+    @property
+    def vela_ini(self) -> Path:
+        from .vela_ini import arm_config_path
+
+        return self.source.parent / self.vela_config if self.vela_config else arm_config_path()
+
+    def budget(self, kind: str) -> int:
+        region = self.memory.get(kind)
+        return region.budget_bytes if region else 0
+
+    @property
+    def sram_budget_bytes(self) -> int:
+        return self.budget("sram")
+
+    @property
+    def flash_budget_bytes(self) -> int:
+        return self.budget("flash")
 
     def vela_params(self) -> dict[str, str]:
         """What Vela's output depends on (the budgets do not change the compiled model)."""
@@ -93,24 +136,91 @@ class Target:
                 "memory_mode": self.memory_mode}
 
 
+_DERIVED = ("source", "memory", "arena_memory", "model_memory", "fast_memory")
+_PORT_MEMORY = {"Sram": "sram", "Dram": "dram", "OnChipFlash": "flash", "OffChipFlash": "flash"}
+
+
+def _load_memory(path: Path, table: Any) -> dict[str, MemoryRegion]:
+    if not isinstance(table, dict):
+        raise BuildError(f"{path}: missing table '[memory.sram]' (and '[memory.flash]')")
+    memory = {}
+    for kind, sub in table.items():
+        if kind not in MEMORIES:
+            raise BuildError(f"{path}: unknown field 'memory.{kind}' (known: {', '.join(MEMORIES)})")
+        if not isinstance(sub, dict):
+            raise BuildError(f"{path}: field 'memory.{kind}' must be a table")
+        region = _take(path, sub, MemoryRegion, prefix=f"memory.{kind}.", kind=kind)
+        if region.bytes <= 0:
+            raise BuildError(f"{path}: field 'memory.{kind}.bytes' must be positive")
+        if not 0.0 < region.ml_share <= 1.0:
+            raise BuildError(f"{path}: field 'memory.{kind}.ml_share' must be in (0, 1]")
+        memory[kind] = region
+    for kind in ("sram", "flash"):
+        if kind not in memory:
+            raise BuildError(f"{path}: missing field 'memory.{kind}'")
+    return memory
+
+
 def load_target(path: Path) -> Target:
-    table = read_toml(path)
-    target = _take(path, table, Target)
-    if target.name != path.stem:
-        raise BuildError(f"{path}: field 'name' is {target.name!r} but the file is named {path.stem!r}")
-    if target.accelerator not in ACCELERATORS:
-        raise BuildError(f"{path}: field 'accelerator' is {target.accelerator!r}; "
+    """Load and check a target, including against the Vela .ini it names, before Vela runs."""
+    from .vela_ini import VelaIni, port
+
+    table = dict(read_toml(path))
+    memory = _load_memory(path, table.pop("memory", None))
+    draft = _take(path, table, Target, source=path, memory=memory, arena_memory="", model_memory="",
+                  fast_memory=False)
+    if draft.name != path.stem:
+        raise BuildError(f"{path}: field 'name' is {draft.name!r} but the file is named {path.stem!r}")
+    if draft.accelerator not in ACCELERATORS:
+        raise BuildError(f"{path}: field 'accelerator' is {draft.accelerator!r}; "
                          f"Vela knows {', '.join(ACCELERATORS)}")
-    family = target.npu_family.upper()
-    if not target.system_config.startswith(f"Ethos_{family}_"):
-        raise BuildError(f"{path}: field 'system_config' {target.system_config!r} is not an "
-                         f"Ethos-{family} system config (accelerator {target.accelerator})")
-    for name in ("sram_budget_bytes", "flash_budget_bytes", "cpu_clock_hz", "npu_clock_hz"):
-        if getattr(target, name) <= 0:
+    if draft.models_run not in MODEL_SCHEDULES:
+        raise BuildError(f"{path}: field 'models_run' is {draft.models_run!r}; "
+                         f"expected {' or '.join(MODEL_SCHEDULES)}")
+    for name in ("cpu_clock_hz", "npu_clock_hz"):
+        if getattr(draft, name) <= 0:
             raise BuildError(f"{path}: field '{name}' must be positive")
-    if target.tflm_overhead_bytes < 0:
+    if draft.tflm_overhead_bytes < 0:
         raise BuildError(f"{path}: field 'tflm_overhead_bytes' must not be negative")
-    return target
+    if draft.vela_config and not (path.parent / draft.vela_config).is_file():
+        raise BuildError(f"{path}: field 'vela_config' names {draft.vela_config!r}, "
+                         f"which is not a file beside the target")
+    ini = VelaIni(draft.vela_ini)
+    ini_name = draft.vela_config or "Vela's Arm/vela.ini"
+    system = ini.system_config(draft.system_config)
+    if system is None:
+        raise BuildError(f"{path}: field 'system_config' {draft.system_config!r} is not in "
+                         f"{ini_name} "
+                         f"(has {', '.join(ini.names('System_Config'))})")
+    family = draft.npu_family.upper()
+    named = next((f for f in ("U55", "U65", "U85") if draft.system_config.startswith(f"Ethos_{f}_")), None)
+    if named != family:
+        what = f"an Ethos-{named} system config" if named else "not named Ethos_<U55|U65|U85>_..."
+        raise BuildError(f"{path}: field 'system_config' {draft.system_config!r} is {what}, "
+                         f"but the accelerator is {draft.accelerator}")
+    mode = ini.memory_mode(draft.memory_mode)
+    if mode is None:
+        raise BuildError(f"{path}: field 'memory_mode' {draft.memory_mode!r} is not in "
+                         f"{ini_name} (has {', '.join(ini.names('Memory_Mode'))})")
+    arena_port, const_port = port(system, mode.arena_mem_area), port(system, mode.const_mem_area)
+    if arena_port not in ("Sram", "Dram") or port(system, mode.cache_mem_area) != "Sram":
+        raise BuildError(f"{path}: field 'memory_mode' {draft.memory_mode!r} puts the tensor arena in "
+                         f"{arena_port or 'nothing'} ({mode.arena_mem_area}) on system config "
+                         f"{draft.system_config!r}; Vela needs it in Sram or Dram")
+    if const_port not in ("Dram", "OnChipFlash", "OffChipFlash"):
+        raise BuildError(f"{path}: field 'memory_mode' {draft.memory_mode!r} puts the weights in "
+                         f"{const_port or 'nothing'} on system config {draft.system_config!r}; "
+                         f"Vela needs Dram or flash")
+    if abs(system.core_clock_hz - draft.npu_clock_hz) > 0.5:
+        raise BuildError(f"{path}: field 'npu_clock_hz' is {draft.npu_clock_hz} but system config "
+                         f"{draft.system_config!r} clocks the NPU at {system.core_clock_hz:.0f} Hz "
+                         f"(Vela's timings use that); give the target a vela_config of its own")
+    arena_memory, model_memory = _PORT_MEMORY[arena_port], _PORT_MEMORY[const_port]
+    for needed in {arena_memory, model_memory} - set(memory):
+        raise BuildError(f"{path}: missing field 'memory.{needed}' (memory mode {draft.memory_mode!r} "
+                         f"on {draft.system_config!r} uses it)")
+    return replace(draft, arena_memory=arena_memory, model_memory=model_memory,
+                   fast_memory=mode.arena_mem_area != mode.cache_mem_area)
 
 
 def find_targets(root: Path) -> list[Path]:

@@ -195,8 +195,10 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     return Stage(
-        name=f"compile {recipe.name} {technique} for {target.name}", version=1, inputs=(paths.int8(technique),),
-        params={**target.vela_params(), "vela_config": vela.VELA_CONFIG}, outputs=out.all(), tools=VELA,
+        name=f"compile {recipe.name} {technique} for {target.name}", version=1,
+        inputs=(paths.int8(technique), *([target.vela_ini] if target.vela_config else [])),
+        params={**target.vela_params(), "vela_config": target.vela_config or vela.ARM_CONFIG},
+        outputs=out.all(), tools=VELA,
         action=lambda: vela.compile_with_vela(paths.int8(technique), target, out),
     )
 
@@ -212,10 +214,11 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
         figures = vela.read_vela_figures(out)
         assets.write_model_assets(recipe=recipe, target=target, technique=technique, compiled=out.tflite,
                                   int8=paths.int8(technique), features=paths.features,
-                                  vela_sram_bytes=figures["sram_bytes"], out_dir=folder)
+                                  scratch_bytes=figures["scratch_bytes"],
+                                  fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder)
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=2,
+        name=f"assets {recipe.name} for {target.name}", version=3,
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file),
         params={"technique": technique, "labels": recipe.labels, "frontend": vars(recipe.frontend)},
         tools=LITERT + ("jinja2",),
@@ -231,14 +234,20 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     v = vela.read_vela_figures(out)
     evaluation = json.loads(paths.evaluation(technique).read_text())
-    arena = assets.arena_size(v["sram_bytes"], target)
+    arena = assets.arena_size(v["scratch_bytes"], target)
+    fast = assets.padded_size(v["fast_scratch_bytes"]) if target.fast_memory else 0
+    flash = assets.padded_size(v["compiled_bytes"])
+    dram = (arena if target.arena_memory == "dram" else 0) + (flash if target.model_memory == "dram" else 0)
+    input_info, output_info = assets.io_tensors(paths.int8(technique))
     return ModelFigures(
-        name=recipe.name, technique=technique, sram_bytes=arena,
-        flash_bytes=assets.padded_size(v["compiled_bytes"]),
-        vela_sram_bytes=v["sram_bytes"], vela_flash_bytes=v["flash_bytes"], arena_bytes=arena,
+        name=recipe.name, technique=technique, sram_bytes=arena if target.arena_memory == "sram" else fast,
+        flash_bytes=flash, vela_sram_bytes=v["sram_bytes"],
+        vela_flash_bytes=v["read_only_bytes"] + v["command_stream_bytes"], arena_bytes=arena,
+        fast_scratch_bytes=fast, dram_bytes=dram, io_bytes=input_info.size + output_info.size,
         npu_ops=v["npu_ops"], cpu_ops=v["cpu_ops"], cpu_op_names=v["cpu_op_names"], cycles=v["cycles"],
         inference_ms=v["inference_ms"], macs=v["macs"], tflite_bytes=paths.int8(technique).stat().st_size,
         accuracy={"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
+        top_cycles=v["top_cycles"], top_staging=v["top_staging"],
         per_class_int8=evaluation["int8"]["per_class"], confusion_int8=evaluation["int8"]["confusion"],
         labels=evaluation["labels"],
     )
@@ -250,20 +259,23 @@ def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, 
 
     folder = assets_dir / target.name
     json_path, md_path = folder / "memory_report.json", folder / "memory_report.md"
+    chart_path = folder / "memory_chart.png"
 
     def action() -> None:
         figures = [model_figures(r, target, p, t) for r, p, t in entries]
         rep = report.build_report(target, figures)
         stages.write_json(json_path, rep)
-        stages.write_text(md_path, report.render_markdown(rep, figures))
+        report.render_chart(rep, chart_path)
+        stages.write_text(md_path, report.render_markdown(rep, figures, chart_path.name))
 
     inputs = [target_file]
     for recipe, paths, technique in entries:
         out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
         inputs += [out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique),
                    paths.evaluation(technique)]
-    return Stage(name=f"report {target.name}", version=1, inputs=tuple(inputs),
-                 params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path), action=action)
+    return Stage(name=f"report {target.name}", version=3, inputs=tuple(inputs),
+                 params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path, chart_path),
+                 tools=LITERT + ("matplotlib",), action=action)
 
 
 def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
@@ -289,10 +301,11 @@ def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data
 
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
-          log: Callable[[str], None] = print) -> BuildSummary:
+          jobs: int | None = None, log: Callable[[str], None] = print) -> BuildSummary:
     """Build every stage that is out of date for the models and targets asked for.
 
-    With `dry_run`, say which stages would run and why, and run none.
+    With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
+    Vela compilations run at once (default: one per CPU).
     """
     from .report import check_budget
 
@@ -302,21 +315,68 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     summary = BuildSummary()
     entries = [(recipe, _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship]), recipe.ship)
                for recipe in recipes]
+    # Vela for every target and model at once (independent subprocesses), then assets and reports.
+    cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
+                        for tgt in targets for recipe, paths, technique in entries], workers=jobs)
     for tgt in targets:
         target_file = layout.root / "targets" / f"{tgt.name}.toml"
         for recipe, paths, technique in entries:
-            cache.run(compile_stage(recipe, tgt, paths, technique))
             cache.run(assets_stage(recipe, tgt, target_file, paths, technique, layout.assets_dir))
         cache.run(report_stage(tgt, target_file, entries, layout.assets_dir))
         if dry_run:
             continue
         summary.reports[tgt.name] = json.loads((layout.assets_dir / tgt.name / "memory_report.json").read_text())
+    if not dry_run:
+        write_assets_summary(layout.assets_dir)
     summary.results = cache.results
     summary.seconds = time.perf_counter() - start
     log(render_summary(summary))
     for rep in summary.reports.values():
         check_budget(rep)
     return summary
+
+
+def _written_reports(assets_dir: Path) -> dict[str, dict]:
+    reports = {}
+    for path in sorted(assets_dir.glob("*/memory_report.json")):
+        try:
+            reports[path.parent.name] = json.loads(path.read_text())
+        except ValueError as e:
+            raise BuildError(f"{path}: not valid JSON: {e}") from None
+    return reports
+
+
+def write_assets_summary(assets_dir: Path) -> Path:
+    """firmware_assets/summary.md: every target x model built so far."""
+    from . import report, stages
+
+    path = assets_dir / "summary.md"
+    stages.write_text(path, report.render_summary(_written_reports(assets_dir)))
+    return path
+
+
+def check_reports(root: Path, *, target: str = "all", assets_dir: Path | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Re-check written memory reports against the targets as they are now (budgets may have been
+    edited); print the table; raise naming model, memory and bytes over when a budget is exceeded."""
+    from . import report
+
+    layout = Layout.for_project(root, None, assets_dir)
+    written = _written_reports(layout.assets_dir)
+    names = list(written) if target == "all" else [t.name for t in resolve_targets(layout.root, target)]
+    missing = [n for n in names if n not in written]
+    if missing or not names:
+        where = layout.assets_dir / (missing[0] if missing else "<target>") / "memory_report.json"
+        raise BuildError(f"{where}: no memory report; run invoke build first")
+    checked = {}
+    for name in names:
+        tgt = resolve_targets(layout.root, name)[0]
+        checked[name] = report.build_report(tgt, report.figures_from_report(written[name]))
+    log(report.render_summary(checked))
+    problems = [p for rep in checked.values() for p in report.over_budget(rep)]
+    if problems:
+        raise BuildError("; ".join(problems))
+    return checked
 
 
 def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targets: list[Target],
@@ -373,9 +433,8 @@ def compare(root: Path, *, model: str, targets: str, profile: str = "default", d
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
     for recipe in recipes:
         paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
-        for technique in techniques:
-            for tgt in target_list:
-                cache.run(compile_stage(recipe, tgt, paths, technique))
+        cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
+                            for technique in techniques for tgt in target_list])
         cache.run(compare_stage(recipe, paths, techniques, target_list, layout.assets_dir))
     summary = BuildSummary(results=cache.results, seconds=time.perf_counter() - start)
     log(render_summary(summary))

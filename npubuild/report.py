@@ -5,10 +5,11 @@ Pure functions over plain records; written as JSON (for CI) and Markdown (for pe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .config import Target
 from .errors import BuildError
+from .stages import atomic_path
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,11 @@ class ModelFigures:
 
     name: str
     technique: str
-    sram_bytes: int  # arena: Vela's SRAM figure + TFLM overhead, 16-byte aligned
+    sram_bytes: int  # what the model needs in SRAM: its arena, or (Dedicated_Sram) the NPU fast scratch
     flash_bytes: int  # what sits in flash: the compiled model array, padded to its alignment
     vela_sram_bytes: int
-    vela_flash_bytes: int  # Vela's weights + command stream figure
-    arena_bytes: int
+    vela_flash_bytes: int  # Vela's own figure for weights and command stream
+    arena_bytes: int  # TFLM tensor arena: Vela's scratch tensor + TFLM overhead, 16-byte aligned
     npu_ops: int
     cpu_ops: int
     cpu_op_names: list[str]
@@ -30,6 +31,11 @@ class ModelFigures:
     macs: int
     tflite_bytes: int
     accuracy: dict[str, float]
+    fast_scratch_bytes: int = 0  # separate NPU scratch in SRAM (Dedicated_Sram modes), 16-byte aligned
+    dram_bytes: int = 0  # arena and/or weights in DRAM, where the memory mode puts them there
+    io_bytes: int = 0  # input + output tensor bytes
+    top_cycles: list[dict] = field(default_factory=list)
+    top_staging: list[dict] = field(default_factory=list)
     per_class_int8: dict[str, float | None] = field(default_factory=dict)
     confusion_int8: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
@@ -37,36 +43,80 @@ class ModelFigures:
 
 def _headroom(used: int, budget: int) -> dict:
     return {"used_bytes": used, "budget_bytes": budget, "headroom_bytes": budget - used,
-            "headroom_percent": round(100.0 * (budget - used) / budget, 2)}
+            "headroom_percent": round(100.0 * (budget - used) / budget, 2) if budget else 0.0}
+
+
+def memory_use(target: Target, models: list[ModelFigures]) -> dict[str, list[dict]]:
+    """What each memory of the target holds for the models: a list of named parts with bytes.
+
+    Arenas (and NPU fast scratch) are shared, the largest one sized, when the target runs
+    the models one at a time; the models' inputs and outputs then need buffers of their
+    own outside the shared arena (another model overwrites it). When the models may run
+    concurrently every model has its own arena, with its I/O inside it.
+    """
+    use: dict[str, list[dict]] = {kind: [] for kind in target.memory}
+    shared = target.models_run == "one_at_a_time" and len(models) > 1
+    names = ", ".join(m.name for m in models)
+    if shared:
+        largest = max(models, key=lambda m: m.arena_bytes)
+        use[target.arena_memory].append({"part": f"arena shared by {names} (largest: {largest.name})",
+                                         "models": [m.name for m in models], "bytes": largest.arena_bytes})
+        if target.fast_memory:
+            largest = max(models, key=lambda m: m.fast_scratch_bytes)
+            use["sram"].append({"part": f"NPU fast scratch shared by {names}", "models": [m.name for m in models],
+                                "bytes": largest.fast_scratch_bytes})
+        for m in models:
+            use["sram"].append({"part": f"{m.name} input/output buffers", "models": [m.name],
+                                "bytes": m.io_bytes})
+    else:
+        for m in models:
+            use[target.arena_memory].append({"part": f"{m.name} arena", "models": [m.name], "bytes": m.arena_bytes})
+            if target.fast_memory:
+                use["sram"].append({"part": f"{m.name} NPU fast scratch", "models": [m.name],
+                                    "bytes": m.fast_scratch_bytes})
+    for m in models:
+        use["flash"].append({"part": f"{m.name} model array", "models": [m.name], "bytes": m.flash_bytes})
+        if target.model_memory == "dram":
+            use["dram"].append({"part": f"{m.name} model (weights read by the NPU)", "models": [m.name],
+                                "bytes": m.flash_bytes})
+    return use
 
 
 def build_report(target: Target, models: list[ModelFigures]) -> dict:
-    sram = sum(m.sram_bytes for m in models)  # models may run concurrently: arenas are summed
-    flash = sum(m.flash_bytes for m in models)
-    fits = sram <= target.sram_budget_bytes and flash <= target.flash_budget_bytes
+    use = memory_use(target, models)
+    totals = {kind: sum(p["bytes"] for p in parts) for kind, parts in use.items()}
+    memories = {kind: {"region": target.memory[kind].region, "size_bytes": target.memory[kind].bytes,
+                       "ml_share": target.memory[kind].ml_share, **_headroom(totals[kind], target.budget(kind)),
+                       "parts": use[kind]}
+                for kind in target.memory}
+    fits = all(m["headroom_bytes"] >= 0 for m in memories.values())
     return {
         "target": {"name": target.name, "description": target.description,
                    "accelerator": target.accelerator, "system_config": target.system_config,
                    "memory_mode": target.memory_mode, "sram_budget_bytes": target.sram_budget_bytes,
-                   "flash_budget_bytes": target.flash_budget_bytes,
-                   "tflm_overhead_bytes": target.tflm_overhead_bytes},
+                   "flash_budget_bytes": target.flash_budget_bytes, "dram_budget_bytes": target.budget("dram"),
+                   "tflm_overhead_bytes": target.tflm_overhead_bytes, "models_run": target.models_run,
+                   "arena_memory": target.arena_memory, "model_memory": target.model_memory,
+                   "npu_clock_hz": target.npu_clock_hz},
         "models": [{k: v for k, v in asdict(m).items() if k not in ("confusion_int8", "labels")}
                    for m in models],
-        "total": {"sram_bytes": sram, "flash_bytes": flash, "fits": fits,
-                  "sram": _headroom(sram, target.sram_budget_bytes),
-                  "flash": _headroom(flash, target.flash_budget_bytes)},
+        "total": {"sram_bytes": totals["sram"], "flash_bytes": totals["flash"], "dram_bytes": totals.get("dram", 0),
+                  "fits": fits, **memories},
     }
+
+
+MEMORY_NAMES = {"sram": "SRAM", "dram": "DRAM", "flash": "flash"}
 
 
 def over_budget(report: dict) -> list[str]:
     """One line per exceeded budget, naming the models, the memory and the bytes over."""
     problems = []
-    for memory, key in (("SRAM", "sram"), ("flash", "flash")):
-        t = report["total"][key]
-        if t["headroom_bytes"] < 0:
-            names = ", ".join(f"{m['name']} ({m[key + '_bytes']} bytes)" for m in report["models"])
+    for key, memory in MEMORY_NAMES.items():
+        t = report["total"].get(key)
+        if t and t["headroom_bytes"] < 0:
+            parts = ", ".join(f"{p['part']} ({p['bytes']} bytes)" for p in t["parts"])
             problems.append(f"target {report['target']['name']}: {memory} over budget by "
-                            f"{-t['headroom_bytes']} bytes ({t['used_bytes']} used of {t['budget_bytes']}: {names})")
+                            f"{-t['headroom_bytes']} bytes ({t['used_bytes']} used of {t['budget_bytes']}: {parts})")
     return problems
 
 
@@ -80,49 +130,75 @@ def _kib(n: int) -> str:
     return f"{n / 1024:,.1f}"
 
 
-def render_markdown(report: dict, models: list[ModelFigures]) -> str:
+def _short(layer_name: str, width: int = 56) -> str:
+    """Vela's per-layer names join every fused TFLite tensor name with ';': keep the last."""
+    name = layer_name.split(";")[-1]
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | None = None) -> str:
     t = report["target"]
     total = report["total"]
     lines = [
         f"# Memory report: {t['name']}",
         "",
         f"{t['description']}. Accelerator `{t['accelerator']}`, Vela system config "
-        f"`{t['system_config']}`, memory mode `{t['memory_mode']}`.",
+        f"`{t['system_config']}`, memory mode `{t['memory_mode']}`: tensor arena in {MEMORY_NAMES[t['arena_memory']]}, "
+        f"weights read from {MEMORY_NAMES[t['model_memory']]}. Models run "
+        f"{t['models_run'].replace('_', ' ')}.",
         "",
-        "| model | technique | SRAM (arena) KiB | flash KiB | Vela SRAM KiB | Vela flash KiB | NPU ops | CPU ops "
-        "| MACs | cycles | inference ms | TFLite bytes | FP32 acc | INT8 acc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | technique | SRAM KiB | DRAM KiB | flash KiB | arena KiB | Vela SRAM KiB | Vela flash KiB "
+        "| NPU ops | CPU ops | MACs | cycles | inference ms | TFLite bytes | FP32 | INT8 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in models:
         lines.append(
-            f"| {m.name} | {m.technique} | {_kib(m.sram_bytes)} | {_kib(m.flash_bytes)} | "
-            f"{_kib(m.vela_sram_bytes)} | {_kib(m.vela_flash_bytes)} | {m.npu_ops} | {m.cpu_ops} | "
-            f"{m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
+            f"| {m.name} | {m.technique} | {_kib(m.sram_bytes)} | {_kib(m.dram_bytes)} | {_kib(m.flash_bytes)} | "
+            f"{_kib(m.arena_bytes)} | {_kib(m.vela_sram_bytes)} | {_kib(m.vela_flash_bytes)} | {m.npu_ops} | "
+            f"{m.cpu_ops} | {m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
             f"{m.accuracy['fp32']:.4f} | {m.accuracy['int8']:.4f} |")
     lines += [
         "",
-        "| memory | used KiB | budget KiB | headroom KiB | headroom % |",
-        "|---|---:|---:|---:|---:|",
+        "## Firmware image budget",
+        "",
+        "| memory | region | used KiB | budget KiB | headroom KiB | headroom % |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for memory, key in (("SRAM", "sram"), ("flash", "flash")):
-        h = total[key]
-        lines.append(f"| {memory} | {_kib(h['used_bytes'])} | {_kib(h['budget_bytes'])} | "
-                     f"{_kib(h['headroom_bytes'])} | {h['headroom_percent']:.1f} |")
+    for key, memory in MEMORY_NAMES.items():
+        if key in total and isinstance(total[key], dict):
+            h = total[key]
+            lines.append(f"| {memory} | {h['region']} | {_kib(h['used_bytes'])} | {_kib(h['budget_bytes'])} | "
+                         f"{_kib(h['headroom_bytes'])} | {h['headroom_percent']:.1f} |")
     lines += ["", f"**Fits: {'yes' if total['fits'] else 'NO'}**", ""]
     for problem in over_budget(report):
         lines += [f"- {problem}", ""]
+    lines += ["What each memory holds:", ""]
+    for key, memory in MEMORY_NAMES.items():
+        if key in total and isinstance(total[key], dict):
+            parts = "; ".join(f"{p['part']} {p['bytes']:,} B" for p in total[key]["parts"]) or "nothing"
+            lines.append(f"- {memory}: {parts}")
     lines += [
-        "SRAM per model is its tensor arena (Vela's SRAM figure plus the TFLM overhead allowance); "
-        "arenas are summed, as if the models may run at the same time. Flash per model is the compiled "
-        "model array as it sits in flash, padded to its 16-byte alignment; Vela's weights and command "
-        "stream figure is beside it.",
+        "",
+        "A model's arena is Vela's scratch tensor (feature maps, input and output) plus the TFLM overhead "
+        "allowance, 16-byte aligned. Its flash figure is the compiled model array as it sits in flash, padded "
+        "to its 16-byte alignment; Vela's weights and command stream figure is beside it.",
         "",
     ]
+    if chart_name:
+        lines += [f"![SRAM, DRAM and flash per model against the budget]({chart_name})", ""]
     for m in models:
-        if m.cpu_op_names:
-            lines += [f"Operators of {m.name} left on the CPU: {', '.join(m.cpu_op_names)}.", ""]
+        lines += [f"## {m.name}: where it goes", ""]
+        lines.append(f"{m.npu_ops} operators on the NPU, {m.cpu_ops} on the CPU"
+                     + (f" ({', '.join(m.cpu_op_names)})." if m.cpu_op_names else "."))
+        lines.append("")
+        for title, rows, unit in (("cycles", m.top_cycles, "cycles"), ("staging memory", m.top_staging, "bytes")):
+            if not rows:
+                continue
+            lines += [f"Top layers by {title}:", "", f"| layer | operator | on | {unit} |", "|---|---|---|---:|"]
+            lines += [f"| `{_short(r['name'])}` | {r['operator']} | {r['target']} | {r['value']:,} |" for r in rows]
+            lines.append("")
         if m.confusion_int8:
-            lines += [f"## {m.name}: INT8 confusion matrix on the test split (rows: true, columns: predicted)", ""]
+            lines += ["INT8 confusion matrix on the test split (rows: true, columns: predicted):", ""]
             lines.append("| true \\ predicted | " + " | ".join(m.labels) + " | accuracy |")
             lines.append("|---" * (len(m.labels) + 2) + "|")
             for label, row in zip(m.labels, m.confusion_int8, strict=True):
@@ -130,4 +206,86 @@ def render_markdown(report: dict, models: list[ModelFigures]) -> str:
                 lines.append(f"| {label} | " + " | ".join(str(v) for v in row)
                              + f" | {'-' if acc is None else f'{acc:.3f}'} |")
             lines.append("")
+    return "\n".join(lines)
+
+
+def render_chart(report: dict, path) -> None:
+    """Stacked bars per memory, in percent of its budget, one colour per model (grey: shared by
+    several), the used and budget KiB at the end of each bar. Deterministic PNG (no timestamp)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = report["total"]
+    kinds = [k for k in MEMORY_NAMES if isinstance(total.get(k), dict)]
+    models = [m["name"] for m in report["models"]]
+    palette = plt.get_cmap("tab10").colors
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(models)}
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.7 * len(kinds)), dpi=100)
+    legend = {}
+    widest = 100.0
+    for row, kind in enumerate(kinds):
+        budget = total[kind]["budget_bytes"]
+        left = 0.0
+        for part in total[kind]["parts"]:
+            width = 100.0 * part["bytes"] / budget
+            owners = part["models"]
+            key = owners[0] if len(owners) == 1 else "shared"
+            bar = ax.barh(row, width, left=left, color=colour.get(key, "0.6"), edgecolor="white", height=0.6)
+            legend.setdefault(key if key != "shared" else "shared by the models", bar)
+            left += width
+        widest = max(widest, left)
+        ax.text(left + 1, row, f"{total[kind]['used_bytes'] / 1024:,.1f} of {budget / 1024:,.0f} KiB",
+                va="center", fontsize=8)
+    ax.axvline(100.0, color="black", linewidth=1.5)
+    ax.set_yticks(range(len(kinds)), [MEMORY_NAMES[k] for k in kinds])
+    ax.invert_yaxis()
+    ax.set_xlim(0, widest * 1.3)
+    ax.set_xlabel("% of the ML budget (line: 100%)")
+    ax.set_title(f"{report['target']['name']} ({report['target']['accelerator']}): "
+                 f"{'fits' if total['fits'] else 'OVER BUDGET'}")
+    ax.legend(legend.values(), legend.keys(), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def figures_from_report(report: dict) -> list[ModelFigures]:
+    """The model figures a written report holds (to re-check it against an edited target)."""
+    known = {f.name for f in fields(ModelFigures)}
+    return [ModelFigures(**{k: v for k, v in m.items() if k in known}) for m in report["models"]]
+
+
+def render_summary(reports: dict[str, dict]) -> str:
+    """Every target x model in one table (firmware_assets/summary.md)."""
+    lines = [
+        "# Firmware assets: every target and model",
+        "",
+        "| target | accelerator | model | technique | SRAM KiB | DRAM KiB | flash KiB | inference ms | INT8 | "
+        "image fits |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in sorted(reports):
+        rep = reports[name]
+        for m in rep["models"]:
+            lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | "
+                         f"{_kib(m['sram_bytes'])} | {_kib(m.get('dram_bytes', 0))} | {_kib(m['flash_bytes'])} | "
+                         f"{m['inference_ms']:.3f} | {m['accuracy']['int8']:.4f} | "
+                         f"{'yes' if rep['total']['fits'] else 'NO'} |")
+    lines += ["", "| target | SRAM used / budget KiB | DRAM used / budget KiB | flash used / budget KiB | fits |",
+              "|---|---:|---:|---:|---|"]
+    for name in sorted(reports):
+        total = reports[name]["total"]
+
+        def cell(key, total=total):
+            h = total.get(key)
+            return f"{_kib(h['used_bytes'])} / {_kib(h['budget_bytes'])}" if isinstance(h, dict) else "-"
+
+        lines.append(f"| {name} | {cell('sram')} | {cell('dram')} | {cell('flash')} | "
+                     f"{'yes' if total['fits'] else 'NO'} |")
+    lines += ["", "Per model: SRAM is its arena (or NPU fast scratch where the arena is in DRAM); the firmware "
+              "image columns add both models up as each target runs them (shared or summed arenas, I/O buffers). "
+              "See each target's memory_report.md.", ""]
     return "\n".join(lines)

@@ -187,7 +187,22 @@ class Cache:
             return "stamp key differs"
         return None
 
-    def run(self, stage: Stage) -> StageResult:
+    def run_parallel(self, stages: list[Stage], workers: int | None = None) -> list[StageResult]:
+        """Run independent stages (e.g. Vela for several targets) on a thread pool; each runs
+        its tool in a subprocess. Results are recorded in the order given."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(workers or os.cpu_count() or 1, len(stages) or 1))
+        if workers == 1:
+            return [self.run(stage) for stage in stages]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(self.run, stage, False) for stage in stages]
+            results = [f.result() for f in futures]
+        self.results.extend(results)
+        return results
+
+    def run(self, stage: Stage, record: bool = True) -> StageResult:
         pending = [p for p in stage.inputs if p in self._pending]
         if pending:  # dry run only: an earlier stage would rebuild this input
             reason = f"input {self._rel(pending[0])} would be rebuilt"
@@ -215,5 +230,6 @@ class Cache:
             write_json(stage.stamp, {**desc, "outputs": outputs})
             self.log(f"[{stage.name}] done in {seconds:.1f} s")
             result = StageResult(stage.name, True, reason, seconds)
-        self.results.append(result)
+        if record:
+            self.results.append(result)
         return result

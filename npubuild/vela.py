@@ -19,8 +19,7 @@ from pathlib import Path
 
 from .config import Target
 from .errors import BuildError
-
-VELA_CONFIG = "Arm/vela.ini"
+from .vela_ini import ARM_CONFIG
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def vela_command(network: Path, target: Target, output_dir: Path) -> list[str]:
     return [
         sys.executable, "-m", "ethosu.vela", str(network),
         "--accelerator-config", target.accelerator,
-        "--config", VELA_CONFIG,
+        "--config", target.vela_config and str(target.vela_ini) or ARM_CONFIG,
         "--system-config", target.system_config,
         "--memory-mode", target.memory_mode,
         "--output-dir", str(output_dir),
@@ -95,6 +94,40 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def compiled_layout(vela_tflite: Path) -> dict[str, int]:
+    """Byte sizes of what the Ethos-U operator of a Vela-compiled model needs, read from the file:
+    the command stream and read-only data (weights; both in the model array), the scratch
+    tensor (the feature maps: it lives in the TFLM arena) and the fast scratch (a separate
+    buffer in SRAM in Dedicated_Sram memory modes; the scratch itself otherwise)."""
+    from ethosu.vela.tflite.Model import Model
+
+    model = Model.GetRootAsModel(vela_tflite.read_bytes(), 0)
+    sizes = {}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.TensorsLength()):
+            tensor = graph.Tensors(i)
+            name = tensor.Name().decode()
+            if name in ("ethos_u_command_stream", "read_only", "scratch", "scratch_fast"):
+                size = 1
+                for d in range(tensor.ShapeLength()):
+                    size *= tensor.Shape(d)
+                sizes[name] = sizes.get(name, 0) + size
+    if "scratch" not in sizes:
+        raise BuildError(f"{vela_tflite}: no Ethos-U scratch tensor: not a Vela-compiled model")
+    return {"command_stream_bytes": sizes.get("ethos_u_command_stream", 0),
+            "read_only_bytes": sizes.get("read_only", 0), "scratch_bytes": sizes["scratch"],
+            "fast_scratch_bytes": sizes.get("scratch_fast", 0)}
+
+
+def top_layers(layers: list[dict[str, str]], column: str, count: int = 5) -> list[dict]:
+    """The `count` layers with the most `column` ("Op Cycles" or "Staging Usage")."""
+    rows = [r for r in layers if float(r[column] or 0) > 0]
+    rows.sort(key=lambda r: -float(r[column]))
+    return [{"name": r["Name"], "operator": r["Original Operator"], "target": r["Target"],
+             "value": int(float(r[column]))} for r in rows[:count]]
+
+
 def read_vela_figures(out: VelaOutputs) -> dict:
     """Figures of one compiled model: bytes, cycles, time, operators, per-layer rows."""
     rows = _read_csv(out.summary)
@@ -123,4 +156,7 @@ def read_vela_figures(out: VelaOutputs) -> dict:
         "weights_storage": s["weights_storage_area"],
         "feature_map_storage": s["feature_map_storage_area"],
         "compiled_bytes": out.tflite.stat().st_size,
+        **compiled_layout(out.tflite),
+        "top_cycles": top_layers(layers, "Op Cycles"),
+        "top_staging": top_layers(layers, "Staging Usage"),
     }

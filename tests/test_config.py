@@ -33,15 +33,35 @@ def test_shipped_target_loads():
     assert t.npu_family == "u55"
     assert t.vela_params() == {"accelerator": "ethos-u55-128", "system_config": "Ethos_U55_High_End_Embedded",
                                "memory_mode": "Shared_Sram"}
+    assert t.models_run == "one_at_a_time" and t.memory["sram"].region.startswith("ISRAM0")
 
 
 @pytest.mark.parametrize(("old", "new", "field"), [
+    # unknown key, at the top and inside a memory region
     ('memory_mode = "Shared_Sram"', 'memory_mode = "Shared_Sram"\ncolour = "blue"', "colour"),
+    ("ml_share = 1.0", "ml_share = 1.0\nwait_states = 2", "memory.sram.wait_states"),
+    ("[memory.flash]", "[memory.eeprom]", "memory.eeprom"),
+    # missing field
     ('memory_mode = "Shared_Sram"\n', "", "memory_mode"),
+    ("bytes = 2_097_152\n", "", "memory.sram.bytes"),
+    # wrong type or value
     ('accelerator = "ethos-u55-128"', 'accelerator = "ethos-u99-1"', "accelerator"),
+    ("bytes = 2_097_152", 'bytes = "2 MiB"', "memory.sram.bytes"),
+    ("ml_share = 1.0", "ml_share = 1.5", "memory.sram.ml_share"),
+    ('models_run = "one_at_a_time"', 'models_run = "sometimes"', "models_run"),
+    # a system config of another NPU family than the accelerator
     ('system_config = "Ethos_U55_High_End_Embedded"', 'system_config = "Ethos_U65_High_End"', "system_config"),
-    ("sram_budget_bytes = 2_097_152", 'sram_budget_bytes = "2 MiB"', "sram_budget_bytes"),
-    ("sram_budget_bytes = 2_097_152", "sram_budget_bytes = 0", "sram_budget_bytes"),
+    ('system_config = "Ethos_U55_High_End_Embedded"', 'system_config = "Ethos_U85_SYS_Flash_High"',
+     "system_config"),
+    # names Vela's .ini does not have
+    ('system_config = "Ethos_U55_High_End_Embedded"', 'system_config = "Ethos_U55_Turbo"', "system_config"),
+    ('memory_mode = "Shared_Sram"', 'memory_mode = "Half_Sram"', "memory_mode"),
+    # a memory mode the system config cannot host: Dedicated_Sram puts the arena in flash here
+    ('memory_mode = "Shared_Sram"', 'memory_mode = "Dedicated_Sram_384KB"', "memory_mode"),
+    # Vela's timings would use another clock than the board's
+    ("npu_clock_hz = 500_000_000", "npu_clock_hz = 400_000_000", "npu_clock_hz"),
+    ('model_section = ".rodata.npu_model"', 'model_section = ".rodata.npu_model"\nvela_config = "nope.ini"',
+     "vela_config"),
 ])
 def test_bad_target_names_file_and_field(tmp_path, old, new, field):
     path = write_target(tmp_path, TARGET, variant(old, new))
@@ -49,6 +69,29 @@ def test_bad_target_names_file_and_field(tmp_path, old, new, field):
         load_target(path)
     message = str(err.value)
     assert message.startswith(f"{path}: ") and f"'{field}'" in message and "\n" not in message
+
+
+def test_dram_arena_needs_a_dram_region(tmp_path):
+    name = "corstone-300-u65-256"
+    text = (ROOT / "targets" / f"{name}.toml").read_text()
+    region = text[text.index("[memory.dram]"):text.index("[memory.flash]")]
+    path = write_target(tmp_path, name, text.replace(region, ""))
+    with pytest.raises(BuildError, match=r"missing field 'memory.dram' \(memory mode 'Dedicated_Sram_384KB'"):
+        load_target(path)
+
+
+def test_every_shipped_target_loads_and_places_memory():
+    targets = {t.name: t for t in resolve_targets(ROOT, "all")}
+    assert len(targets) >= 5
+    assert {t.npu_family for t in targets.values()} == {"u55", "u65", "u85"}
+    u65 = targets["corstone-300-u65-256"]
+    assert (u65.arena_memory, u65.model_memory, u65.fast_memory) == ("dram", "dram", True)
+    assert u65.sram_budget_bytes == 384 * 1024
+    u55 = targets[TARGET]
+    assert (u55.arena_memory, u55.model_memory, u55.fast_memory) == ("sram", "flash", False)
+    assert (u55.sram_budget_bytes, u55.flash_budget_bytes) == (2 * 1024 * 1024, 4 * 1024 * 1024)
+    alif = targets["alif-ensemble-e7-hp"]
+    assert alif.vela_ini == ROOT / "targets" / "alif-ensemble-e7.ini" and alif.npu_clock_hz == 400_000_000
 
 
 def test_target_not_toml(tmp_path):

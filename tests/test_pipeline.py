@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from npubuild.errors import BuildError
-from npubuild.pipeline import build
+from npubuild.pipeline import build, check_reports
 
 from .conftest import TARGET
 
@@ -21,8 +21,10 @@ pytestmark = pytest.mark.slow
 def test_build_writes_assets_and_report(smoke_project):
     root, summary, _ = smoke_project
     folder = root / "firmware_assets" / TARGET
-    for name in ("kws/kws_model.c", "kws/kws_model.h", "kws/kws_meta.h", "memory_report.json", "memory_report.md"):
+    for name in ("kws/kws_model.c", "kws/kws_model.h", "kws/kws_meta.h", "memory_report.json", "memory_report.md",
+                 "memory_chart.png"):
         assert (folder / name).is_file(), name
+    assert f"| {TARGET} | ethos-u55-128 | kws | ptq |" in (root / "firmware_assets" / "summary.md").read_text()
     report = json.loads((folder / "memory_report.json").read_text())
     assert report["target"]["accelerator"] == "ethos-u55-128"
     assert report["target"]["system_config"] == "Ethos_U55_High_End_Embedded"
@@ -36,6 +38,8 @@ def test_build_writes_assets_and_report(smoke_project):
     assert model["sram_bytes"] == model["arena_bytes"] >= model["vela_sram_bytes"] + 2048
     assert report["total"]["sram_bytes"] == model["sram_bytes"]
     assert report["total"]["fits"] is True
+    assert model["top_cycles"][0]["value"] >= model["top_cycles"][-1]["value"] > 0
+    assert model["top_staging"][0]["value"] == max(layer["value"] for layer in model["top_staging"])
 
 
 def test_all_stages_ran_once_then_nothing_reruns(smoke_project):
@@ -50,7 +54,7 @@ def test_noop_build_does_not_import_tensorflow(smoke_project):
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from npubuild.pipeline import build
+        from npubuild.pipeline import build, check_reports
         s = build(Path({str(root)!r}), model="kws", target={TARGET!r}, profile="smoke", log=lambda m: None)
         assert not any(r.ran for r in s.results), s.results
         heavy = sorted(m for m in ("tensorflow", "tf_keras", "ai_edge_litert", "tensorflow_model_optimization")
@@ -68,7 +72,7 @@ def test_new_target_reruns_only_compile_assets_report(smoke_project):
     text = (root / "targets" / f"{TARGET}.toml").read_text()
     other = root / "targets" / "tight-budget.toml"
     other.write_text(text.replace(f'name = "{TARGET}"', 'name = "tight-budget"')
-                     .replace("flash_budget_bytes = 4_194_304", "flash_budget_bytes = 1_000_000"))
+                     .replace("ml_share = 0.125  # 4 MiB for models", "ml_share = 0.03"))
     try:
         summary = build(root, model="kws", target="tight-budget", profile="smoke", log=lambda s: None)
     finally:
@@ -83,7 +87,7 @@ def test_budget_exceeded_fails_naming_model_memory_and_bytes(smoke_project):
     text = (root / "targets" / f"{TARGET}.toml").read_text()
     small = root / "targets" / "too-small.toml"
     small.write_text(text.replace(f'name = "{TARGET}"', 'name = "too-small"')
-                     .replace("sram_budget_bytes = 2_097_152", "sram_budget_bytes = 65_536"))
+                     .replace("ml_share = 1.0  # the evaluation", "ml_share = 0.03125  # 64 KiB; the evaluation"))
     try:
         with pytest.raises(BuildError) as err:
             build(root, model="kws", target="too-small", profile="smoke", log=lambda s: None)
@@ -94,6 +98,15 @@ def test_budget_exceeded_fails_naming_model_memory_and_bytes(smoke_project):
     message = str(err.value)
     assert "SRAM" in message and "kws" in message and f"by {over} bytes" in message
     assert "\n" not in message
+    # re-checking the written report says the same; the good target passes
+    with pytest.raises(BuildError, match=f"SRAM over budget by {over} bytes"):
+        small.write_text(text.replace(f'name = "{TARGET}"', 'name = "too-small"')
+                         .replace("ml_share = 1.0  # the evaluation", "ml_share = 0.03125  # 64 KiB; the evaluation"))
+        try:
+            check_reports(root, target="too-small")
+        finally:
+            small.unlink()
+    assert TARGET in check_reports(root, target=TARGET, log=lambda s: None)
 
 
 def test_changed_param_names_the_reason_and_what_follows(smoke_project):
@@ -163,3 +176,53 @@ def test_broken_chain_fails_naming_the_layer(tmp_path):
     assert message.startswith("recipe prune lost what its steps gained: kws_int8.tflite: layer conv2d has sparsity")
     assert "below 95% of the pruning target (0.475)" in message
     assert not (root / "firmware_assets").exists()
+
+
+def test_target_all_builds_every_target_with_vela_in_parallel(smoke_project):
+    from npubuild.config import resolve_targets
+
+    root, _, _ = smoke_project
+    lines: list[str] = []
+    summary = build(root, model="kws", target="all", profile="smoke", jobs=2, log=lines.append)
+    targets = resolve_targets(root, "all")
+    assert len(targets) >= 5
+    ran = {r.name.split()[0] for r in summary.results if r.ran}
+    assert ran <= {"compile", "assets", "report"}
+    table = (root / "firmware_assets" / "summary.md").read_text()
+    for t in targets:
+        folder = root / "firmware_assets" / t.name
+        for name in ("memory_report.json", "memory_report.md", "memory_chart.png", "kws/kws_model.c",
+                     "kws/kws_meta.h"):
+            assert (folder / name).is_file(), (t.name, name)
+        rep = json.loads((folder / "memory_report.json").read_text())
+        (model,) = rep["models"]
+        assert model["cpu_ops"] == 0, t.name
+        assert f"| {t.name} | {t.accelerator} | kws |" in table
+        meta = (folder / "kws" / "kws_meta.h").read_text()
+        if t.fast_memory:  # arena in DRAM, NPU fast scratch in SRAM
+            assert rep["total"]["dram_bytes"] >= model["arena_bytes"] and model["fast_scratch_bytes"] > 0
+            assert f"#define KWS_FAST_MEMORY_SIZE {model['fast_scratch_bytes']}u" in meta
+        else:
+            assert "#define KWS_FAST_MEMORY_SIZE 0u" in meta
+    # the U85 compile is the slowest kind; its figures differ from the U55's
+    u55 = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())["models"][0]
+    u85 = json.loads((root / "firmware_assets" / "corstone-320-u85-256" / "memory_report.json").read_text())["models"][0]
+    assert u85["cycles"] != u55["cycles"]
+
+
+def test_report_flash_is_the_generated_array(smoke_project, tmp_path):
+    """The flash figure is the model array's bytes as the C compiler lays them out, padded to alignment."""
+    root, _, _ = smoke_project
+    folder = root / "firmware_assets" / TARGET / "kws"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    obj = tmp_path / "kws_model.o"
+    subprocess.run([cc, "-c", "-O2", f"-I{folder}", str(folder / "kws_model.c"), "-o", str(obj)], check=True)
+    objdump = shutil.which("objdump")
+    assert objdump, "binutils objdump is required"
+    sections = subprocess.run([objdump, "-h", str(obj)], capture_output=True, text=True, check=True).stdout
+    row = next(line.split() for line in sections.splitlines() if ".rodata.npu_model" in line)
+    size, align = int(row[2], 16), int(row[-1].split("**")[1])
+    model = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())["models"][0]
+    assert 2 ** align == 16
+    assert model["flash_bytes"] == -(-size // 16) * 16
+    assert model["vela_flash_bytes"] < model["flash_bytes"]

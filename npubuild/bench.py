@@ -49,12 +49,17 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
             noop.append(time.perf_counter() - t0)
         reports = summary.reports
         train = json.loads(train_log.read_text())
+        int8_files = {p.parent.parent.parent.name: p for p in
+                      sorted((project / "build" / profile).glob("*/*/*/*_int8.tflite"))
+                      if p.parent.name == _ship(project, p.parent.parent.parent.name)}
+        vela = vela_wall_times(project, int8_files)
     results = {
         "benchmark": f"clean build of {model}, profile {profile}, target {target}",
         "machine": _machine(),
         "stages": [{"stage": r.name, "seconds": round(r.seconds, 2)} for r in summary.results],
         "clean_build_seconds": round(clean_seconds, 1),
         "noop_rebuild_seconds": {"runs": [round(s, 3) for s in noop], "best": round(min(noop), 3)},
+        "vela_all_targets": vela,
         "training": {k: train[k] for k in ("samples", "epochs", "seconds", "samples_per_second") if k in train},
         "reports": {name: {"models": [{k: m[k] for k in ("name", "technique", "sram_bytes", "flash_bytes",
                                                          "inference_ms", "tflite_bytes", "accuracy")}
@@ -65,6 +70,42 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
     write_json(output, results)
     print(f"benchmark results written to {output.relative_to(root) if output.is_relative_to(root) else output}")
     return results
+
+
+def _ship(project: Path, model: str) -> str:
+    from .config import load_recipe
+
+    return load_recipe(project / "models" / f"{model}.toml").ship
+
+
+def vela_wall_times(project: Path, int8_files: dict[str, Path]) -> dict:
+    """Wall time of compiling every model for every target with Vela, one at a time and then
+    one per CPU at once (as `invoke build --target all` does)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .config import resolve_targets
+    from .vela import VelaOutputs, compile_with_vela
+
+    targets = resolve_targets(project, "all")
+    jobs = [(model, path, t) for model, path in sorted(int8_files.items()) for t in targets]
+    workers = os.cpu_count() or 1
+    times = {}
+    with tempfile.TemporaryDirectory(prefix="npubuild-vela-") as scratch:
+        for mode, n in (("sequential", 1), ("parallel", workers)):
+            def one(job, mode=mode):
+                model, path, target = job
+                compile_with_vela(path, target, VelaOutputs(Path(scratch) / mode / target.name, model))
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                list(pool.map(one, jobs))
+            times[mode] = round(time.perf_counter() - t0, 2)
+    result = {"models": sorted(int8_files), "targets": [t.name for t in targets], "compilations": len(jobs),
+              "workers": workers, "sequential_seconds": times["sequential"], "parallel_seconds": times["parallel"],
+              "speedup": round(times["sequential"] / times["parallel"], 2)}
+    print(f"  Vela, {len(jobs)} compilations: sequential {times['sequential']:.1f} s, "
+          f"{workers} at once {times['parallel']:.1f} s", flush=True)
+    return result
 
 
 def finetune_throughput(root: Path, *, samples: int = 2000, batch_size: int = 100) -> dict:

@@ -53,7 +53,7 @@ def vela_command(network: Path, target: Target, output_dir: Path) -> list[str]:
     return [
         sys.executable, "-m", "ethosu.vela", str(network),
         "--accelerator-config", target.accelerator,
-        "--config", target.vela_config and str(target.vela_ini) or ARM_CONFIG,
+        "--config", str(target.vela_ini.resolve()) if target.vela_config else ARM_CONFIG,
         "--system-config", target.system_config,
         "--memory-mode", target.memory_mode,
         "--output-dir", str(output_dir),

@@ -38,6 +38,27 @@ def ds_cnn_l(num_frames: int, num_mfcc: int, num_classes: int):
     return keras.Model(inputs, outputs, name="ds_cnn_l")
 
 
+def mobilenet_v2_heads(height: int, width: int, alpha: float, heads: tuple[str, ...]):
+    """DermAssist's shape: a MobileNetV2 feature extractor (Keras applications, no pretrained
+    weights: nothing is downloaded) and one Dense(1, sigmoid) head per quality issue, each
+    its own output named after the issue.
+
+    BatchNormalization momentum 0.9 instead of the application's 0.999, for the same
+    reason as DS-CNN-L's: trained from scratch for a few thousand steps, 0.999 leaves the
+    moving statistics far from the batch statistics and inference at chance.
+    """
+    _, keras = import_tf()
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    backbone = keras.applications.MobileNetV2(input_tensor=inputs, alpha=alpha, include_top=False,
+                                              weights=None, pooling="avg")
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    features = backbone.output
+    outputs = [keras.layers.Dense(1, activation="sigmoid", name=head)(features) for head in heads]
+    return keras.Model(inputs, outputs, name="mobilenet_v2_heads")
+
+
 def build_model(recipe: Recipe):
     # Layer names come from per-process counters; start them afresh so every build names
     # the layers (and so the TFLite tensors) the same way.
@@ -46,4 +67,7 @@ def build_model(recipe: Recipe):
     if recipe.architecture == "ds_cnn_l":
         fe = recipe.frontend
         return ds_cnn_l(fe.num_frames, fe.num_mfcc, len(recipe.labels))
+    if recipe.architecture == "mobilenet_v2_heads":
+        im = recipe.image
+        return mobilenet_v2_heads(im.height, im.width, im.alpha, recipe.heads)
     raise ValueError(f"unknown architecture {recipe.architecture}")

@@ -59,6 +59,7 @@ def _environment():
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
     )
     env.filters["c_string"] = c_string
+    env.filters["c_identifier"] = c_identifier
     return env
 
 
@@ -74,8 +75,8 @@ class TensorInfo:
         return int(np.prod(self.shape))
 
 
-def io_tensors(tflite_path: Path) -> tuple[TensorInfo, TensorInfo]:
-    """Input and output tensor details of a (pre-Vela) INT8 TFLite model."""
+def io_tensors(tflite_path: Path) -> tuple[TensorInfo, list[TensorInfo]]:
+    """Input tensor and output tensors (in the file's output order) of a (pre-Vela) INT8 TFLite model."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(tflite_path))
@@ -85,7 +86,7 @@ def io_tensors(tflite_path: Path) -> tuple[TensorInfo, TensorInfo]:
         return TensorInfo(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name,
                           float(np.float32(scale)), int(zero_point))
 
-    return info(interpreter.get_input_details()[0]), info(interpreter.get_output_details()[0])
+    return info(interpreter.get_input_details()[0]), [info(d) for d in interpreter.get_output_details()]
 
 
 def padded_size(n: int, alignment: int = ALIGNMENT) -> int:
@@ -101,35 +102,70 @@ def _float(x: float) -> str:
     return repr(float(np.float32(x)))
 
 
-def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
-                       features: Path | None, scratch_bytes: int, fast_scratch_bytes: int,
-                       out_dir: Path) -> list[Path]:
-    from .frontend import LOG_FLOOR
+def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
+    """What the predictor and the firmware header both use: input policy, heads, thresholds."""
+    from .convert import output_order
 
+    input_info, outputs = io_tensors(int8)
+    order = output_order(int8)
+    heads = []
+    for i, head in enumerate(recipe.heads):
+        out = outputs[order[i]]
+        heads.append({"name": head, "output_index": order[i], "scale": out.scale, "zero_point": out.zero_point,
+                      "threshold": evaluation["thresholds"]["int8"][head],
+                      "threshold_q": evaluation["threshold_q"][head]})
+    exact = input_info.scale == 1.0 / 128.0 and input_info.zero_point == 0
+    return {
+        "model": recipe.name, "heads": heads,
+        "input": {"height": recipe.image.height, "width": recipe.image.width, "channels": 3, "layout": "HWC RGB",
+                  "scale": input_info.scale, "zero_point": input_info.zero_point,
+                  "normalisation": "x = (pixel - 128) / 128",
+                  "quantization": "q = pixel - 128" if exact else "q = round(x / scale) + zero_point",
+                  "resize": "centre square crop, then resize to height x width (area averaging when shrinking)"},
+    }
+
+
+def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
+                       features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
+                       evaluation: dict | None = None) -> list[Path]:
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
-    input_info, output_info = io_tensors(int8)
+    input_info, outputs = io_tensors(int8)
     context = {
         "name": name, "guard": c_identifier(name).upper(), "symbol": f"{c_identifier(name)}_model",
         "target": target, "technique": technique, "alignment": ALIGNMENT,
         "source_name": compiled.name, "sha256": hashlib.sha256(data).hexdigest(),
         "section": target.model_section, "length": len(data),
-        "labels": list(recipe.labels), "input": input_info, "output": output_info,
+        "labels": list(recipe.labels), "input": input_info, "output": outputs[0], "outputs": outputs,
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
-        "frontend": None,
+        "frontend": None, "quality": None,
     }
-    if features is not None:
+    paths = {}
+    if recipe.task == "keyword_spotting" and features is not None:
+        from .frontend import LOG_FLOOR
+
         with np.load(features) as d:
             context.update(frontend=recipe.frontend, log_floor=repr(float(LOG_FLOOR)),
                            mfcc_mean=[_float(v) + "f" for v in d["mean"]],
                            mfcc_std=[_float(v) + "f" for v in d["std"]])
-    paths = {
+    if recipe.task == "image_quality":
+        meta = quality_metadata(recipe, int8, evaluation)
+        context["quality"] = {**meta, "threshold_literals": [_float(h["threshold"]) + "f" for h in meta["heads"]],
+                              "scale_literals": [_float(h["scale"]) + "f" for h in meta["heads"]]}
+        paths[out_dir / f"{name}_meta.json"] = canonical_text(meta)
+    paths.update({
         out_dir / f"{name}_model.h": env.get_template("model.h.j2").render(context),
         out_dir / f"{name}_model.c": env.get_template("model.c.j2").render(context, hex_rows=hex_rows(data)),
         out_dir / f"{name}_meta.h": env.get_template("meta.h.j2").render(context),
-    }
+    })
     for path, text in paths.items():
         write_text(path, text)
     return list(paths)
+
+
+def canonical_text(data: dict) -> str:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"

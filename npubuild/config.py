@@ -268,9 +268,6 @@ class Profile:
     """How big the run is: dataset sizes and training effort."""
 
     name: str
-    train_per_class: int
-    val_per_class: int
-    test_per_class: int
     epochs: int
     batch_size: int
     learning_rate: float
@@ -280,6 +277,13 @@ class Profile:
     cluster_epochs: int
     qat_epochs: int
     finetune_samples: int
+    # Dataset size: keyword spotting counts clips per class and split; image quality, images per split.
+    train_per_class: int = 0
+    val_per_class: int = 0
+    test_per_class: int = 0
+    train_images: int = 0
+    val_images: int = 0
+    test_images: int = 0
 
     def step_epochs(self, step: str) -> int:
         """Fine-tuning epochs of an optimization step ("prune", "cluster" or "qat")."""
@@ -304,15 +308,29 @@ CENTROID_INITS = ("kmeans_plus_plus", "linear", "density_based")
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    """Input of an image model, and the backbone's width."""
+
+    height: int
+    width: int
+    alpha: float  # MobileNetV2 width multiplier
+
+
+TASKS = ("keyword_spotting", "image_quality")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
+    task: str
     architecture: str
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # output names: classes (keyword spotting) or heads (image quality)
     unknown_words: tuple[str, ...]
     ship: str
     seed: int
-    frontend: FrontEnd
+    frontend: FrontEnd | None
+    image: ImageSettings | None
     optimize: OptimizeSettings
     profiles: dict[str, Profile]
     source: Path
@@ -320,6 +338,10 @@ class Recipe:
     @property
     def keywords(self) -> tuple[str, ...]:
         return tuple(label for label in self.labels if not label.startswith("_"))
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.labels
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
@@ -332,27 +354,40 @@ class _RecipeTop:
     name: str
     description: str
     architecture: str
-    labels: tuple[str, ...]
-    unknown_words: tuple[str, ...]
     ship: str
     seed: int
+    task: str = "keyword_spotting"
+    labels: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ()
+    unknown_words: tuple[str, ...] = ()
 
 
-ARCHITECTURES = ("ds_cnn_l",)
+ARCHITECTURES = {"ds_cnn_l": "keyword_spotting", "mobilenet_v2_heads": "image_quality"}
+_PROFILE_SIZES = {"keyword_spotting": ("train_per_class", "val_per_class", "test_per_class"),
+                  "image_quality": ("train_images", "val_images", "test_images")}
 
 
 def load_recipe(path: Path) -> Recipe:
     table = dict(read_toml(path))
     frontend_table = table.pop("frontend", None)
+    image_table = table.pop("image", None)
     optimize_table = table.pop("optimize", None)
     profiles_table = table.pop("profiles", None)
-    for name, sub in (("frontend", frontend_table), ("optimize", optimize_table)):
+    top = _take(path, table, _RecipeTop)
+    if top.task not in TASKS:
+        raise BuildError(f"{path}: field 'task' {top.task!r} is unknown (known: {', '.join(TASKS)})")
+    needs = {"keyword_spotting": ("frontend", frontend_table, "labels"),
+             "image_quality": ("image", image_table, "heads")}[top.task]
+    for name, sub in ((needs[0], needs[1]), ("optimize", optimize_table)):
         if sub is None:
             raise BuildError(f"{path}: missing table '[{name}]'")
     if not profiles_table:
         raise BuildError(f"{path}: missing table '[profiles.<name>]'")
-    top = _take(path, table, _RecipeTop)
-    frontend = _take(path, frontend_table, FrontEnd, prefix="frontend.")
+    labels = top.labels if top.task == "keyword_spotting" else top.heads
+    if not labels:
+        raise BuildError(f"{path}: missing field '{needs[2]}'")
+    frontend = _take(path, frontend_table, FrontEnd, prefix="frontend.") if frontend_table is not None else None
+    image = _take(path, image_table, ImageSettings, prefix="image.") if image_table is not None else None
     optimize = _take(path, optimize_table, OptimizeSettings, prefix="optimize.")
     if not 0.0 < optimize.target_sparsity < 1.0:
         raise BuildError(f"{path}: field 'optimize.target_sparsity' must be between 0 and 1")
@@ -366,19 +401,33 @@ def load_recipe(path: Path) -> Recipe:
         if pname not in PROFILES:
             raise BuildError(f"{path}: unknown profile 'profiles.{pname}' (known: {', '.join(PROFILES)})")
         profiles[pname] = _take(path, ptable, Profile, prefix=f"profiles.{pname}.", name=pname)
+        for size in _PROFILE_SIZES[top.task]:
+            if getattr(profiles[pname], size) <= 0:
+                raise BuildError(f"{path}: field 'profiles.{pname}.{size}' must be given and positive")
     if top.name != path.stem:
         raise BuildError(f"{path}: field 'name' is {top.name!r} but the file is named {path.stem!r}")
-    if top.architecture not in ARCHITECTURES:
-        raise BuildError(f"{path}: field 'architecture' {top.architecture!r} is unknown "
-                         f"(known: {', '.join(ARCHITECTURES)})")
+    if ARCHITECTURES.get(top.architecture) != top.task:
+        known = ", ".join(a for a, t in ARCHITECTURES.items() if t == top.task)
+        raise BuildError(f"{path}: field 'architecture' {top.architecture!r} is unknown for task {top.task} "
+                         f"(known: {known})")
     if top.ship not in RECIPES:
         raise BuildError(f"{path}: field 'ship' names unknown technique {top.ship!r} "
                          f"(known: {', '.join(RECIPES)})")
-    if len(set(top.labels)) != len(top.labels):
-        raise BuildError(f"{path}: field 'labels' has duplicates")
-    if frontend.num_frames <= 0 or frontend.fft_size < frontend.window_samples:
+    if len(set(labels)) != len(labels):
+        raise BuildError(f"{path}: field '{needs[2]}' has duplicates")
+    if frontend is not None and (frontend.num_frames <= 0 or frontend.fft_size < frontend.window_samples):
         raise BuildError(f"{path}: table 'frontend' gives no frames (window longer than clip or FFT)")
-    return Recipe(**vars(top), frontend=frontend, optimize=optimize, profiles=profiles, source=path)
+    if image is not None:
+        if image.height < 32 or image.width < 32:
+            raise BuildError(f"{path}: field 'image.height' and 'image.width' must be at least 32")
+        if image.height != image.width:
+            raise BuildError(f"{path}: field 'image.width' must equal 'image.height' (square input: images are "
+                             f"centre-cropped to a square)")
+        if not 0.0 < image.alpha <= 1.4:
+            raise BuildError(f"{path}: field 'image.alpha' must be in (0, 1.4]")
+    return Recipe(name=top.name, description=top.description, task=top.task, architecture=top.architecture,
+                  labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
+                  frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path)
 
 
 def resolve_models(root: Path, name: str) -> list[Recipe]:

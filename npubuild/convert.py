@@ -8,35 +8,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from .config import Recipe
 from .stages import atomic_output
 
 REPRESENTATIVE_SAMPLES = 500
 
 
-def convert_to_int8(model, features: Path, out: Path, seed: int, quantization_aware: bool = False) -> None:
+def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
+                    quantization_aware: bool = False) -> None:
     """Post-training quantization with representative data from the training split, or,
     for a quantization-aware trained model, conversion with the ranges it learned.
-    `quantization_aware` is recorded for the cache; the converter reads the fake-quant ops itself."""
+    `quantization_aware` is recorded for the cache; the converter reads the fake-quant ops itself.
+
+    A model with several outputs (one per head) keeps them; the TFLite file may order
+    them differently, see `output_order`."""
+    from . import task
     from .tfenv import import_tf
-    from .train import load_split
 
     tf, _ = import_tf(seed=seed)
-    x_train, _ = load_split(features, "train")
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.permutation(len(x_train))[:REPRESENTATIVE_SAMPLES])
-    representative = x_train[pick]
+    representative = task.representative(recipe, features, REPRESENTATIVE_SAMPLES, seed)
 
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # Needed for full-INT8 even after QAT (the converter asks for it); QAT's learned ranges take precedence.
-    converter.representative_dataset = lambda: ([row[None, :]] for row in representative)
+    converter.representative_dataset = lambda: ([row[None, ...]] for row in representative)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     flatbuffer = converter.convert()
     with atomic_output(out) as f:
         f.write(flatbuffer)
+
+
+def output_order(tflite: Path | bytes) -> list[int]:
+    """For each Keras output in order (each head), its position among the TFLite file's outputs
+    (what TFLM's `interpreter.output(i)` takes): the converter may reorder them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = (Interpreter(model_content=tflite) if isinstance(tflite, bytes)
+                   else Interpreter(model_path=str(tflite)))
+    positions = {d["index"]: i for i, d in enumerate(interpreter.get_output_details())}
+    outputs = interpreter._get_full_signature_list()["serving_default"]["outputs"]  # output_<k> -> tensor index
+    return [positions[outputs[f"output_{k}"]] for k in range(len(outputs))]

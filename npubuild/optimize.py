@@ -89,13 +89,15 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
     return model
 
 
-def _fine_tune(model, keras, x, y, epochs: int, batch_size: int, learning_rate: float, callbacks=()) -> dict:
+def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int, learning_rate: float,
+               callbacks=()) -> dict:
     """Fit and report the history with the throughput of the fit itself (samples per second)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    from . import task
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **task.compile_args(recipe, keras))
     start = time.perf_counter()
-    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=2,
-                        callbacks=list(callbacks))
+    history = model.fit(x, task.fit_targets(recipe, y), epochs=epochs, batch_size=batch_size, shuffle=True,
+                        verbose=2, callbacks=list(callbacks))
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
@@ -152,11 +154,12 @@ def wrap_for_step(model, plan: StepPlan, settings: OptimizeSettings, steps: int)
 def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, features: Path,
              out_model: Path, out_log: Path) -> None:
     """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
+    from . import task
     from .tfenv import import_tf
-    from .train import load_keras_model, load_split
+    from .train import load_keras_model
 
     _, keras = import_tf(seed=recipe.seed)
-    x, y = load_split(features, "train")
+    x, y = task.load_split(recipe, features, "train")
     if profile.finetune_samples and len(x) > profile.finetune_samples:
         pick = np.sort(np.random.default_rng([recipe.seed, STEPS.index(plan.step)]).permutation(len(x))
                        [:profile.finetune_samples])
@@ -164,9 +167,9 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
     epochs = profile.step_epochs(plan.step)
     steps = epochs * int(np.ceil(len(x) / profile.batch_size))
-    print(f"  {plan.scheme}: {len(x)} clips, {epochs} epochs", flush=True)
+    print(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs", flush=True)
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
-    fit = _fine_tune(wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
+    fit = _fine_tune(recipe, wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
                      wrapped.callbacks)
     final = wrapped.strip(wrapped.model)
     with atomic_path(out_model) as tmp:

@@ -91,9 +91,28 @@ def dataset_id(data_dir: Path | None) -> str:
 
 
 def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths) -> Stage:
+    prof = recipe.profile(profile)
+    if recipe.task == "image_quality":
+        from . import quality_data
+
+        im = recipe.image
+        params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
+        if data_dir is None:
+            counts = {"train": prof.train_images, "val": prof.val_images, "test": prof.test_images}
+            params.update(counts=counts, source="builtin")
+            action = lambda: quality_data.build_builtin(recipe.heads, im.height, counts, recipe.seed,  # noqa: E731
+                                                        paths.features)
+            tools = ("scikit-image", "scipy", "numpy")
+        else:
+            params.update(source="labels_csv", fingerprint=quality_data.fingerprint(data_dir))
+            action = lambda: quality_data.build_from_dir(data_dir, recipe.heads, im.height,  # noqa: E731
+                                                         paths.features)
+            tools = ("pillow", "scikit-image", "numpy")
+        return Stage(name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,),
+                     tools=tools, action=action)
+
     from . import kws_data
 
-    prof = recipe.profile(profile)
     params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
               "seed": recipe.seed}
     if data_dir is None:
@@ -116,7 +135,8 @@ def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
     return Stage(
         name=f"train {recipe.name}", version=2, inputs=(paths.features,),
         params={"architecture": recipe.architecture, "labels": recipe.labels, "seed": recipe.seed,
-                "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate},
+                "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate,
+                **({"image": vars(recipe.image)} if recipe.image else {})},
         outputs=(paths.keras(()), paths.keras_log(())), tools=TF_TOOLS,
         action=lambda: train.train_fp32(recipe, prof, paths.features, paths.keras(()), paths.keras_log(())),
     )
@@ -139,7 +159,7 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
 
 def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Stage]:
     """convert -> evaluate -> verify for one recipe, after its chain was trained."""
-    from . import convert, evaluate, optimize
+    from . import convert, optimize, task
 
     steps = RECIPES[technique]
     qat = bool(steps) and steps[-1] == "qat"
@@ -156,14 +176,14 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             params={"quantization_aware": qat, "representative_samples": convert.REPRESENTATIVE_SAMPLES,
                     "seed": recipe.seed},
             outputs=(paths.int8(technique),), tools=TF_TOOLS,
-            action=lambda: convert.convert_to_int8(keras_model(), paths.features, paths.int8(technique),
+            action=lambda: convert.convert_to_int8(recipe, keras_model(), paths.features, paths.int8(technique),
                                                    recipe.seed, quantization_aware=qat),
         ),
         Stage(
             name=f"evaluate {label}", version=2, inputs=(*keras_files, paths.int8(technique), paths.features),
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
-            action=lambda: evaluate.evaluate_classifier(list(recipe.labels), keras_model(), paths.int8(technique),
-                                                        paths.features, paths.evaluation(technique)),
+            action=lambda: task.evaluate(recipe, keras_model(), paths.int8(technique), paths.features,
+                                         paths.evaluation(technique)),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
@@ -210,19 +230,26 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
 
+    quality = recipe.task == "image_quality"
+
     def action() -> None:
         figures = vela.read_vela_figures(out)
+        evaluation = json.loads(paths.evaluation(technique).read_text()) if quality else None
         assets.write_model_assets(recipe=recipe, target=target, technique=technique, compiled=out.tflite,
                                   int8=paths.int8(technique), features=paths.features,
                                   scratch_bytes=figures["scratch_bytes"],
-                                  fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder)
+                                  fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
+                                  evaluation=evaluation)
 
     return Stage(
         name=f"assets {recipe.name} for {target.name}", version=3,
-        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file),
-        params={"technique": technique, "labels": recipe.labels, "frontend": vars(recipe.frontend)},
+        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
+                *([paths.evaluation(technique)] if quality else [])),
+        params={"technique": technique, "labels": recipe.labels,
+                "frontend": vars(recipe.frontend) if recipe.frontend else None},
         tools=LITERT + ("jinja2",),
-        outputs=tuple(folder / f"{recipe.name}{suffix}" for suffix in ("_model.h", "_model.c", "_meta.h")),
+        outputs=tuple(folder / f"{recipe.name}{suffix}"
+                      for suffix in ("_model.h", "_model.c", "_meta.h", *(["_meta.json"] if quality else []))),
         action=action,
     )
 
@@ -238,18 +265,18 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
     fast = assets.padded_size(v["fast_scratch_bytes"]) if target.fast_memory else 0
     flash = assets.padded_size(v["compiled_bytes"])
     dram = (arena if target.arena_memory == "dram" else 0) + (flash if target.model_memory == "dram" else 0)
-    input_info, output_info = assets.io_tensors(paths.int8(technique))
+    input_info, outputs = assets.io_tensors(paths.int8(technique))
     return ModelFigures(
         name=recipe.name, technique=technique, sram_bytes=arena if target.arena_memory == "sram" else fast,
         flash_bytes=flash, vela_sram_bytes=v["sram_bytes"],
         vela_flash_bytes=v["read_only_bytes"] + v["command_stream_bytes"], arena_bytes=arena,
-        fast_scratch_bytes=fast, dram_bytes=dram, io_bytes=input_info.size + output_info.size,
+        fast_scratch_bytes=fast, dram_bytes=dram, io_bytes=input_info.size + sum(o.size for o in outputs),
         npu_ops=v["npu_ops"], cpu_ops=v["cpu_ops"], cpu_op_names=v["cpu_op_names"], cycles=v["cycles"],
         inference_ms=v["inference_ms"], macs=v["macs"], tflite_bytes=paths.int8(technique).stat().st_size,
         accuracy={"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
         top_cycles=v["top_cycles"], top_staging=v["top_staging"],
-        per_class_int8=evaluation["int8"]["per_class"], confusion_int8=evaluation["int8"]["confusion"],
-        labels=evaluation["labels"],
+        per_class_int8=evaluation["int8"]["per_class"], confusion_int8=evaluation["int8"].get("confusion", []),
+        labels=evaluation["labels"], per_head=evaluation["int8"].get("per_head", {}),
     )
 
 

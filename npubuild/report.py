@@ -39,6 +39,7 @@ class ModelFigures:
     per_class_int8: dict[str, float | None] = field(default_factory=dict)
     confusion_int8: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    per_head: dict[str, dict] = field(default_factory=dict)  # image quality: INT8 metrics per head
 
 
 def _headroom(used: int, budget: int) -> dict:
@@ -98,8 +99,8 @@ def build_report(target: Target, models: list[ModelFigures]) -> dict:
                    "tflm_overhead_bytes": target.tflm_overhead_bytes, "models_run": target.models_run,
                    "arena_memory": target.arena_memory, "model_memory": target.model_memory,
                    "npu_clock_hz": target.npu_clock_hz},
-        "models": [{k: v for k, v in asdict(m).items() if k not in ("confusion_int8", "labels")}
-                   for m in models],
+        "models": [{k: v for k, v in asdict(m).items() if k not in ("confusion_int8", "labels")
+                    and not (k == "per_head" and not v)} for m in models],
         "total": {"sram_bytes": totals["sram"], "flash_bytes": totals["flash"], "dram_bytes": totals.get("dram", 0),
                   "fits": fits, **memories},
     }
@@ -196,6 +197,14 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
                 continue
             lines += [f"Top layers by {title}:", "", f"| layer | operator | on | {unit} |", "|---|---|---|---:|"]
             lines += [f"| `{_short(r['name'])}` | {r['operator']} | {r['target']} | {r['value']:,} |" for r in rows]
+            lines.append("")
+        if m.per_head:
+            lines += ["INT8 per head on the test split (threshold per head chosen on the validation split):", "",
+                      "| head | precision | recall | F1 | ROC AUC | threshold |", "|---|---:|---:|---:|---:|---:|"]
+            for head, r in m.per_head.items():
+                auc = "-" if r["roc_auc"] is None else f"{r['roc_auc']:.3f}"
+                lines.append(f"| {head} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {auc} | "
+                             f"{r['threshold']:.4f} |")
             lines.append("")
         if m.confusion_int8:
             lines += ["INT8 confusion matrix on the test split (rows: true, columns: predicted):", ""]

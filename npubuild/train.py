@@ -21,21 +21,22 @@ def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
+    from . import task
     from .architectures import build_model
     from .tfenv import import_tf
 
     _, keras = import_tf(seed=recipe.seed)
-    x_train, y_train = load_split(features, "train")
-    x_val, y_val = load_split(features, "val")
+    x_train, y_train = task.load_split(recipe, features, "train")
+    x_val, y_val = task.load_split(recipe, features, "val")
     model = build_model(recipe)
     steps = profile.epochs * int(np.ceil(len(x_train) / profile.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(profile.learning_rate, decay_steps=max(steps, 1), alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), **task.compile_args(recipe, keras))
     print(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
-          f"{len(x_train)} clips, {profile.epochs} epochs", flush=True)
+          f"{len(x_train)} samples, {profile.epochs} epochs", flush=True)
     start = time.perf_counter()
-    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=profile.epochs,
+    history = model.fit(x_train, task.fit_targets(recipe, y_train),
+                        validation_data=(x_val, task.fit_targets(recipe, y_val)), epochs=profile.epochs,
                         batch_size=profile.batch_size, shuffle=True, verbose=2)
     seconds = time.perf_counter() - start
     with atomic_path(out_model) as tmp:

@@ -21,10 +21,14 @@ def make_project(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory):
-    """A project built once with the smoke profile for the keyword model: (root, summary, log lines)."""
+    """A project built once with the smoke profile for both models: (root, summary, log lines)."""
     from npubuild.pipeline import build
 
     root = make_project(tmp_path_factory.mktemp("smoke") / "project with spaces")
     lines: list[str] = []
-    summary = build(root, model="kws", target=TARGET, profile="smoke", log=lines.append)
+    summary = build(root, model="all", target=TARGET, profile="smoke", log=lines.append)
     return root, summary, lines
+
+
+def report_model(report: dict, name: str) -> dict:
+    return next(m for m in report["models"] if m["name"] == name)

@@ -121,7 +121,7 @@ def test_recipe_loads_with_reference_front_end():
 
 
 @pytest.mark.parametrize(("old", "new", "field"), [
-    ('ship = "ptq"', 'ship = "magic"', "ship"),
+    ('ship = "prune_cluster"', 'ship = "magic"', "ship"),
     ('architecture = "ds_cnn_l"', 'architecture = "resnet"', "architecture"),
     ("num_mfcc = 10", "num_mfcc = 10\nnum_cepstra = 3", "frontend.num_cepstra"),
     ("epochs = 1\n", "", "profiles.smoke.epochs"),

@@ -13,7 +13,7 @@ import pytest
 from npubuild.errors import BuildError
 from npubuild.pipeline import build, check_reports
 
-from .conftest import TARGET
+from .conftest import TARGET, report_model
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +24,24 @@ def test_build_writes_assets_and_report(smoke_project):
     for name in ("kws/kws_model.c", "kws/kws_model.h", "kws/kws_meta.h", "memory_report.json", "memory_report.md",
                  "memory_chart.png"):
         assert (folder / name).is_file(), name
-    assert f"| {TARGET} | ethos-u55-128 | kws | ptq |" in (root / "firmware_assets" / "summary.md").read_text()
+    assert f"| {TARGET} | ethos-u55-128 | kws | prune_cluster |" in (root / "firmware_assets" / "summary.md").read_text()
     report = json.loads((folder / "memory_report.json").read_text())
     assert report["target"]["accelerator"] == "ethos-u55-128"
     assert report["target"]["system_config"] == "Ethos_U55_High_End_Embedded"
-    (model,) = report["models"]
-    assert model["name"] == "kws" and model["technique"] == "ptq"
+    assert [m["name"] for m in report["models"]] == ["kws", "quality"]
+    model = report_model(report, "kws")
+    assert model["technique"] == "prune_cluster"
     assert model["cpu_ops"] == 0 and model["npu_ops"] > 0
     # DS-CNN-L: 28.35 M MACs, INT8 TFLite within 2% of 506,400 bytes
     assert model["macs"] == pytest.approx(28.35e6, rel=0.01)
     assert abs(model["tflite_bytes"] - 506_400) / 506_400 < 0.02
     assert 0.0 <= model["accuracy"]["int8"] <= 1.0
     assert model["sram_bytes"] == model["arena_bytes"] >= model["vela_sram_bytes"] + 2048
-    assert report["total"]["sram_bytes"] == model["sram_bytes"]
+    # both models run one at a time on this target: one shared arena, the larger, plus both models' I/O
+    quality = report_model(report, "quality")
+    assert report["total"]["sram_bytes"] == (max(model["arena_bytes"], quality["arena_bytes"])
+                                             + model["io_bytes"] + quality["io_bytes"])
+    assert report["total"]["flash_bytes"] == model["flash_bytes"] + quality["flash_bytes"]
     assert report["total"]["fits"] is True
     assert model["top_cycles"][0]["value"] >= model["top_cycles"][-1]["value"] > 0
     assert model["top_staging"][0]["value"] == max(layer["value"] for layer in model["top_staging"])
@@ -45,7 +50,7 @@ def test_build_writes_assets_and_report(smoke_project):
 def test_all_stages_ran_once_then_nothing_reruns(smoke_project):
     root, summary, _ = smoke_project
     assert all(r.ran for r in summary.results)
-    again = build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+    again = build(root, model="all", target=TARGET, profile="smoke", log=lambda s: None)
     assert [r.ran for r in again.results] == [False] * len(summary.results)
 
 
@@ -55,7 +60,7 @@ def test_noop_build_does_not_import_tensorflow(smoke_project):
         import sys
         from pathlib import Path
         from npubuild.pipeline import build, check_reports
-        s = build(Path({str(root)!r}), model="kws", target={TARGET!r}, profile="smoke", log=lambda m: None)
+        s = build(Path({str(root)!r}), model="all", target={TARGET!r}, profile="smoke", log=lambda m: None)
         assert not any(r.ran for r in s.results), s.results
         heavy = sorted(m for m in ("tensorflow", "tf_keras", "ai_edge_litert", "tensorflow_model_optimization")
                        if m in sys.modules)
@@ -122,7 +127,7 @@ def test_changed_param_names_the_reason_and_what_follows(smoke_project):
     assert not any(r.ran for r in summary.results)
     assert "[data kws] up to date" in lines
     assert "[train kws] would run: changed param learning_rate: 0.001 -> 0.0011" in lines
-    assert any(line.startswith("[convert kws ptq] would run: input ") for line in lines)
+    assert any(line.startswith("[convert kws prune_cluster] would run: input ") for line in lines)
     assert any(line.startswith(f"[report {TARGET}] would run: input ") for line in lines)
 
 
@@ -155,11 +160,11 @@ def test_generated_c_compiles_with_warnings_as_errors(smoke_project, tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout
     length, label, ident, dims, _, arena = run.stdout.split()
-    compiled = root / "build" / "smoke" / "kws" / "builtin" / "ptq" / "vela" / TARGET / "kws_vela.tflite"
+    compiled = root / "build" / "smoke" / "kws" / "builtin" / "prune_cluster" / "vela" / TARGET / "kws_vela.tflite"
     assert int(length) == compiled.stat().st_size
     assert label == "yes" and ident.startswith("TFL3") and dims == "490"
     report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
-    assert int(arena) == report["models"][0]["arena_bytes"]
+    assert int(arena) == report_model(report, "kws")["arena_bytes"]
 
 
 def test_broken_chain_fails_naming_the_layer(tmp_path):
@@ -168,7 +173,7 @@ def test_broken_chain_fails_naming_the_layer(tmp_path):
 
     root = make_project(tmp_path / "broken")
     recipe = root / "models" / "kws.toml"
-    text = recipe.read_text().replace('ship = "ptq"', 'ship = "prune"')
+    text = recipe.read_text().replace('ship = "prune_cluster"', 'ship = "prune"')
     recipe.write_text(text.replace("prune_frequency = 0 ", "prune_frequency = 100000 "))
     with pytest.raises(BuildError) as err:
         build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
@@ -183,7 +188,7 @@ def test_target_all_builds_every_target_with_vela_in_parallel(smoke_project):
 
     root, _, _ = smoke_project
     lines: list[str] = []
-    summary = build(root, model="kws", target="all", profile="smoke", jobs=2, log=lines.append)
+    summary = build(root, model="all", target="all", profile="smoke", jobs=2, log=lines.append)
     targets = resolve_targets(root, "all")
     assert len(targets) >= 5
     ran = {r.name.split()[0] for r in summary.results if r.ran}
@@ -192,21 +197,23 @@ def test_target_all_builds_every_target_with_vela_in_parallel(smoke_project):
     for t in targets:
         folder = root / "firmware_assets" / t.name
         for name in ("memory_report.json", "memory_report.md", "memory_chart.png", "kws/kws_model.c",
-                     "kws/kws_meta.h"):
+                     "kws/kws_meta.h", "quality/quality_model.c", "quality/quality_meta.h"):
             assert (folder / name).is_file(), (t.name, name)
         rep = json.loads((folder / "memory_report.json").read_text())
-        (model,) = rep["models"]
-        assert model["cpu_ops"] == 0, t.name
-        assert f"| {t.name} | {t.accelerator} | kws |" in table
-        meta = (folder / "kws" / "kws_meta.h").read_text()
-        if t.fast_memory:  # arena in DRAM, NPU fast scratch in SRAM
-            assert rep["total"]["dram_bytes"] >= model["arena_bytes"] and model["fast_scratch_bytes"] > 0
-            assert f"#define KWS_FAST_MEMORY_SIZE {model['fast_scratch_bytes']}u" in meta
-        else:
-            assert "#define KWS_FAST_MEMORY_SIZE 0u" in meta
-    # the U85 compile is the slowest kind; its figures differ from the U55's
-    u55 = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())["models"][0]
-    u85 = json.loads((root / "firmware_assets" / "corstone-320-u85-256" / "memory_report.json").read_text())["models"][0]
+        assert [m["name"] for m in rep["models"]] == ["kws", "quality"]
+        for model in rep["models"]:
+            assert model["cpu_ops"] == 0, (t.name, model["name"])
+            assert f"| {t.name} | {t.accelerator} | {model['name']} |" in table
+            meta = (folder / model["name"] / f"{model['name']}_meta.h").read_text()
+            guard = model["name"].upper()
+            if t.fast_memory:  # arena in DRAM, NPU fast scratch in SRAM
+                assert rep["total"]["dram_bytes"] >= model["arena_bytes"] and model["fast_scratch_bytes"] > 0
+                assert f"#define {guard}_FAST_MEMORY_SIZE {model['fast_scratch_bytes']}u" in meta
+            else:
+                assert f"#define {guard}_FAST_MEMORY_SIZE 0u" in meta
+    u55 = report_model(json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text()), "kws")
+    u85 = report_model(json.loads((root / "firmware_assets" / "corstone-320-u85-256" / "memory_report.json")
+                                  .read_text()), "kws")
     assert u85["cycles"] != u55["cycles"]
 
 
@@ -222,7 +229,7 @@ def test_report_flash_is_the_generated_array(smoke_project, tmp_path):
     sections = subprocess.run([objdump, "-h", str(obj)], capture_output=True, text=True, check=True).stdout
     row = next(line.split() for line in sections.splitlines() if ".rodata.npu_model" in line)
     size, align = int(row[2], 16), int(row[-1].split("**")[1])
-    model = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())["models"][0]
+    model = report_model(json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text()), "kws")
     assert 2 ** align == 16
     assert model["flash_bytes"] == -(-size // 16) * 16
     assert model["vela_flash_bytes"] < model["flash_bytes"]

@@ -1,0 +1,145 @@
+"""Per-head evaluation of the image-quality model: FP32 (Keras) vs INT8 (LiteRT).
+
+Each head gets its own decision threshold, chosen on the validation split (the
+F1-best one; among equals, the one nearest 0.5), separately for FP32 and INT8
+scores. On the test split: precision, recall, F1, ROC AUC and accuracy per head,
+and macro-F1 over the heads (the model's "accuracy" in reports).
+
+The INT8 threshold is also given in the output's int8 domain (`threshold_q`):
+firmware fires a head when its raw int8 output q >= threshold_q, which decides
+exactly as `score(q) >= threshold` does, with score(q) = scale * (q - zero_point)
+computed in float32 as the predictor computes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import Recipe
+from .stages import write_json
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """The one score formula shared by evaluation, the predictor and the int8 thresholds."""
+    return np.float32(scale) * (np.asarray(q).astype(np.float32) - np.float32(zero_point))
+
+
+def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
+    """Smallest int8 q with dequantize(q) >= threshold; 128 (never) if there is none."""
+    q = np.arange(-128, 128)
+    hits = q[dequantize(q, scale, zero_point) >= np.float32(threshold)]
+    return int(hits[0]) if len(hits) else 128
+
+
+def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .convert import output_order
+
+    interpreter = Interpreter(model_path=str(tflite), num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    outs = interpreter.get_output_details()
+    order = output_order(tflite)
+    in_scale, in_zero = inp["quantization"]
+    raw = np.empty((len(x), len(order)), np.int8)
+    for i, row in enumerate(x):
+        q = np.clip(np.round(row / in_scale + in_zero), -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
+        interpreter.invoke()
+        for head, pos in enumerate(order):
+            raw[i, head] = interpreter.get_tensor(outs[pos]["index"]).reshape(-1)[0]
+    quant = [(float(outs[pos]["quantization"][0]), int(outs[pos]["quantization"][1])) for pos in order]
+    return raw, quant
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """Area under the ROC curve (rank statistic, ties averaged); None with one class only."""
+    pos, neg = int(y.sum()), int(len(y) - y.sum())
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), np.float64)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    pred = score >= np.float32(threshold)
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    auc = roc_auc(y, score)
+    return {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6),
+            "roc_auc": None if auc is None else round(auc, 6),
+            "accuracy": round(float(np.mean(pred == (y == 1))), 6), "positives": int(y.sum()),
+            "threshold": float(threshold)}
+
+
+def choose_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """The F1-best threshold on these scores (decision: score >= threshold); ties: nearest 0.5."""
+    candidates = np.unique(np.concatenate([score, [np.float32(0.5)]])).astype(np.float32)
+    best, best_key = np.float32(0.5), (-1.0, 0.0)
+    for t in candidates:
+        f1 = binary_metrics(y, score, float(t))["f1"]
+        key = (f1, -abs(float(t) - 0.5))
+        if key > best_key:
+            best, best_key = t, key
+    return float(best)
+
+
+def _score_set(heads, y, scores, thresholds) -> dict:
+    per_head = {h: binary_metrics(y[:, i].astype(np.int64), scores[:, i], thresholds[h])
+                for i, h in enumerate(heads)}
+    macro = round(float(np.mean([m["f1"] for m in per_head.values()])), 6)
+    return {"accuracy": macro, "macro_f1": macro, "per_head": per_head,
+            "per_class": {h: m["f1"] for h, m in per_head.items()}, "confusion": []}
+
+
+def fp32_scores(model, x: np.ndarray) -> np.ndarray:
+    out = model.predict(x, batch_size=64, verbose=0)
+    return np.concatenate([np.asarray(o).reshape(len(x), 1) for o in (out if isinstance(out, list) else [out])],
+                          axis=1).astype(np.float32)
+
+
+def evaluate_heads(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
+    """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
+    from . import task
+
+    heads = list(recipe.heads)
+    x_val, y_val = task.load_split(recipe, features, "val")
+    x_test, y_test = task.load_split(recipe, features, "test")
+    fp32_val, fp32_test = fp32_scores(model, x_val), fp32_scores(model, x_test)
+    raw_val, quant = run_int8_heads(tflite, x_val)
+    raw_test, _ = run_int8_heads(tflite, x_test)
+    int8_val = np.stack([dequantize(raw_val[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+    int8_test = np.stack([dequantize(raw_test[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+    thresholds = {
+        "fp32": {h: choose_threshold(y_val[:, i], fp32_val[:, i]) for i, h in enumerate(heads)},
+        "int8": {h: choose_threshold(y_val[:, i], int8_val[:, i]) for i, h in enumerate(heads)},
+    }
+    result = {
+        "labels": heads, "heads": heads, "test_images": int(len(y_test)), "val_images": int(len(y_val)),
+        "fp32": _score_set(heads, y_test, fp32_test, thresholds["fp32"]),
+        "int8": _score_set(heads, y_test, int8_test, thresholds["int8"]),
+        "thresholds": thresholds,
+        "output_quantization": {h: {"scale": quant[i][0], "zero_point": quant[i][1]} for i, h in enumerate(heads)},
+        "threshold_q": {h: threshold_q(thresholds["int8"][h], *quant[i]) for i, h in enumerate(heads)},
+    }
+    write_json(out, result)
+    per_head = ", ".join(f"{h} {result['int8']['per_head'][h]['f1']:.3f}" for h in heads)
+    print(f"  test macro-F1: FP32 {result['fp32']['macro_f1']:.4f}, INT8 {result['int8']['macro_f1']:.4f} "
+          f"({len(y_test)} images; INT8 F1 {per_head})", flush=True)

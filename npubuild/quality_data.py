@@ -318,7 +318,9 @@ def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     for i in range(count):
         if rng.random() < 0.5:
             s = seeds[int(rng.integers(len(seeds)))]
-            base = textures.setdefault(s, skin_texture(s))
+            if s not in textures:
+                textures[s] = skin_texture(s)
+            base = textures[s]
         else:
             base = photos[int(rng.integers(len(photos)))]
         d = draw_degradation(rng)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import Recipe, Target, resolve_models, resolve_targets
 from .errors import BuildError
-from .stages import Cache, Stage, StageResult
+from .stages import BuildLock, Cache, Stage, StageResult
 from .techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
@@ -332,8 +332,16 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     """Build every stage that is out of date for the models and targets asked for.
 
     With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
-    Vela compilations run at once (default: one per CPU).
+    Vela compilations run at once (default: one per CPU). One build at a time per build
+    folder (a second one stops with a clear message).
     """
+    with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir, enabled=not dry_run):
+        return _build(root, model=model, target=target, profile=profile, data_dir=data_dir, build_dir=build_dir,
+                      assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, log=log)
+
+
+def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
+           assets_dir: Path | None, dry_run: bool, jobs: int | None, log: Callable[[str], None]) -> BuildSummary:
     from .report import check_budget
 
     start = time.perf_counter()
@@ -451,6 +459,14 @@ def compare(root: Path, *, model: str, targets: str, profile: str = "default", d
             techniques: list[str] | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
             log: Callable[[str], None] = print) -> BuildSummary:
     """Build every recipe of the deployment tree for `model` and compare them on `targets`."""
+    with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
+        return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
+                        techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log)
+
+
+def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Path | None,
+             techniques: list[str] | None, build_dir: Path | None, assets_dir: Path | None,
+             log: Callable[[str], None]) -> BuildSummary:
     start = time.perf_counter()
     layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
                                                  False, log)

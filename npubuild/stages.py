@@ -98,6 +98,49 @@ def write_json(path: Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+class BuildLock:
+    """One build at a time per build folder: an exclusive `flock` on `<build>/.lock`.
+
+    The operating system drops the lock when the process ends, however it ends
+    (SIGKILL included), so a killed build never leaves a stale lock behind. A second
+    build on the same folder stops at once with a message naming the holder."""
+
+    def __init__(self, folder: Path, enabled: bool = True) -> None:
+        self.path = folder / ".lock"
+        self.enabled = enabled
+        self._file = None
+
+    def __enter__(self) -> BuildLock:
+        if not self.enabled:
+            return self
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")  # noqa: SIM115 (held for the whole build)
+        except OSError as e:
+            raise BuildError(f"{self.path.parent}: cannot write the build folder ({e.strerror})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise BuildError(f"{self.path}: another build (pid {holder}) is using this build folder; "
+                             f"wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the build. `action` must write every path in `outputs`."""

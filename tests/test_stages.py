@@ -115,3 +115,38 @@ def test_atomic_output_keeps_old_file_when_writing_fails(tmp_path):
         raise ValueError("interrupted")
     assert path.read_bytes() == b"good"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_second_build_on_the_same_folder_stops_with_a_clear_message(tmp_path):
+    """A build holding the lock (here: another process) makes a second one stop at once; when the
+    holder is killed outright, the operating system frees the lock and builds go on."""
+    import signal
+    import subprocess
+    import sys
+
+    from npubuild.errors import BuildError
+    from npubuild.pipeline import build
+
+    from .conftest import TARGET, make_project
+
+    root = make_project(tmp_path / "project")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from npubuild.stages import BuildLock\n"
+         f"with BuildLock(Path({str(root / 'build')!r})):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BuildError) as err:
+            build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+        message = str(err.value)
+        assert message.startswith(f"{root / 'build' / '.lock'}: another build (pid {holder.pid})")
+        assert "\n" not in message and not (root / "build" / "smoke").exists()
+        # a dry run only reads: it does not wait for the lock
+        build(root, model="kws", target=TARGET, profile="smoke", dry_run=True, log=lambda s: None)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    from npubuild.stages import BuildLock
+
+    with BuildLock(root / "build"):
+        pass

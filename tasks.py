@@ -91,13 +91,15 @@ def test(c, k=None, fast=False):
 
 @task(help={
     "profile": "profile to time (default: default)",
+    "model": "the model whose clean build is timed: kws, quality or all (default: kws)",
     "output": "results file (default: benchmarks/results.json)",
 })
-def bench(c, profile="default", output="benchmarks/results.json"):
-    """Time each stage of a clean build and the no-op rebuild; write the results file."""
+def bench(c, profile="default", model="kws", output="benchmarks/results.json"):
+    """Time each stage of a clean build, the no-op rebuild, Vela for every target, fine-tuning speed."""
     from npubuild.bench import run_benchmarks
 
-    _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target)
+    _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
+                  model=model)
 
 
 @task(help={"all": "also remove firmware_assets/ (its README is kept)"})

@@ -37,7 +37,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         start = time.perf_counter()
         summary = build(project, model=model, target=target, profile=profile)
         clean_seconds = time.perf_counter() - start
-        train_log = next((project / "build" / profile / model).glob("*/fp32/train.json"))
+        train_logs = {p.parent.parent.parent.name: p for p in (project / "build" / profile).glob("*/*/fp32/train.json")}
         # The no-op rebuild as a user runs it: a fresh process, through the library entry point.
         code = ("from pathlib import Path; from npubuild.pipeline import build; "
                 f"build(Path({str(project)!r}), model={model!r}, target={target!r}, profile={profile!r}, "
@@ -48,7 +48,10 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
             subprocess.run([sys.executable, "-c", code], check=True)
             noop.append(time.perf_counter() - t0)
         reports = summary.reports
-        train = json.loads(train_log.read_text())
+        training = {}
+        for name, path in sorted(train_logs.items()):
+            log = json.loads(path.read_text())
+            training[name] = {k: log[k] for k in ("samples", "epochs", "seconds", "samples_per_second") if k in log}
         # Vela for every target and every model: the shipped INT8 files built here, and for models
         # not built here, the project's own (Vela's time does not depend on how a file was made).
         int8_files = {}
@@ -65,14 +68,14 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         "clean_build_seconds": round(clean_seconds, 1),
         "noop_rebuild_seconds": {"runs": [round(s, 3) for s in noop], "best": round(min(noop), 3)},
         "vela_all_targets": vela,
-        "training": {k: train[k] for k in ("samples", "epochs", "seconds", "samples_per_second") if k in train},
+        "training": training,
         "reports": {name: {"models": [{k: m[k] for k in ("name", "technique", "sram_bytes", "flash_bytes",
                                                          "inference_ms", "tflite_bytes", "accuracy")}
                                       for m in rep["models"]]} for name, rep in reports.items()},
     }
     if throughput:
         results["finetune_throughput"] = {
-            "kws": finetune_throughput(root, model="kws"),
+            "kws": finetune_throughput(root, model="kws", samples=1000),
             # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
             "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
         }

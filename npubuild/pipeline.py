@@ -314,7 +314,23 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
         recipe.profile(profile)  # fail early on an unknown profile
     if data_dir is not None and not data_dir.is_dir():
         raise BuildError(f"{data_dir}: data directory does not exist")
+    if not dry_run:
+        _check_writable(layout.assets_dir)
     return layout, recipes, targets, Cache(layout.root, log, dry_run=dry_run)
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any work when an output folder cannot be written (not at the end of a long build)."""
+    import os
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BuildError(f"{folder}: output folder is not writable ({e.strerror})") from None
 
 
 def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
@@ -442,7 +458,7 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
             })
         result = {"model": recipe.name, "shipped": recipe.ship, **compare.compare_rows(records)}
         stages.write_json(json_path, result)
-        stages.write_text(md_path, compare.render_markdown(recipe.name, result, recipe.ship))
+        stages.write_text(md_path, compare.render_markdown(recipe.name, result, recipe.ship, recipe.task))
 
     inputs = []
     for technique in techniques:
@@ -450,7 +466,7 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
         for tgt in targets:
             out = vela.VelaOutputs(paths.vela_dir(technique, tgt.name), recipe.name)
             inputs += [out.summary, out.log]
-    return Stage(name=f"compare {recipe.name}", version=1, inputs=tuple(inputs),
+    return Stage(name=f"compare {recipe.name}", version=2, inputs=tuple(inputs),
                  params={"techniques": techniques, "targets": [t.name for t in targets], "shipped": recipe.ship},
                  outputs=(json_path, md_path), action=action)
 

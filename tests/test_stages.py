@@ -150,3 +150,20 @@ def test_second_build_on_the_same_folder_stops_with_a_clear_message(tmp_path):
 
     with BuildLock(root / "build"):
         pass
+
+
+@pytest.mark.parametrize("which", ["build_dir", "assets_dir"])
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, which):
+    from npubuild.errors import BuildError
+    from npubuild.pipeline import build
+
+    from .conftest import TARGET, make_project
+
+    root = make_project(tmp_path / "project")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(BuildError) as err:
+        build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None, **{which: blocker / "out"})
+    message = str(err.value)
+    assert message.startswith(f"{blocker / 'out'}") and "writ" in message and "\n" not in message
+    assert not (root / "build" / "smoke").exists()  # no stage ran

@@ -21,10 +21,41 @@ ALIGNMENT = 16
 BYTES_PER_ROW = 16
 
 
+C_KEYWORDS = frozenset((
+    "auto break case char const continue default do double else enum extern float for goto if inline int long "
+    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
+    "_Alignas _Alignof _Atomic _Bool _Complex _Generic _Imaginary _Noreturn _Static_assert _Thread_local "
+    "bool true false alignas alignof static_assert thread_local nullptr typeof").split())
+
+
 def c_identifier(name: str) -> str:
-    """A valid C identifier from any name: other characters become '_'; no leading digit."""
+    """A valid, unreserved C identifier from any name: other characters become '_'; a leading
+    digit or underscore (reserved at file scope) gets an 'm' in front; a keyword gets a '_' after."""
     ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
-    return ident if ident and not ident[0].isdigit() else f"_{ident}"
+    if not ident or ident[0].isdigit() or ident[0] == "_":
+        ident = "m" + ident
+    return ident + "_" if ident in C_KEYWORDS else ident
+
+
+def unique_c_identifiers(names: list[str]) -> list[str]:
+    """c_identifier of each name, made unique even when upper-cased (macro names): names that
+    collide get a suffix from a hash of the original name (stable across builds)."""
+    import hashlib
+
+    base = [c_identifier(n) for n in names]
+    counts: dict[str, int] = {}
+    for b in base:
+        counts[b.upper()] = counts.get(b.upper(), 0) + 1
+    out = [b if counts[b.upper()] == 1 else f"{b}_{hashlib.sha256(n.encode()).hexdigest()[:8]}"
+           for b, n in zip(base, names, strict=True)]
+    if len({o.upper() for o in out}) != len(out):  # only with identical names, which recipes reject
+        raise ValueError(f"names do not give unique C identifiers: {names}")
+    return out
+
+
+def c_comment(text: str) -> str:
+    """Text safe inside a /* */ comment."""
+    return text.replace("*/", "* /").replace("/*", "/ *")
 
 
 def c_string(text: str) -> str:
@@ -60,6 +91,7 @@ def _environment():
     )
     env.filters["c_string"] = c_string
     env.filters["c_identifier"] = c_identifier
+    env.filters["c_comment"] = c_comment
     return env
 
 
@@ -152,10 +184,26 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
                            mfcc_std=[_float(v) + "f" for v in d["std"]])
     if recipe.task == "image_quality":
         meta = quality_metadata(recipe, int8, evaluation)
-        context["quality"] = {**meta, "threshold_literals": [_float(h["threshold"]) + "f" for h in meta["heads"]],
+        head_macros = unique_c_identifiers([h["name"] for h in meta["heads"]])
+        context["quality"] = {**meta, "head_macros": [m.upper() for m in head_macros],
+                              "threshold_literals": [_float(h["threshold"]) + "f" for h in meta["heads"]],
                               "scale_literals": [_float(h["scale"]) + "f" for h in meta["heads"]]}
         paths[out_dir / f"{name}_meta.json"] = canonical_text(meta)
+    from . import firmware_kit
+
+    entries = firmware_kit.resolver_entries(compiled)
+    context.update(symbol_base=c_identifier(name), entries=entries,
+                   cpu_ops=[e["op"].split()[0] for e in entries if e["method"] != "AddEthosU"])
+    if features is not None:
+        golden = firmware_kit.golden_vectors(recipe, int8, features)
+        context.update(golden=golden,
+                       golden_input_rows=[firmware_kit.c_rows(r) for r in golden["inputs"]],
+                       golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])
+        paths[out_dir / f"{name}_golden.h"] = env.get_template("golden.h.j2").render(context)
+        paths[out_dir / f"{name}_golden.c"] = env.get_template("golden.c.j2").render(context)
     paths.update({
+        out_dir / f"{name}_ops.h": env.get_template("ops.h.j2").render(context),
+        out_dir / "integration.md": env.get_template("integration.md.j2").render(context),
         out_dir / f"{name}_model.h": env.get_template("model.h.j2").render(context),
         out_dir / f"{name}_model.c": env.get_template("model.c.j2").render(context, hex_rows=hex_rows(data)),
         out_dir / f"{name}_meta.h": env.get_template("meta.h.j2").render(context),

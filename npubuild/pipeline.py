@@ -242,14 +242,15 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   evaluation=evaluation)
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=3,
+        name=f"assets {recipe.name} for {target.name}", version=4,
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
                 *([paths.evaluation(technique)] if quality else [])),
         params={"technique": technique, "labels": recipe.labels,
                 "frontend": vars(recipe.frontend) if recipe.frontend else None},
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
-                      for suffix in ("_model.h", "_model.c", "_meta.h", *(["_meta.json"] if quality else []))),
+                      for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",
+                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",),
         action=action,
     )
 

@@ -1,0 +1,101 @@
+"""What firmware needs beyond the model array: the operators to register, golden vectors.
+
+- Operators: read from the Vela-compiled file itself (its operator codes): the
+  Ethos-U custom operator plus whatever Vela left on the CPU, so the resolver
+  registers exactly what the model calls ("Failed to get registration from op
+  code CUSTOM" cannot happen, and no unused kernel is linked).
+- Golden vectors: a few int8 inputs from the test split and the int8 outputs the
+  INT8 model (before Vela; LiteRT on the host) gives for them, for an on-target
+  unit test of the whole chain (driver, NPU, compiled model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import Recipe
+from .errors import BuildError
+
+GOLDEN_COUNT = 3
+
+
+def compiled_operators(vela_tflite: Path) -> list[tuple[str, str | None]]:
+    """(builtin name, custom code) of every operator code in a (Vela-compiled) TFLite file."""
+    from ethosu.vela.tflite.BuiltinOperator import BuiltinOperator
+    from ethosu.vela.tflite.Model import Model
+
+    names = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
+    model = Model.GetRootAsModel(vela_tflite.read_bytes(), 0)
+    ops = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        ops.append((names.get(builtin, f"BUILTIN_{builtin}"), custom.decode() if custom else None))
+    return ops
+
+
+def tflm_method(builtin: str) -> str:
+    """TFLM's MicroMutableOpResolver method for a builtin operator: CONV_2D -> AddConv2D."""
+    parts = builtin.split("_")
+    return "Add" + "".join(p.upper() if p[:1].isdigit() else p[:1] + p[1:].lower() for p in parts)
+
+
+def resolver_entries(vela_tflite: Path) -> list[dict]:
+    entries = []
+    for builtin, custom in compiled_operators(vela_tflite):
+        if builtin == "CUSTOM":
+            if custom != "ethos-u":
+                raise BuildError(f"{vela_tflite}: custom operator {custom!r} has no TFLM kernel to register")
+            entries.append({"method": "AddEthosU", "op": "ethos-u (custom: the NPU command stream)"})
+        else:
+            entries.append({"method": tflm_method(builtin), "op": f"{builtin} (on the CPU)"})
+    return entries
+
+
+def _test_indices(n: int, count: int) -> list[int]:
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))}) if n else []
+
+
+def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
+    """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from . import task
+
+    x, _ = task.load_split(recipe, features, "test")
+    detail = Interpreter(model_path=str(int8)).get_input_details()[0]
+    scale, zero_point = detail["quantization"]
+    q = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+    return q.reshape(len(x), -1)
+
+
+def run_litert(int8: Path, inputs: np.ndarray) -> np.ndarray:
+    """int8 outputs of the INT8 model for int8 inputs, every output flattened in the file's order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(int8), num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    outs = interpreter.get_output_details()
+    rows = []
+    for row in inputs:
+        interpreter.set_tensor(inp["index"], row.reshape(inp["shape"]))
+        interpreter.invoke()
+        rows.append(np.concatenate([interpreter.get_tensor(o["index"]).reshape(-1) for o in outs]))
+    return np.array(rows, np.int8)
+
+
+def golden_vectors(recipe: Recipe, int8: Path, features: Path, count: int = GOLDEN_COUNT) -> dict:
+    inputs = quantized_test_inputs(recipe, int8, features)
+    picked = _test_indices(len(inputs), count)
+    gin = inputs[picked]
+    return {"indices": picked, "inputs": gin, "outputs": run_litert(int8, gin)}
+
+
+def c_rows(values: np.ndarray, per_row: int = 24) -> str:
+    flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    rows = [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
+    return "        " + ",\n        ".join(rows)

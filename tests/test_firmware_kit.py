@@ -1,0 +1,91 @@
+"""Firmware kit on the smoke build: operators to register, golden vectors, TFLM parity."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from npubuild.config import load_recipe
+from npubuild.firmware_kit import compiled_operators, quantized_test_inputs, run_litert, tflm_method
+
+from .conftest import TARGET
+
+pytestmark = pytest.mark.slow
+
+SHIPPED = {"kws": "prune_cluster", "quality": "prune_cluster"}
+
+
+def files(root, model):
+    base = root / "build" / "smoke" / model / "builtin"
+    return (base / SHIPPED[model] / f"{model}_int8.tflite", base / "data" / "features.npz",
+            base / SHIPPED[model] / "vela" / TARGET / f"{model}_vela.tflite",
+            root / "firmware_assets" / TARGET / model)
+
+
+def test_tflm_method_names():
+    assert [tflm_method(n) for n in ("CONV_2D", "DEPTHWISE_CONV_2D", "SOFTMAX", "AVERAGE_POOL_2D",
+                                     "FULLY_CONNECTED")] == [
+        "AddConv2D", "AddDepthwiseConv2D", "AddSoftmax", "AddAveragePool2D", "AddFullyConnected"]
+
+
+@pytest.mark.parametrize("model", ["kws", "quality"])
+def test_resolver_registers_exactly_what_the_compiled_model_calls(smoke_project, model):
+    root, _, _ = smoke_project
+    _, _, compiled, folder = files(root, model)
+    header = (folder / f"{model}_ops.h").read_text()
+    registered = re.findall(r"resolver\.(Add\w+)\(\)", header)
+    expected = ["AddEthosU" if op == "CUSTOM" else tflm_method(op) for op, _ in compiled_operators(compiled)]
+    assert registered == expected == ["AddEthosU"]  # all on the NPU here
+    assert f"#define {model.upper()}_NUM_OPS 1" in header and "no operator on the CPU" in header
+
+
+@pytest.mark.parametrize("model", ["kws", "quality"])
+def test_tflm_gives_litert_bits_on_golden_vectors_and_the_test_split(smoke_project, model):
+    """The firmware runtime's reference (TFLM, pip) against the host runtime (LiteRT), bit for bit,
+    on the INT8 model before Vela (TFLM has no host kernel for the Ethos-U operator)."""
+    from tflite_micro import runtime
+
+    root, _, _ = smoke_project
+    int8, features, _, folder = files(root, model)
+    recipe = load_recipe(root / "models" / f"{model}.toml")
+    inputs = quantized_test_inputs(recipe, int8, features)
+    expected = run_litert(int8, inputs)
+    tflm = runtime.Interpreter.from_file(str(int8))
+    n_out = len(recipe.heads) if recipe.task == "image_quality" else 1
+    got = []
+    for row in inputs:
+        tflm.set_input(row.reshape(tflm.get_input_details(0)["shape"]), 0)
+        tflm.invoke()
+        got.append(np.concatenate([tflm.get_output(i).reshape(-1) for i in range(n_out)]))
+    assert np.array_equal(np.array(got, np.int8), expected)
+    # the golden vectors in the C file are the first of these rows
+    golden = (folder / f"{model}_golden.c").read_text()
+    first_output = re.search(r"_golden_output\[[^\]]+\]\[[^\]]+\] = \{\s*\{([^}]*)\}", golden).group(1)
+    assert [int(v) for v in first_output.replace("\n", " ").split(",") if v.strip()] == expected[0].tolist()
+
+
+def test_golden_vectors_compile_and_have_the_model_sizes(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    _, _, _, folder = files(root, "kws")
+    main = tmp_path / "main.c"
+    main.write_text(textwrap.dedent("""
+        #include <stdio.h>
+        #include "kws_golden.h"
+        #include "kws_meta.h"
+        int main(void) {
+            printf("%d %d %d\\n", KWS_GOLDEN_COUNT, KWS_GOLDEN_INPUT_SIZE == KWS_INPUT_SIZE,
+                   KWS_GOLDEN_OUTPUT_SIZE == KWS_OUTPUT_SIZE);
+            return kws_golden_input[0][0] == kws_golden_input[0][0] ? 0 : 1;
+        }
+    """))
+    cc = shutil.which("cc") or shutil.which("gcc")
+    exe = tmp_path / "main"
+    proc = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-std=c99", f"-I{folder}", str(main),
+                           str(folder / "kws_golden.c"), "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.split() == ["3", "1", "1"]

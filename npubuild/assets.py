@@ -72,14 +72,30 @@ def c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+_CELLS = np.array([f"0x{b:02x}, ".encode() for b in range(256)], dtype="S6")
+
+
 def hex_rows(data: bytes, per_row: int = BYTES_PER_ROW) -> str:
-    """C initialiser rows, `per_row` bytes each, e.g. "    0x1c, 0x00, ..."."""
+    """C initialiser rows, `per_row` bytes each, e.g. "    0x1c, 0x00, ...", rows joined by ",\n".
+
+    Built as one byte matrix with numpy (a 4 MB model in well under a second)."""
     if not data:
         return ""
-    table = np.array([f"0x{b:02x}" for b in range(256)])
-    cells = table[np.frombuffer(data, np.uint8)]
-    rows = [", ".join(cells[i:i + per_row]) for i in range(0, len(cells), per_row)]
-    return "    " + ",\n    ".join(rows)
+    values = np.frombuffer(data, np.uint8)
+    full = len(values) // per_row
+    parts = []
+    if full:
+        cells = np.frombuffer(_CELLS[values[:full * per_row]].tobytes(), np.uint8).reshape(full, per_row * 6)
+        rows = np.empty((full, 4 + per_row * 6), np.uint8)
+        rows[:, :4] = ord(" ")
+        rows[:, 4:] = cells
+        rows[:, -1] = ord("\n")  # "0x.., " -> "0x..,\n" at the end of each row
+        parts.append(rows.tobytes().decode("ascii"))
+    rest = values[full * per_row:]
+    if len(rest):
+        parts.append("    " + _CELLS[rest].tobytes().decode("ascii"))
+    text = "".join(parts)
+    return text[:-2]  # no separator after the last byte
 
 
 def _environment():

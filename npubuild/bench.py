@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .stages import tool_versions, write_json
 
 
@@ -68,6 +70,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         "clean_build_seconds": round(clean_seconds, 1),
         "noop_rebuild_seconds": {"runs": [round(s, 3) for s in noop], "best": round(min(noop), 3)},
         "vela_all_targets": vela,
+        "c_array_4mib": c_array_speed(),
         "training": training,
         "reports": {name: {"models": [{k: m[k] for k in ("name", "technique", "sram_bytes", "flash_bytes",
                                                          "inference_ms", "tflite_bytes", "accuracy")}
@@ -82,6 +85,37 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
     write_json(output, results)
     print(f"benchmark results written to {output.relative_to(root) if output.is_relative_to(root) else output}")
     return results
+
+
+def c_array_speed(size: int = 4 * 1024 * 1024, runs: int = 3) -> dict:
+    """Writing a model's C array (template render + file) against `xxd -i` on the same bytes; best of `runs`."""
+    from .assets import ALIGNMENT, _environment, hex_rows
+    from .stages import write_text
+
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    template = _environment().get_template("model.c.j2")
+    context = {"name": "bench", "guard": "BENCH", "symbol": "bench_model", "alignment": ALIGNMENT,
+               "source_name": "bench.bin", "sha256": "-", "target": {"name": "-", "accelerator": "-"}}
+    ours, xxd = [], []
+    with tempfile.TemporaryDirectory(prefix="npubuild-carray-") as scratch:
+        source = Path(scratch) / "bench.bin"
+        source.write_bytes(data)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            write_text(Path(scratch) / "bench_model.c", template.render(context, hex_rows=hex_rows(data)))
+            ours.append(time.perf_counter() - t0)
+            exe = shutil.which("xxd")
+            if exe:
+                t0 = time.perf_counter()
+                with open(Path(scratch) / "xxd.c", "w") as out:
+                    subprocess.run([exe, "-i", str(source)], stdout=out, check=True)
+                xxd.append(time.perf_counter() - t0)
+    result = {"bytes": size, "npubuild_seconds": round(min(ours), 3)}
+    if xxd:
+        result.update(xxd_seconds=round(min(xxd), 3), ratio=round(min(ours) / min(xxd), 2))
+    print(f"  C array of {size / 2**20:.0f} MiB: npubuild {result['npubuild_seconds']:.2f} s, "
+          f"xxd -i {result.get('xxd_seconds', float('nan')):.2f} s", flush=True)
+    return result
 
 
 def _ship(project: Path, model: str) -> str:

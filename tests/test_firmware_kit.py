@@ -89,3 +89,35 @@ def test_golden_vectors_compile_and_have_the_model_sizes(smoke_project, tmp_path
                            str(folder / "kws_golden.c"), "-o", str(exe)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert subprocess.run([str(exe)], capture_output=True, text=True).stdout.split() == ["3", "1", "1"]
+
+
+@pytest.mark.parametrize("model", ["kws", "quality"])
+def test_cross_compiles_for_cortex_m55_and_sizes_match_the_report(smoke_project, tmp_path, model):
+    """arm-none-eabi-gcc (Debian gcc-arm-none-eabi; .ci/run installs it: missing is a failure, not a skip)."""
+    import json
+
+    gcc, size, objdump = (shutil.which(f"arm-none-eabi-{t}") for t in ("gcc", "size", "objdump"))
+    assert gcc and size and objdump, "arm-none-eabi-gcc/size/objdump are required (apt install gcc-arm-none-eabi)"
+    root, _, _ = smoke_project
+    _, _, compiled, folder = files(root, model)
+    objects = []
+    for source in (f"{model}_model.c", f"{model}_golden.c"):
+        obj = tmp_path / source.replace(".c", ".o")
+        proc = subprocess.run([gcc, "-mcpu=cortex-m55", "-mthumb", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
+                               f"-I{folder}", "-c", str(folder / source), "-o", str(obj)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        objects.append(obj)
+    sections = subprocess.run([size, "-A", str(objects[0])], capture_output=True, text=True, check=True).stdout
+    section_size = int(next(line.split()[1] for line in sections.splitlines() if line.startswith(".rodata.npu_model")))
+    assert section_size == compiled.stat().st_size
+    report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
+    flash = next(m["flash_bytes"] for m in report["models"] if m["name"] == model)
+    assert flash == -(-section_size // 16) * 16
+    headers = subprocess.run([objdump, "-h", str(objects[0])], capture_output=True, text=True, check=True).stdout
+    row = next(line.split() for line in headers.splitlines() if ".rodata.npu_model" in line)
+    assert row[-1] == "2**4"  # 16-byte aligned section; the array is its only symbol, at offset 0
+    symbols = subprocess.run([shutil.which("arm-none-eabi-nm"), str(objects[0])], capture_output=True, text=True,
+                             check=True).stdout
+    address = next(int(line.split()[0], 16) for line in symbols.splitlines() if line.endswith(f" {model}_model"))
+    assert address % 16 == 0

@@ -78,6 +78,20 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
     )
 
 
+@task(help={
+    "tflite": "a full-INT8 TFLite file (or one Vela already compiled)",
+    "target": "a target name, several separated by commas, or all (default: config build.target)",
+    "name": "the model's name in the assets (default: the file's name)",
+    "assets-dir": "where firmware assets go (default: firmware_assets/)",
+})
+def deploy(c, tflite, target=None, name=None, assets_dir=None):
+    """Bring your own model: Vela, firmware assets and a memory report for any full-INT8 TFLite file."""
+    from npubuild.deploy import deploy as run_deploy
+
+    _fail_cleanly(run_deploy, ROOT, tflite=Path(tflite), target=target or c.config.build.target, name=name,
+                  assets_dir=Path(assets_dir) if assets_dir else None)
+
+
 @task(help={"k": "only tests matching this pytest -k expression", "fast": "skip the slow end-to-end tests"})
 def test(c, k=None, fast=False):
     """Run the test suite (real TensorFlow, Vela, LiteRT and C compiler on the smoke profile)."""
@@ -114,5 +128,5 @@ def clean(c, all=False):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-ns = Collection(build, report, compare, test, bench, clean)
+ns = Collection(build, report, compare, deploy, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

@@ -175,11 +175,14 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
-                       evaluation: dict | None = None) -> list[Path]:
+                       evaluation: dict | None = None, golden: dict | None = None,
+                       io: tuple | None = None) -> list[Path]:
+    """`golden` and `io` default to what the INT8 file and the dataset give (see `invoke deploy` for
+    models that come without either)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
-    input_info, outputs = io_tensors(int8)
+    input_info, outputs = io or io_tensors(int8)
     context = {
         "name": name, "guard": c_identifier(name).upper(), "symbol": f"{c_identifier(name)}_model",
         "target": target, "technique": technique, "alignment": ALIGNMENT,
@@ -210,8 +213,9 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
     entries = firmware_kit.resolver_entries(compiled)
     context.update(symbol_base=c_identifier(name), entries=entries,
                    cpu_ops=[e["op"].split()[0] for e in entries if e["method"] != "AddEthosU"])
-    if features is not None:
+    if golden is None and features is not None:
         golden = firmware_kit.golden_vectors(recipe, int8, features)
+    if golden is not None:
         context.update(golden=golden,
                        golden_input_rows=[firmware_kit.c_rows(r) for r in golden["inputs"]],
                        golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])

@@ -92,10 +92,40 @@ def golden_vectors(recipe: Recipe, int8: Path, features: Path, count: int = GOLD
     inputs = quantized_test_inputs(recipe, int8, features)
     picked = _test_indices(len(inputs), count)
     gin = inputs[picked]
-    return {"indices": picked, "inputs": gin, "outputs": run_litert(int8, gin)}
+    return {"source": f"int8 inputs from the test split (samples {', '.join(map(str, picked))})",
+            "inputs": gin, "outputs": run_litert(int8, gin)}
 
 
 def c_rows(values: np.ndarray, per_row: int = 24) -> str:
     flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     rows = [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
     return "        " + ",\n        ".join(rows)
+
+
+def io_from_flatbuffer(tflite: Path):
+    """Input and outputs (TensorInfo) read from the flatbuffer itself: works for Vela-compiled files too,
+    which LiteRT cannot load (no host kernel for the Ethos-U operator)."""
+    from ethosu.vela.tflite.Model import Model
+
+    from .assets import TensorInfo
+    from .deploy import _TYPES
+
+    model = Model.GetRootAsModel(tflite.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+
+    def info(index: int) -> TensorInfo:
+        t = graph.Tensors(index)
+        q = t.Quantization()
+        scale = float(np.float32(q.Scale(0))) if q is not None and q.ScaleLength() else 0.0
+        zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
+        return TensorInfo(tuple(int(t.Shape(i)) for i in range(t.ShapeLength())), _TYPES.get(t.Type(), "other"),
+                          scale, zero)
+
+    return info(graph.Inputs(0)), [info(graph.Outputs(i)) for i in range(graph.OutputsLength())]
+
+
+def random_golden(int8: Path, input_info, count: int = GOLDEN_COUNT, seed: int = 0) -> dict:
+    """Golden vectors without a dataset: seeded random int8 inputs and the INT8 model's outputs (LiteRT)."""
+    inputs = np.random.default_rng(seed).integers(-128, 128, (count, input_info.size)).astype(np.int8)
+    return {"source": f"seeded random int8 inputs (seed {seed}; no dataset came with the model)",
+            "inputs": inputs, "outputs": run_litert(int8, inputs)}

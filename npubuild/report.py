@@ -131,6 +131,10 @@ def _kib(n: int) -> str:
     return f"{n / 1024:,.1f}"
 
 
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _short(layer_name: str, width: int = 56) -> str:
     """Vela's per-layer names join every fused TFLite tensor name with ';': keep the last."""
     name = layer_name.split(";")[-1]
@@ -157,7 +161,7 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
             f"| {m.name} | {m.technique} | {_kib(m.sram_bytes)} | {_kib(m.dram_bytes)} | {_kib(m.flash_bytes)} | "
             f"{_kib(m.arena_bytes)} | {_kib(m.vela_sram_bytes)} | {_kib(m.vela_flash_bytes)} | {m.npu_ops} | "
             f"{m.cpu_ops} | {m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
-            f"{m.accuracy['fp32']:.4f} | {m.accuracy['int8']:.4f} |")
+            f"{_fraction(m.accuracy['fp32'])} | {_fraction(m.accuracy['int8'])} |")
     lines += [
         "",
         "## Firmware image budget",
@@ -281,7 +285,7 @@ def render_summary(reports: dict[str, dict]) -> str:
         for m in rep["models"]:
             lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | "
                          f"{_kib(m['sram_bytes'])} | {_kib(m.get('dram_bytes', 0))} | {_kib(m['flash_bytes'])} | "
-                         f"{m['inference_ms']:.3f} | {m['accuracy']['int8']:.4f} | "
+                         f"{m['inference_ms']:.3f} | {_fraction(m['accuracy']['int8'])} | "
                          f"{'yes' if rep['total']['fits'] else 'NO'} |")
     lines += ["", "| target | SRAM used / budget KiB | DRAM used / budget KiB | flash used / budget KiB | fits |",
               "|---|---:|---:|---:|---|"]

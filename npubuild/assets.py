@@ -191,7 +191,7 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "labels": list(recipe.labels), "input": input_info, "output": outputs[0], "outputs": outputs,
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
-        "frontend": None, "quality": None,
+        "frontend": None, "quality": None, "golden": None,
     }
     paths = {}
     if recipe.task == "keyword_spotting" and features is not None:

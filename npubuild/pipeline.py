@@ -242,7 +242,7 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   evaluation=evaluation)
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=4,
+        name=f"assets {recipe.name} for {target.name}", version=5,
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
                 *([paths.evaluation(technique)] if quality else [])),
         params={"technique": technique, "labels": recipe.labels,
@@ -325,9 +325,13 @@ def _check_writable(folder: Path) -> None:
     import os
     import tempfile
 
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # probe where the folder would be created; create nothing yet
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

@@ -123,22 +123,43 @@ class TensorInfo:
         return int(np.prod(self.shape))
 
 
+# TFLite TensorType codes (schema.fbs)
+TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8", 10: "float64"}
+
+
 def io_tensors(tflite_path: Path) -> tuple[TensorInfo, list[TensorInfo]]:
-    """Input tensor and output tensors (in the file's output order) of a (pre-Vela) INT8 TFLite model."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Input tensor and output tensors (in the file's output order), read from the flatbuffer itself:
+    works for Vela-compiled files too, which LiteRT cannot load (no host kernel for the Ethos-U operator)."""
+    from ethosu.vela.tflite.Model import Model
 
-    interpreter = Interpreter(model_path=str(tflite_path))
+    graph = Model.GetRootAsModel(tflite_path.read_bytes(), 0).Subgraphs(0)
 
-    def info(detail: dict) -> TensorInfo:
-        scale, zero_point = detail["quantization"]
-        return TensorInfo(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name,
-                          float(np.float32(scale)), int(zero_point))
+    def info(index: int) -> TensorInfo:
+        t = graph.Tensors(index)
+        q = t.Quantization()
+        scale = float(np.float32(q.Scale(0))) if q is not None and q.ScaleLength() else 0.0
+        zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
+        return TensorInfo(tuple(int(t.Shape(i)) for i in range(t.ShapeLength())),
+                          TENSOR_TYPES.get(t.Type(), "other"), scale, zero)
 
-    return info(interpreter.get_input_details()[0]), [info(d) for d in interpreter.get_output_details()]
+    return info(graph.Inputs(0)), [info(graph.Outputs(i)) for i in range(graph.OutputsLength())]
 
 
 def padded_size(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
+
+
+def placement(target: Target, scratch_bytes: int, fast_scratch_bytes: int, compiled_bytes: int) -> dict[str, int]:
+    """Where a compiled model's memory goes on `target`, in bytes: its arena (in SRAM or DRAM, as the
+    memory mode says), the NPU fast scratch (Dedicated_Sram modes), the model array in flash (and in
+    DRAM when the NPU reads weights from there)."""
+    arena = arena_size(scratch_bytes, target)
+    fast = padded_size(fast_scratch_bytes) if target.fast_memory else 0
+    flash = padded_size(compiled_bytes)
+    return {"arena_bytes": arena, "fast_scratch_bytes": fast, "flash_bytes": flash,
+            "sram_bytes": arena if target.arena_memory == "sram" else fast,
+            "dram_bytes": (arena if target.arena_memory == "dram" else 0)
+            + (flash if target.model_memory == "dram" else 0)}
 
 
 def arena_size(scratch_bytes: int, target: Target) -> int:
@@ -175,14 +196,13 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
-                       evaluation: dict | None = None, golden: dict | None = None,
-                       io: tuple | None = None) -> list[Path]:
-    """`golden` and `io` default to what the INT8 file and the dataset give (see `invoke deploy` for
-    models that come without either)."""
+                       evaluation: dict | None = None, golden: dict | None = None) -> list[Path]:
+    """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
+    that come without one)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
-    input_info, outputs = io or io_tensors(int8)
+    input_info, outputs = io_tensors(int8)
     context = {
         "name": name, "guard": c_identifier(name).upper(), "symbol": f"{c_identifier(name)}_model",
         "target": target, "technique": technique, "alignment": ALIGNMENT,

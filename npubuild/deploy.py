@@ -27,8 +27,6 @@ INT8_HOWTO = ("convert with converter.optimizations = [tf.lite.Optimize.DEFAULT]
               "target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
               "inference_input_type = inference_output_type = tf.int8")
 
-# TFLite TensorType codes (schema.fbs)
-_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8", 10: "float64"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,8 @@ def inspect_tflite(path: Path) -> Inspection:
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise BuildError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
     from ethosu.vela.tflite.Model import Model
+
+    from .assets import TENSOR_TYPES as _TYPES
 
     try:
         model = Model.GetRootAsModel(data, 0)
@@ -115,7 +115,7 @@ def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, as
                 vela.compile_with_vela(int8, tgt, out)
                 compiled = out.tflite
                 figures = vela.read_vela_figures(out)
-            io_in, io_out = firmware_kit.io_from_flatbuffer(compiled)
+            io_in, io_out = assets.io_tensors(compiled)
             labels = tuple(f"output_{i}" for i in range(max(1, int(np.prod(io_out[0].shape)))))
             recipe = DeployRecipe(name, labels)
             golden = None if info.compiled else firmware_kit.random_golden(int8, io_in)
@@ -123,16 +123,12 @@ def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, as
             assets.write_model_assets(recipe=recipe, target=tgt, technique="deployed", compiled=compiled,
                                       int8=compiled, features=None, scratch_bytes=figures["scratch_bytes"],
                                       fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
-                                      golden=golden, io=(io_in, io_out))
-            arena = assets.arena_size(figures["scratch_bytes"], tgt)
-            fast = assets.padded_size(figures["fast_scratch_bytes"]) if tgt.fast_memory else 0
-            flash = assets.padded_size(compiled.stat().st_size)
+                                      golden=golden)
             model = report.ModelFigures(
-                name=name, technique="deployed", sram_bytes=arena if tgt.arena_memory == "sram" else fast,
-                flash_bytes=flash, vela_sram_bytes=figures["sram_bytes"],
-                vela_flash_bytes=figures["read_only_bytes"] + figures["command_stream_bytes"], arena_bytes=arena,
-                fast_scratch_bytes=fast,
-                dram_bytes=(arena if tgt.arena_memory == "dram" else 0) + (flash if tgt.model_memory == "dram" else 0),
+                name=name, technique="deployed", vela_sram_bytes=figures["sram_bytes"],
+                vela_flash_bytes=figures["read_only_bytes"] + figures["command_stream_bytes"],
+                **assets.placement(tgt, figures["scratch_bytes"], figures["fast_scratch_bytes"],
+                                   compiled.stat().st_size),
                 io_bytes=io_in.size + sum(o.size for o in io_out), npu_ops=figures["npu_ops"],
                 cpu_ops=figures["cpu_ops"], cpu_op_names=figures["cpu_op_names"], cycles=figures["cycles"],
                 inference_ms=figures["inference_ms"], macs=figures["macs"], tflite_bytes=tflite.stat().st_size,

@@ -61,14 +61,12 @@ def _test_indices(n: int, count: int) -> list[int]:
 
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from . import task
+    from .assets import io_tensors
 
     x, _ = task.load_split(recipe, features, "test")
-    detail = Interpreter(model_path=str(int8)).get_input_details()[0]
-    scale, zero_point = detail["quantization"]
-    q = np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
+    inp = io_tensors(int8)[0]
+    q = np.clip(np.round(x / inp.scale + inp.zero_point), -128, 127).astype(np.int8)
     return q.reshape(len(x), -1)
 
 
@@ -106,28 +104,6 @@ def c_rows(values: np.ndarray, per_row: int = 24) -> str:
     flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     rows = [", ".join(flat[i:i + per_row]) for i in range(0, len(flat), per_row)]
     return "        " + ",\n        ".join(rows)
-
-
-def io_from_flatbuffer(tflite: Path):
-    """Input and outputs (TensorInfo) read from the flatbuffer itself: works for Vela-compiled files too,
-    which LiteRT cannot load (no host kernel for the Ethos-U operator)."""
-    from ethosu.vela.tflite.Model import Model
-
-    from .assets import TensorInfo
-    from .deploy import _TYPES
-
-    model = Model.GetRootAsModel(tflite.read_bytes(), 0)
-    graph = model.Subgraphs(0)
-
-    def info(index: int) -> TensorInfo:
-        t = graph.Tensors(index)
-        q = t.Quantization()
-        scale = float(np.float32(q.Scale(0))) if q is not None and q.ScaleLength() else 0.0
-        zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
-        return TensorInfo(tuple(int(t.Shape(i)) for i in range(t.ShapeLength())), _TYPES.get(t.Type(), "other"),
-                          scale, zero)
-
-    return info(graph.Inputs(0)), [info(graph.Outputs(i)) for i in range(graph.OutputsLength())]
 
 
 def random_golden(int8: Path, input_info, count: int = GOLDEN_COUNT, seed: int = 0) -> dict:

@@ -262,16 +262,12 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     v = vela.read_vela_figures(out)
     evaluation = json.loads(paths.evaluation(technique).read_text())
-    arena = assets.arena_size(v["scratch_bytes"], target)
-    fast = assets.padded_size(v["fast_scratch_bytes"]) if target.fast_memory else 0
-    flash = assets.padded_size(v["compiled_bytes"])
-    dram = (arena if target.arena_memory == "dram" else 0) + (flash if target.model_memory == "dram" else 0)
     input_info, outputs = assets.io_tensors(paths.int8(technique))
     return ModelFigures(
-        name=recipe.name, technique=technique, sram_bytes=arena if target.arena_memory == "sram" else fast,
-        flash_bytes=flash, vela_sram_bytes=v["sram_bytes"],
-        vela_flash_bytes=v["read_only_bytes"] + v["command_stream_bytes"], arena_bytes=arena,
-        fast_scratch_bytes=fast, dram_bytes=dram, io_bytes=input_info.size + sum(o.size for o in outputs),
+        name=recipe.name, technique=technique, vela_sram_bytes=v["sram_bytes"],
+        vela_flash_bytes=v["read_only_bytes"] + v["command_stream_bytes"],
+        **assets.placement(target, v["scratch_bytes"], v["fast_scratch_bytes"], v["compiled_bytes"]),
+        io_bytes=input_info.size + sum(o.size for o in outputs),
         npu_ops=v["npu_ops"], cpu_ops=v["cpu_ops"], cpu_op_names=v["cpu_op_names"], cycles=v["cycles"],
         inference_ms=v["inference_ms"], macs=v["macs"], tflite_bytes=paths.int8(technique).stat().st_size,
         accuracy={"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},

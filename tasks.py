@@ -17,6 +17,10 @@ def _fail_cleanly(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except BuildError as e:
         raise Exit(f"error: {e}", code=1) from None
+    except KeyboardInterrupt:
+        # Stages write through temporary files and stamp last: nothing half-written is kept.
+        raise Exit("interrupted: finished stages are kept; run the same command again to continue",
+                   code=130) from None
 
 
 @task(help={

@@ -63,11 +63,14 @@ class Synthesizer:
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
         ]
         self._lib.espeak_Synchronize.argtypes = []
+        self._lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
 
-    def say(self, text: str, voice: Voice) -> np.ndarray:
+    def say(self, text: str, voice: Voice, seed: int = 0) -> np.ndarray:
         """Return the utterance as float32 samples in [-1, 1] at `self.sample_rate`.
 
-        eSpeak NG keeps state from one utterance to the next (even across
+        Variants with breath noise (e.g. `f2`, `Alicia`) draw from eSpeak NG's own
+        random generator, which it seeds from the clock: `seed` reseeds it for
+        every utterance, so the noise is a function of `seed`. eSpeak NG keeps state from one utterance to the next (even across
         espeak_Terminate/espeak_Initialize), so an utterance depends on what
         this process said before it: for reproducible audio, synthesise a fixed
         sequence in a fresh process.
@@ -77,6 +80,7 @@ class Synthesizer:
         for param, value in ((_RATE, voice.rate_wpm), (_PITCH, voice.pitch),
                              (_RANGE, voice.pitch_range), (_VOLUME, voice.volume)):
             self._lib.espeak_SetParameter(param, value, 0)
+        self._lib.espeak_ng_SetRandSeed(seed)
         self._chunks = []
         data = text.encode() + b"\0"
         buf = ctypes.create_string_buffer(data)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +40,37 @@ NOISE_PROBABILITY = 0.8
 SNR_DB = (5.0, 30.0)
 RATE_WPM = (80, 170)
 CHUNK = 400
+# The built-in data has a fourth split: the recording-like test set.
+BUILTIN_SPLITS = (*SPLITS, "test_rec")
+AUGMENT_SHARE = 0.5
 
 
-def voice_names() -> list[str]:
-    """Every accent x variant combination the bundled eSpeak NG data offers, in a fixed order."""
+def variant_names() -> list[str]:
+    """The voice variants of the bundled eSpeak NG data ("" is the accent's own voice), in a fixed order."""
     import espeakng_loader
 
     variants_dir = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
-    variants = sorted(p.name for p in variants_dir.iterdir() if p.name not in _EXCLUDED_VARIANTS)
-    return [accent if v == "" else f"{accent}+{v}" for accent in ACCENTS for v in ["", *variants]]
+    return ["", *sorted(p.name for p in variants_dir.iterdir() if p.name not in _EXCLUDED_VARIANTS)]
+
+
+def voice_name(accent: str, variant: str) -> str:
+    return accent if variant == "" else f"{accent}+{variant}"
+
+
+def voice_names() -> list[str]:
+    """Every accent x variant combination, in a fixed order."""
+    return [voice_name(accent, v) for accent in ACCENTS for v in variant_names()]
 
 
 def split_voices(seed: int) -> dict[str, list[str]]:
-    voices = voice_names()
-    order = np.random.default_rng([seed, 1]).permutation(len(voices))
-    n_train = round(SPLIT_SHARES[0] * len(voices))
-    n_val = round(SPLIT_SHARES[1] * len(voices))
+    """Whole variants are dealt to train/val/test (70/15/15), each with every accent: a test
+    voice is a variant training never heard in any accent."""
+    variants = variant_names()
+    order = np.random.default_rng([seed, 1]).permutation(len(variants))
+    n_train = round(SPLIT_SHARES[0] * len(variants))
+    n_val = round(SPLIT_SHARES[1] * len(variants))
     cut = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return {split: sorted(voices[i] for i in idx) for split, idx in cut.items()}
+    return {split: sorted(voice_name(a, variants[i]) for i in idx for a in ACCENTS) for split, idx in cut.items()}
 
 
 @dataclass(frozen=True)
@@ -70,13 +84,17 @@ class ClipSpec:
     pitch: int
     pitch_range: int
     seed: int
+    recording: bool = False  # through `recording_like` (room, microphone, clipping, DC offset, noise)
 
 
 def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
+    """The clips of one split. `test_rec` is the recording-like test set: the test split's
+    voices (held out of training), every clip through `recording_like`. In `train`, a share
+    AUGMENT_SHARE of the clips goes through it too (other draws of the same kinds)."""
     per_class = {"train": profile.train_per_class, "val": profile.val_per_class,
-                 "test": profile.test_per_class}[split]
-    voices = split_voices(recipe.seed)[split]
-    rng = np.random.default_rng([recipe.seed, SPLITS.index(split), 2])
+                 "test": profile.test_per_class, "test_rec": profile.test_per_class}[split]
+    voices = split_voices(recipe.seed)["test" if split == "test_rec" else split]
+    rng = np.random.default_rng([recipe.seed, BUILTIN_SPLITS.index(split), 2])
     specs = []
     for label, name in enumerate(recipe.labels):
         for _ in range(per_class):
@@ -91,6 +109,7 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
                 rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
                 pitch=int(rng.integers(15, 86)), pitch_range=int(rng.integers(10, 91)),
                 seed=int(rng.integers(2**31)),
+                recording=split == "test_rec" or (split == "train" and bool(rng.random() < AUGMENT_SHARE)),
             ))
     return specs
 
@@ -141,7 +160,73 @@ def render_clip(spec: ClipSpec, speech: np.ndarray, sample_rate: int, clip_sampl
             clip += make_noise(rng, clip_samples, sample_rate) * speech_rms / 10 ** (snr / 20)
     else:  # silence: background noise alone, from near-digital silence to loud
         clip += make_noise(rng, clip_samples, sample_rate) * 10 ** (rng.uniform(-70.0, -15.0) / 20)
+    if spec.recording:
+        clip = recording_like(np.random.default_rng([spec.seed, 7]), clip, sample_rate)
     return np.clip(clip, -1.0, 1.0)
+
+
+def room_response(rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """A synthetic room impulse response: the direct sound, then exponentially decaying
+    noise (reverberation time RT60 0.15-0.9 s) starting 1-10 ms later."""
+    rt60 = rng.uniform(0.15, 0.9)
+    n = int(rt60 * sample_rate)
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+    delay = int(rng.uniform(0.001, 0.010) * sample_rate)
+    tail[:delay] = 0.0
+    tail *= rng.uniform(0.2, 1.0) / (np.sqrt(np.sum(tail**2)) + 1e-12)  # direct-to-reverberant 0-14 dB
+    tail[0] = 1.0
+    return tail
+
+
+def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A band-limited microphone: telephone band, a small MEMS/laptop capsule, or a wide one."""
+    from scipy.signal import butter, sosfilt
+
+    kind = rng.integers(3)
+    if kind == 0:
+        low, high = rng.uniform(250, 400), rng.uniform(3000, 3600)
+    elif kind == 1:
+        low, high = rng.uniform(100, 250), rng.uniform(4500, 7000)
+    else:
+        low, high = rng.uniform(20, 80), 7800.0
+    sos = butter(4, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+    return sosfilt(sos, audio)
+
+
+def babble(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
+    """Speech-like noise: pink noise in the speech band, amplitude-modulated at syllable rates."""
+    from scipy.signal import butter, sosfilt
+
+    noise = make_noise(np.random.default_rng(rng.integers(2**31)), n, sample_rate)
+    noise = sosfilt(butter(2, [200, 3500], btype="bandpass", fs=sample_rate, output="sos"), noise)
+    t = np.arange(n) / sample_rate
+    envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
+    out = noise * envelope
+    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
+
+
+def recording_like(rng: np.random.Generator, clip: np.ndarray, sample_rate: int) -> np.ndarray:
+    """What a real recording does to a clean clip: a room (reverberation, in 70% of clips), more
+    noise of another kind (babble or coloured, 0-25 dB SNR, 60%), a band-limited microphone,
+    a level from quiet to hot with clipping (25%), and a DC offset (50%)."""
+    from scipy.signal import fftconvolve
+
+    n = len(clip)
+    out = clip.astype(np.float64)
+    if rng.random() < 0.7:
+        out = fftconvolve(out, room_response(rng, sample_rate))[:n]
+    rms = np.sqrt(np.mean(out**2)) + 1e-9
+    if rng.random() < 0.6:
+        noise = babble(rng, n, sample_rate) if rng.random() < 0.5 else make_noise(rng, n, sample_rate)
+        out = out + noise * rms / 10 ** (rng.uniform(0.0, 25.0) / 20)
+    out = microphone(rng, out, sample_rate)
+    out = out / (np.abs(out).max() + 1e-12) * 10 ** (rng.uniform(-26.0, -3.0) / 20)
+    if rng.random() < 0.25:
+        out = np.clip(out * 10 ** (rng.uniform(6.0, 20.0) / 20), -1.0, 1.0)
+    if rng.random() < 0.5:
+        out = out + rng.choice([-1.0, 1.0]) * rng.uniform(0.01, 0.1)
+    return out.astype(np.float32)
 
 
 def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
@@ -155,7 +240,7 @@ def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
     out = np.empty((len(specs), clip_samples), np.float32)
     for i, spec in enumerate(specs):
         if spec.word:
-            raw = synth.say(spec.word, Voice(spec.voice, spec.rate_wpm, spec.pitch, spec.pitch_range))
+            raw = synth.say(spec.word, Voice(spec.voice, spec.rate_wpm, spec.pitch, spec.pitch_range), spec.seed)
             speech = resample_poly(raw, sample_rate // g, synth.sample_rate // g).astype(np.float32)
         else:
             speech = np.zeros(0, np.float32)
@@ -176,10 +261,10 @@ def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, worke
 def builtin_dataset(recipe: Recipe, profile: Profile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{split: (audio (N, clip_samples) float32, labels (N,) int32)}."""
     fe = recipe.frontend
-    plans = {split: plan_clips(recipe, profile, split) for split in SPLITS}
-    audio = synthesise([s for split in SPLITS for s in plans[split]], fe.sample_rate, fe.clip_samples)
+    plans = {split: plan_clips(recipe, profile, split) for split in BUILTIN_SPLITS}
+    audio = synthesise([s for split in BUILTIN_SPLITS for s in plans[split]], fe.sample_rate, fe.clip_samples)
     data, start = {}, 0
-    for split in SPLITS:
+    for split in BUILTIN_SPLITS:
         n = len(plans[split])
         data[split] = (audio[start:start + n], np.array([s.label for s in plans[split]], np.int32))
         start += n
@@ -197,16 +282,21 @@ SC_BACKGROUND_VOLUME = 0.1
 SC_TIME_SHIFT_S = 0.1
 
 
-def read_wav(path: Path, sample_rate: int) -> np.ndarray:
+def read_wav(path: Path, sample_rate: int, notes: WavNotes | None = None) -> np.ndarray:
     """Mono float32 audio at `sample_rate`. Policy: stereo is averaged to mono;
-    other sample rates are resampled (polyphase); 8/16/32-bit PCM and float WAVs are read."""
+    other sample rates are resampled (polyphase); 8/16/32-bit PCM and float WAVs are read.
+    `notes`, when given, counts what was converted."""
+    import struct
+
     import scipy.io.wavfile
     from scipy.signal import resample_poly
 
     try:
         rate, data = scipy.io.wavfile.read(path)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, struct.error) as e:
         raise BuildError(f"{path}: not a readable WAV file ({e})") from None
+    if data.size == 0:
+        raise BuildError(f"{path}: WAV file holds no samples")
     if data.dtype == np.uint8:
         audio = (data.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(data.dtype, np.integer):
@@ -215,10 +305,36 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
         audio = data.astype(np.float32)
     if audio.ndim == 2:
         audio = audio.mean(axis=1)
+        if notes is not None:
+            notes.downmixed += 1
     if rate != sample_rate:
         g = math.gcd(rate, sample_rate)
         audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+        if notes is not None:
+            notes.resampled[rate] = notes.resampled.get(rate, 0) + 1
     return audio
+
+
+@dataclass
+class WavNotes:
+    """What the read policy changed in a folder of recordings, said once per build."""
+
+    files: int = 0
+    downmixed: int = 0
+    resampled: dict[int, int] = field(default_factory=dict)  # original rate -> files
+    padded: int = 0
+    trimmed: int = 0
+
+    def count_length(self, samples: int, clip_samples: int) -> None:
+        self.files += 1
+        self.padded += samples < clip_samples
+        self.trimmed += samples > clip_samples
+
+    def summary(self, sample_rate: int) -> str:
+        rates = ", ".join(f"{n} at {r} Hz" for r, n in sorted(self.resampled.items())) or "none"
+        return (f"{self.files} clips read: {self.downmixed} stereo averaged to mono; resampled to {sample_rate} Hz: "
+                f"{rates}; {self.padded} shorter than 1 s zero-padded; {self.trimmed} longer cut to their "
+                f"loudest second")
 
 
 def fit_clip(audio: np.ndarray, clip_samples: int) -> np.ndarray:
@@ -238,7 +354,8 @@ def _list_file(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def speech_commands_dataset(recipe: Recipe, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def speech_commands_dataset(recipe: Recipe, data_dir: Path,
+                            notes: WavNotes | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a Speech Commands v2 folder: one folder per word, `_background_noise_/`,
     `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips)."""
     if not data_dir.is_dir():
@@ -283,7 +400,10 @@ def speech_commands_dataset(recipe: Recipe, data_dir: Path) -> dict[str, tuple[n
         entries = files[split] + [(p, unknown_label) for p in picks]
         clips, labels = [], []
         for path, label in entries:
-            audio = fit_clip(read_wav(path, fe.sample_rate), fe.clip_samples)
+            audio = read_wav(path, fe.sample_rate, notes)
+            if notes is not None:
+                notes.count_length(len(audio), fe.clip_samples)
+            audio = fit_clip(audio, fe.clip_samples)
             if split == "train":
                 shift = int(rng.integers(-int(SC_TIME_SHIFT_S * fe.sample_rate), int(SC_TIME_SHIFT_S * fe.sample_rate) + 1))
                 audio = np.roll(audio, shift)
@@ -317,12 +437,19 @@ def fingerprint_dir(data_dir: Path) -> str:
     return h.hexdigest()
 
 
-def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path) -> None:
-    """The data stage: clips -> MFCC features per split, with the training split's statistics."""
+def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path,
+                   log: Callable[[str], None] = print) -> None:
+    """The data stage: clips -> MFCC features per split, with the training split's statistics.
+    For a folder of recordings, says once what the read policy converted."""
     from .frontend import mfcc_batched
     from .stages import atomic_output
 
-    data = speech_commands_dataset(recipe, data_dir) if data_dir else builtin_dataset(recipe, profile)
+    if data_dir:
+        notes = WavNotes()
+        data = speech_commands_dataset(recipe, data_dir, notes)
+        log(f"  {data_dir}: {notes.summary(recipe.frontend.sample_rate)}")
+    else:
+        data = builtin_dataset(recipe, profile)
     arrays = {}
     for split, (audio, labels) in data.items():
         arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)

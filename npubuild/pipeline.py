@@ -90,7 +90,8 @@ def dataset_id(data_dir: Path | None) -> str:
     return "dir-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
-def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths) -> Stage:
+def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
+               log: Callable[[str], None] = print) -> Stage:
     prof = recipe.profile(profile)
     if recipe.task == "image_quality":
         from . import quality_data
@@ -123,8 +124,8 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
         params.update(source="speech_commands", fingerprint=kws_data.fingerprint_dir(data_dir))
         tools = ("scipy", "numpy")
     return Stage(
-        name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,), tools=tools,
-        action=lambda: kws_data.build_features(recipe, prof, data_dir, paths.features),
+        name=f"data {recipe.name}", version=2, inputs=(), params=params, outputs=(paths.features,), tools=tools,
+        action=lambda: kws_data.build_features(recipe, prof, data_dir, paths.features, log),
     )
 
 
@@ -215,7 +216,7 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     return Stage(
-        name=f"compile {recipe.name} {technique} for {target.name}", version=1,
+        name=f"compile {recipe.name} {technique} for {target.name}", version=2,
         inputs=(paths.int8(technique), *([target.vela_ini] if target.vela_config else [])),
         params={**target.vela_params(), "vela_config": target.vela_config or vela.ARM_CONFIG},
         outputs=out.all(), tools=VELA,
@@ -337,7 +338,7 @@ def _check_writable(folder: Path) -> None:
 def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
                 techniques: list[str]) -> ModelPaths:
     paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
-    cache.run(data_stage(recipe, profile, data_dir, paths))
+    cache.run(data_stage(recipe, profile, data_dir, paths, cache.log))
     for stage in model_stages(recipe, profile, paths, techniques):
         cache.run(stage)
     return paths

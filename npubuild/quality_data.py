@@ -401,8 +401,10 @@ def _split_of(name: str) -> str:
     return "train" if u < SPLIT_SHARE["train"] else "val" if u < SPLIT_SHARE["train"] + SPLIT_SHARE["val"] else "test"
 
 
-def read_labels(data_dir: Path, heads: tuple[str, ...]) -> list[tuple[str, str, list[int]]]:
-    """(file, split, labels) rows of DIR/labels.csv, checked."""
+def read_labels(data_dir: Path, heads: tuple[str, ...],
+                every_split: bool = True) -> list[tuple[str, str, list[int]]]:
+    """(file, split, labels) rows of DIR/labels.csv, checked; with `every_split`, each split
+    must have images (for training; an evaluation folder need not)."""
     path = data_dir / "labels.csv"
     try:
         with open(path, newline="") as f:
@@ -426,9 +428,11 @@ def read_labels(data_dir: Path, heads: tuple[str, ...]) -> list[tuple[str, str, 
         if split not in SPLITS:
             raise BuildError(f"{path}: line {line}: column 'split' is {split!r}, expected train, val or test")
         out.append((row["file"], split, labels))
-    for split in SPLITS:
+    for split in SPLITS if every_split else ():
         if not any(s == split for _, s, _ in out):
             raise BuildError(f"{path}: no images in the {split} split")
+    if not out:
+        raise BuildError(f"{path}: no rows")
     return out
 
 

@@ -101,7 +101,7 @@ def choose_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float(best)
 
 
-def _score_set(heads, y, scores, thresholds) -> dict:
+def score_set(heads, y, scores, thresholds) -> dict:
     per_head = {h: binary_metrics(y[:, i].astype(np.int64), scores[:, i], thresholds[h])
                 for i, h in enumerate(heads)}
     macro = round(float(np.mean([m["f1"] for m in per_head.values()])), 6)
@@ -133,8 +133,8 @@ def evaluate_heads(recipe: Recipe, model, tflite: Path, features: Path, out: Pat
     }
     result = {
         "labels": heads, "heads": heads, "test_images": int(len(y_test)), "val_images": int(len(y_val)),
-        "fp32": _score_set(heads, y_test, fp32_test, thresholds["fp32"]),
-        "int8": _score_set(heads, y_test, int8_test, thresholds["int8"]),
+        "fp32": score_set(heads, y_test, fp32_test, thresholds["fp32"]),
+        "int8": score_set(heads, y_test, int8_test, thresholds["int8"]),
         "thresholds": thresholds,
         "output_quantization": {h: {"scale": quant[i][0], "zero_point": quant[i][1]} for i, h in enumerate(heads)},
         "threshold_q": {h: threshold_q(thresholds["int8"][h], *quant[i]) for i, h in enumerate(heads)},

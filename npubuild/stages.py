@@ -89,6 +89,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(outputs: tuple[Path, ...]) -> None:
+    """Delete what a killed run of this stage left half-written next to its outputs (the
+    temporary files of `atomic_output` / `atomic_path`, named `.<output name>.*.tmp*`)."""
+    for path in outputs:
+        if path.parent.is_dir():
+            for tmp in path.parent.glob(f".{path.name}.*.tmp*"):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_output(path, "w") as f:
         f.write(text)
@@ -262,6 +272,7 @@ class Cache:
         else:
             self.log(f"[{stage.name}] running: {reason}")
             stage.stamp.unlink(missing_ok=True)
+            remove_stale_temporaries(stage.outputs)
             start = time.perf_counter()
             stage.action()
             seconds = time.perf_counter() - start

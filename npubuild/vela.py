@@ -64,6 +64,8 @@ def vela_command(network: Path, target: Target, output_dir: Path) -> list[str]:
 def compile_with_vela(tflite: Path, target: Target, out: VelaOutputs) -> None:
     """Run Vela in a scratch folder and move its results into place (stable names)."""
     out.folder.mkdir(parents=True, exist_ok=True)
+    for stale in out.folder.glob(".vela-*"):  # left by a killed run of this stage
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=out.folder, prefix=".vela-") as scratch:
         scratch = Path(scratch)
         network = scratch / f"{out.model}.tflite"
@@ -78,7 +80,8 @@ def compile_with_vela(tflite: Path, target: Target, out: VelaOutputs) -> None:
         summaries = list(produced.glob("*_summary_*.csv"))
         if not summaries:
             raise BuildError(f"{tflite}: Vela wrote no summary CSV for target {target.name}")
-        (scratch / "log").write_text(proc.stdout)
+        # The log names the scratch folder (random, absolute): keep the names relative to it.
+        (scratch / "log").write_text(proc.stdout.replace(f"{produced}{os.sep}", ""))
         moves = [
             (produced / f"{out.model}_vela.tflite", out.tflite),
             (summaries[0], out.summary),

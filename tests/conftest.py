@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "corstone-300-u55-128"
+# sha256 of every file under the session smoke build's firmware_assets/, taken right after it
+# was built (later tests add targets to that folder).
+CLEAN_ASSETS: dict[str, str] = {}
+
+
+def tree_hashes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, str]:
+    """sha256 of every file under `folder` (hidden ones included), by relative path."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
 
 
 def make_project(dest: Path) -> Path:
@@ -27,6 +37,7 @@ def smoke_project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("smoke") / "project with spaces")
     lines: list[str] = []
     summary = build(root, model="all", target=TARGET, profile="smoke", log=lines.append)
+    CLEAN_ASSETS.update(tree_hashes(root / "firmware_assets"))
     return root, summary, lines
 
 

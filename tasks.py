@@ -120,6 +120,23 @@ def bench(c, profile="default", model="kws", output="benchmarks/results.json"):
                   model=model)
 
 
+@task(help={
+    "model": "kws or quality",
+    "data-dir": "a labelled folder: Speech Commands layout (kws) or images with labels.csv (quality); "
+                "without it, the built-in test sets",
+    "profile": "whose build to evaluate: build/<profile>/<model>/builtin/ (default: config build.profile)",
+    "target": "also report the model's inference time and memory on this target (from its memory report)",
+    "assets-dir": "where firmware assets go (default: firmware_assets/): writes evaluate/<model>-<dataset>.*",
+})
+def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None):
+    """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
+    from npubuild.dataset_eval import evaluate_dataset
+
+    _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
+                  profile=profile or c.config.build.profile, target=target,
+                  assets_dir=Path(assets_dir) if assets_dir else None)
+
+
 @task(help={"all": "also remove firmware_assets/ (its README is kept)"})
 def clean(c, all=False):
     """Remove build/ (and with --all, the generated firmware assets)."""
@@ -132,5 +149,5 @@ def clean(c, all=False):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-ns = Collection(build, report, compare, deploy, test, bench, clean)
+ns = Collection(build, report, compare, deploy, evaluate, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,57 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
+# Subprocess builds (clean rebuilds, killed builds) spend most of their time in one core's
+# Python; they run in threads beside the session's smoke build when a selected test needs them.
+_BACKGROUND: dict[str, Callable] = {}  # fixture name -> job(tmp_path_factory)
+_WANTED: set[str] = set()
+_RUNNING: dict[str, tuple[threading.Thread, dict]] = {}
+
+
+def background_job(name: str):
+    """Register `job(tmp_path_factory)` as the value of session fixture `name`, started at the
+    beginning of the session's smoke build when a selected test uses that fixture."""
+    def register(job: Callable) -> Callable:
+        _BACKGROUND[name] = job
+        return job
+    return register
+
+
+def pytest_collection_modifyitems(session, config, items):
+    _WANTED.update(n for item in items for n in getattr(item, "fixturenames", ()) if n in _BACKGROUND)
+
+
+def start_background_jobs(tmp_path_factory, names=None) -> None:
+    for name in sorted(names or _WANTED):
+        if name not in _RUNNING:
+            box: dict = {}
+
+            def run(job=_BACKGROUND[name], box=box):
+                try:
+                    box["value"] = job(tmp_path_factory)
+                except BaseException as e:  # re-raised in the test that waits for it
+                    box["error"] = e
+
+            thread = threading.Thread(target=run, name=name, daemon=True)
+            thread.start()
+            _RUNNING[name] = (thread, box)
+
+
+def join_background_job(name: str, tmp_path_factory):
+    start_background_jobs(tmp_path_factory, [name])
+    thread, box = _RUNNING[name]
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 @pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory):
     """A project built once with the smoke profile for both models: (root, summary, log lines)."""
     from npubuild.pipeline import build
 
+    start_background_jobs(tmp_path_factory)
     root = make_project(tmp_path_factory.mktemp("smoke") / "project with spaces")
     lines: list[str] = []
     summary = build(root, model="all", target=TARGET, profile="smoke", log=lines.append)

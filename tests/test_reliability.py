@@ -21,7 +21,15 @@ from PIL import Image
 from npubuild.errors import BuildError
 from npubuild.pipeline import build
 
-from .conftest import CLEAN_ASSETS, ROOT, TARGET, make_project, tree_hashes
+from .conftest import (
+    CLEAN_ASSETS,
+    ROOT,
+    TARGET,
+    background_job,
+    join_background_job,
+    make_project,
+    tree_hashes,
+)
 from .test_kws_data import RECIPE, write_wav
 
 pytestmark = pytest.mark.slow
@@ -81,15 +89,26 @@ def _kws_assets(hashes: dict[str, str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- reproducible output
 
 
-def test_a_second_clean_build_gives_byte_identical_firmware_assets(smoke_project, tmp_path):
-    """A clean smoke build in a fresh process, from another directory, without network, gives
-    the same sha256 for every file under firmware_assets/ as the session's clean build."""
-    assert CLEAN_ASSETS, "the session build recorded its assets"
-    root = cli_project(tmp_path / "second clean build" / "project")
-    cwd = tmp_path / "somewhere else"
-    cwd.mkdir()
+@background_job("second_clean_build")
+def _second_clean_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A clean smoke build in a fresh process, from another directory, without network."""
+    root = cli_project(tmp_path_factory.mktemp("second clean build") / "project")
+    cwd = tmp_path_factory.mktemp("somewhere else")
     proc = subprocess.run(invoke_cmd(root, "build", "--profile", "smoke", "--target", TARGET), cwd=cwd,
                           capture_output=True, text=True, env=_env())
+    return root, proc
+
+
+@pytest.fixture(scope="session")
+def second_clean_build(tmp_path_factory):
+    return join_background_job("second_clean_build", tmp_path_factory)
+
+
+def test_a_second_clean_build_gives_byte_identical_firmware_assets(smoke_project, second_clean_build):
+    """The second clean build gives the same sha256 for every file under firmware_assets/ as the
+    session's clean build."""
+    assert CLEAN_ASSETS, "the session build recorded its assets"
+    root, proc = second_clean_build
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     second = tree_hashes(root / "firmware_assets")
     assert len(second) >= 20
@@ -100,8 +119,13 @@ def test_a_second_clean_build_gives_byte_identical_firmware_assets(smoke_project
 # --------------------------------------------------------------------------- interrupted builds
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def interrupted(tmp_path_factory):
+    return join_background_job("interrupted", tmp_path_factory)
+
+
+@background_job("interrupted")
+def _interrupted_job(tmp_path_factory):
     """A kws smoke build killed three times (SIGKILL in the data stage, SIGINT while training,
     SIGKILL while converting), checked after each kill, then run to the end."""
     root = cli_project(tmp_path_factory.mktemp("interrupted") / "project with spaces")

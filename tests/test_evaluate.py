@@ -1,0 +1,129 @@
+"""`invoke evaluate`: the shipped models on a labelled folder (messy real-world files included)
+and on the built-in test sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npubuild import kws_data
+from npubuild.dataset_eval import evaluate_dataset
+from npubuild.errors import BuildError
+
+from .conftest import TARGET, report_model
+from .test_kws_data import RECIPE, write_wav
+
+pytestmark = pytest.mark.slow
+
+
+def speech_commands_like(folder, n_per_word=2):
+    """Keyword and other-word clips spoken by held-out voices, as a Speech Commands folder, plus
+    the files real recordings bring: stereo 44.1 kHz, 0.7 s, DC offset, clipped, broken, empty."""
+    specs = [s for s in kws_data.plan_clips(RECIPE, RECIPE.profile("smoke"), "test") if s.word]
+    words = {}
+    for s in specs:
+        name = s.word if s.word in RECIPE.keywords else "bird"
+        if len(words.setdefault(name, [])) < n_per_word:
+            words[name].append(s)
+    chosen = [s for group in words.values() for s in group]
+    audio = kws_data.synthesise(chosen, 16000, 16000, workers=1)
+    for i, (s, clip) in enumerate(zip(chosen, audio, strict=True)):
+        name = s.word if s.word in RECIPE.keywords else "bird"
+        write_wav(folder / name / f"{i:08x}_nohash_0.wav", clip)
+    yes = audio[[i for i, s in enumerate(chosen) if s.word == "yes"][0]]
+    t = np.arange(44100) / 44100
+    resampled = np.interp(t * 16000, np.arange(16000), yes)
+    write_wav(folder / "yes" / "stereo_44k.wav", np.stack([resampled, resampled], 1).reshape(-1), rate=44100,
+              channels=2)
+    write_wav(folder / "no" / "short_0.7s.wav", audio[[i for i, s in enumerate(chosen) if s.word == "no"][0]][:11200])
+    write_wav(folder / "up" / "dc_offset.wav", np.clip(audio[0] + 0.2, -1, 1))
+    write_wav(folder / "go" / "clipped.wav", np.clip(audio[1] * 40, -1, 1))
+    (folder / "left" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt ")
+    write_wav(folder / "right" / "empty.wav", np.zeros(0))
+    write_wav(folder / "_background_noise_" / "hum.wav",
+              0.1 * kws_data.make_noise(np.random.default_rng(5), 48000 + 500, 16000))
+    return len(chosen) + 4  # + stereo, short, dc, clipped; the broken and the empty one are skipped
+
+
+def test_kws_on_a_speech_commands_folder(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    data = tmp_path / "my recordings"
+    clips = speech_commands_like(data)
+    lines: list[str] = []
+    result = evaluate_dataset(root, model="kws", data_dir=data, profile="smoke", log=lines.append)
+    folder = result["sets"]["folder"]
+    assert folder["count"] == clips + 3  # three 1 s pieces of background noise as silence
+    files = result["files"]
+    assert files["used"] == clips + 3 and files["skipped"] == 2
+    assert files["skipped_by_reason"] == {
+        "WAV file holds no samples": {"count": 1, "files": ["right/empty.wav"]},
+        "not a readable WAV file": {"count": 1, "files": ["left/broken.wav"]}}
+    converted = files["converted"]
+    assert converted["stereo averaged to mono"] == 1 and converted["resampled to 16 kHz"] == 1
+    assert converted["shorter than 1 s, zero-padded"] == 1 and converted["1 s pieces of background noise"] == 3
+    assert converted["DC offset removed"] >= 1 and converted["clipped (kept)"] >= 1
+    for kind in ("fp32", "int8"):
+        m = folder[kind]
+        confusion = np.array(m["confusion"])
+        assert confusion.sum() == folder["count"]
+        assert m["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-6)
+        assert set(m["per_class"]) == set(RECIPE.labels)
+    out = root / "firmware_assets" / "evaluate"
+    assert json.loads((out / "kws-my_recordings.json").read_text()) == result
+    md = (out / "kws-my_recordings.md").read_text()
+    assert "skipped, not a readable WAV file: 1 (`left/broken.wav`)" in md and "| yes |" in md
+    assert (out / "kws-my_recordings-confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("my_recordings folder" in line for line in lines)
+
+
+def test_kws_on_the_builtin_test_sets(smoke_project):
+    root, _, _ = smoke_project
+    result = evaluate_dataset(root, model="kws", data_dir=None, profile="smoke", target=TARGET, log=lambda s: None)
+    assert set(result["sets"]) == {"test", "test_rec"}
+    report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
+    assert result["on_target"]["inference_ms"] == report_model(report, "kws")["inference_ms"]
+    build = json.loads((root / "build" / "smoke" / "kws" / "builtin" / "prune_cluster" / "evaluation.json")
+                       .read_text())
+    # the in-distribution set is the build's own test split: the same figures
+    assert result["sets"]["test"]["int8"]["accuracy"] == build["int8"]["accuracy"]
+    assert result["sets"]["test_rec"]["count"] == result["sets"]["test"]["count"]
+    assert result["gap_int8_points"] == pytest.approx(
+        100 * (result["sets"]["test"]["int8"]["accuracy"] - result["sets"]["test_rec"]["int8"]["accuracy"]), abs=0.01)
+    for label in RECIPE.labels:
+        assert label in result["sets"]["test_rec"]["int8"]["per_class"]
+
+
+def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 64, 3), dtype=np.uint8)).save(data / f"{i}.jpg")
+        rows.append(f"{i}.jpg,{i % 2},{int(i < 4)},0,{int(i > 5)}")
+    (data / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    rows.append("broken.jpg,1,0,0,0")
+    (data / "labels.csv").write_text("file,blurry,too_dark,too_bright,noisy\n" + "\n".join(rows) + "\n")
+    result = evaluate_dataset(root, model="quality", data_dir=data, profile="smoke", log=lambda s: None)
+    assert result["files"]["used"] == 8 and result["files"]["skipped"] == 1
+    assert result["files"]["skipped_by_reason"] == {"not a readable image": {"count": 1, "files": ["broken.jpg"]}}
+    head = result["sets"]["folder"]["int8"]["per_head"]["too_dark"]
+    assert head["positives"] == 4 and np.array(head["confusion"]).sum() == 8
+    assert {"precision", "recall", "f1"} <= set(head)
+
+
+def test_evaluate_errors_are_one_line(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    with pytest.raises(BuildError, match="data directory does not exist"):
+        evaluate_dataset(root, model="kws", data_dir=tmp_path / "nothing", profile="smoke", log=lambda s: None)
+    with pytest.raises(BuildError) as err:
+        evaluate_dataset(root, model="kws", data_dir=None, profile="default", build_dir=tmp_path / "b",
+                         log=lambda s: None)
+    assert "not built; run invoke build --model kws --profile default first" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BuildError, match="no readable .wav clips"):
+        evaluate_dataset(root, model="kws", data_dir=tmp_path / "empty", profile="smoke", log=lambda s: None)

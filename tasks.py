@@ -120,6 +120,30 @@ def bench(c, profile="default", model="kws", output="benchmarks/results.json"):
                   model=model)
 
 
+@task(auto_shortflags=False, help={
+    "wav": "the recording (WAV; stereo is averaged, other sample rates are resampled to 16 kHz)",
+    "model": "a keyword-spotting model (default: kws)",
+    "profile": "whose build to use: build/<profile>/<model>/builtin/<shipped recipe>/ (default: config build.profile)",
+    "target": "say how long one inference takes on this target (Vela's estimate; default: config build.target)",
+    "stride-ms": "run the model every N ms (default: the recipe's [detector])",
+    "average-windows": "average the posteriors of the last N windows (default: the recipe's)",
+    "threshold": "report a keyword when its averaged posterior reaches X (default: the recipe's)",
+    "refractory-ms": "after a detection, report nothing for N ms (default: the recipe's)",
+    "plot": "also write a PNG timeline of the averaged scores here",
+})
+def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, average_windows=None, threshold=None,
+           refractory_ms=None, plot=None):
+    """Detect keywords in a recording with the shipped INT8 model, streaming, as firmware does."""
+    from npubuild.listen import listen as run_listen
+
+    result = _fail_cleanly(
+        run_listen, ROOT, Path(wav), model=model, profile=profile or c.config.build.profile,
+        target=target or c.config.build.target, stride_ms=stride_ms, average_windows=average_windows,
+        threshold=threshold, refractory_ms=refractory_ms, plot=Path(plot) if plot else None,
+    )
+    print("\n".join(result.lines()))
+
+
 @task(help={
     "model": "kws or quality",
     "data-dir": "a labelled folder: Speech Commands layout (kws) or images with labels.csv (quality); "
@@ -149,5 +173,5 @@ def clean(c, all=False):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-ns = Collection(build, report, compare, deploy, evaluate, test, bench, clean)
+ns = Collection(build, report, compare, deploy, evaluate, listen, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

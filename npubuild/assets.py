@@ -211,8 +211,13 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "labels": list(recipe.labels), "input": input_info, "output": outputs[0], "outputs": outputs,
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
-        "frontend": None, "quality": None, "golden": None,
+        "frontend": None, "quality": None, "golden": None, "detector": None,
     }
+    if getattr(recipe, "detector", None) is not None:  # `invoke deploy`'s models have no recipe
+        from .listen import threshold_q
+
+        context["detector"] = {**vars(recipe.detector), "threshold_literal": _float(recipe.detector.threshold) + "f",
+                               "threshold_q": threshold_q(recipe.detector, outputs[0].scale, outputs[0].zero_point)}
     paths = {}
     if recipe.task == "keyword_spotting" and features is not None:
         from .frontend import LOG_FLOOR

@@ -320,6 +320,19 @@ TASKS = ("keyword_spotting", "image_quality")
 
 
 @dataclass(frozen=True)
+class DetectorSettings:
+    """Streaming keyword detection (`[detector]`), as firmware and `invoke listen` run it: the model
+    runs every `stride_ms` on the last second of audio; a keyword is reported when its posterior,
+    averaged over the last `average_windows` windows, reaches `threshold`; then nothing for
+    `refractory_ms`."""
+
+    stride_ms: int  # a multiple of the front end's frame stride (20 ms)
+    average_windows: int
+    threshold: float  # on the averaged posterior, in (0, 1]
+    refractory_ms: int
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -334,6 +347,7 @@ class Recipe:
     optimize: OptimizeSettings
     profiles: dict[str, Profile]
     source: Path
+    detector: DetectorSettings | None = None  # keyword spotting only; None: no [detector] table
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -373,6 +387,7 @@ def load_recipe(path: Path) -> Recipe:
     image_table = table.pop("image", None)
     optimize_table = table.pop("optimize", None)
     profiles_table = table.pop("profiles", None)
+    detector_table = table.pop("detector", None)
     top = _take(path, table, _RecipeTop)
     if top.task not in TASKS:
         raise BuildError(f"{path}: field 'task' {top.task!r} is unknown (known: {', '.join(TASKS)})")
@@ -425,9 +440,38 @@ def load_recipe(path: Path) -> Recipe:
                              f"centre-cropped to a square)")
         if not 0.0 < image.alpha <= 1.4:
             raise BuildError(f"{path}: field 'image.alpha' must be in (0, 1.4]")
+    detector = _load_detector(path, detector_table, frontend) if detector_table is not None else None
     return Recipe(name=top.name, description=top.description, task=top.task, architecture=top.architecture,
                   labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
-                  frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path)
+                  frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
+                  detector=detector)
+
+
+def _load_detector(path: Path, table: Any, frontend: FrontEnd | None) -> DetectorSettings:
+    if frontend is None:
+        raise BuildError(f"{path}: table '[detector]' is for keyword spotting (needs a '[frontend]')")
+    if not isinstance(table, dict):
+        raise BuildError(f"{path}: field 'detector' must be a table")
+    detector = _take(path, table, DetectorSettings, prefix="detector.")
+    problem = detector_problem(detector, frontend)
+    if problem:
+        raise BuildError(f"{path}: field 'detector.{problem[0]}' {problem[1]}")
+    return detector
+
+
+def detector_problem(d: DetectorSettings, frontend: FrontEnd) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first bad value of `d`, or None (shared with `invoke listen`'s options)."""
+    frame_ms = 1000 * frontend.stride_samples / frontend.sample_rate
+    if d.stride_ms <= 0 or (d.stride_ms * frontend.sample_rate) % (1000 * frontend.stride_samples):
+        return "stride_ms", (f"must be a positive multiple of the front end's frame stride ({frame_ms:g} ms), "
+                             f"got {d.stride_ms}")
+    if d.average_windows < 1:
+        return "average_windows", f"must be at least 1, got {d.average_windows}"
+    if not 0.0 < d.threshold <= 1.0:
+        return "threshold", f"must be in (0, 1], got {d.threshold}"
+    if d.refractory_ms < 0:
+        return "refractory_ms", f"must not be negative, got {d.refractory_ms}"
+    return None
 
 
 def resolve_models(root: Path, name: str) -> list[Recipe]:

@@ -24,6 +24,7 @@ from .config import Recipe, resolve_models
 from .errors import BuildError
 from .stages import atomic_path, write_json, write_text
 
+DETECTOR_SWEEP = Path("benchmarks") / "detector_sweep.json"  # written by the tuning sweep, under the project root
 CLIPPED_SHARE = 0.001  # a clip is "clipped" when more of its samples than this are at full scale
 SKIPPED_LISTED = 20  # skipped files named in the report (all are counted)
 
@@ -204,6 +205,17 @@ def _on_target(assets_dir: Path, target: str, model: str) -> dict:
                                                         "npu_ops", "cpu_ops")}}
 
 
+def _sweep_summary(path: Path) -> dict | None:
+    """The tuning sweep that chose the recipe's [detector] values (validation voices): its rule
+    and the chosen setting's figures; None when the project has no sweep file."""
+    if not path.is_file():
+        return None
+    sweep = json.loads(path.read_text())
+    keep = ("rule", "false_alarm_limit_per_hour", "keyword_clips", "unknown_clips", "keyword_stream_seconds",
+            "noise_seconds", "chosen", "grid")
+    return {k: sweep[k] for k in keep if k in sweep}
+
+
 def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: str = "default",
                      target: str | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
                      log: Callable[[str], None] = print) -> dict:
@@ -265,6 +277,8 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
                                                  for r, v in sorted(folder.skipped.items())},
                            "converted": folder.converted}
     result["sets"] = sets
+    if recipe.detector is not None:
+        result["detector"] = {"settings": vars(recipe.detector), "sweep": _sweep_summary(layout.root / DETECTOR_SWEEP)}
     if on_target:
         result["on_target"] = on_target
     if recipe.task == "keyword_spotting" and {"test", "test_rec"} <= set(sets):
@@ -376,5 +390,18 @@ def render_markdown(recipe: Recipe, result: dict, chart: str) -> str:
                 lines.append(f"| {h} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
                              f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")
             lines.append("")
+    detector = result.get("detector")
+    if detector:
+        d = detector["settings"]
+        lines += ["", f"Streaming detector (`[detector]`, in kws_meta.h): every {d['stride_ms']} ms, average of "
+                      f"{d['average_windows']} window(s), threshold {d['threshold']:g}, refractory "
+                      f"{d['refractory_ms']} ms."]
+        sweep = detector["sweep"]
+        if sweep:
+            c = sweep["chosen"]
+            lines += [f"Chosen by the tuning sweep on validation voices ({sweep.get('keyword_clips')} keyword clips "
+                      f"in streams, {sweep.get('noise_seconds')} s of noise): detection rate "
+                      f"{_pct(c.get('detection_rate'))}, {c.get('false_alarms_per_hour')} false alarms per hour "
+                      f"of noise, {c.get('wrong_word')} wrong-word detections. Rule: {sweep.get('rule')}"]
     lines += ["", f"![INT8 confusion]({chart})", ""]
     return "\n".join(lines)

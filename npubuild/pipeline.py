@@ -247,7 +247,8 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
                 *([paths.evaluation(technique)] if quality else [])),
         params={"technique": technique, "labels": recipe.labels,
-                "frontend": vars(recipe.frontend) if recipe.frontend else None},
+                "frontend": vars(recipe.frontend) if recipe.frontend else None,
+                "detector": vars(recipe.detector) if recipe.detector else None},
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
                       for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",

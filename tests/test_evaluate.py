@@ -94,6 +94,8 @@ def test_kws_on_the_builtin_test_sets(smoke_project):
         100 * (result["sets"]["test"]["int8"]["accuracy"] - result["sets"]["test_rec"]["int8"]["accuracy"]), abs=0.01)
     for label in RECIPE.labels:
         assert label in result["sets"]["test_rec"]["int8"]["per_class"]
+    # the streaming detector's numbers (the project copy has no sweep file)
+    assert result["detector"] == {"settings": vars(RECIPE.detector), "sweep": None}
 
 
 def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):

@@ -222,7 +222,7 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     """Evaluate the shipped model of `profile` (trained on the built-in data) on `data_dir`, or
     on the built-in test sets; write the JSON, Markdown and confusion PNG; return the JSON.
     With `target`, the report also gives what the model costs there (from its memory report)."""
-    from .pipeline import Layout, ModelPaths, dataset_id
+    from .pipeline import Layout, shipped_paths
     from .techniques import RECIPES
 
     layout = Layout.for_project(root, build_dir, assets_dir)
@@ -230,13 +230,9 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     if len(recipes) != 1:
         raise BuildError(f"--model: evaluate one model at a time (kws or quality), not {model!r}")
     recipe = recipes[0]
-    recipe.profile(profile)
-    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+    paths = shipped_paths(layout.root, recipe, profile, layout.build_dir, need=("int8", "evaluation", "features"))
     technique = recipe.ship
     tflite, evaluation_path = paths.int8(technique), paths.evaluation(technique)
-    for needed in (tflite, evaluation_path, paths.features):
-        if not needed.is_file():
-            raise BuildError(f"{needed}: not built; run invoke build --model {recipe.name} --profile {profile} first")
     if data_dir is not None and not data_dir.is_dir():
         raise BuildError(f"{data_dir}: data directory does not exist")
     evaluation = json.loads(evaluation_path.read_text())

@@ -283,21 +283,6 @@ class ListenResult:
         return out
 
 
-def shipped_model(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None):
-    """The build's `ModelPaths` of `profile` (built-in dataset), checked to hold the INT8 file of the
-    recipe `ship`s and the features.npz with its standardisation statistics."""
-    from .pipeline import Layout, ModelPaths, dataset_id
-
-    recipe.profile(profile)
-    layout = Layout.for_project(root, build_dir)
-    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
-    for path in (paths.int8(recipe.ship), paths.features):
-        if not path.is_file():
-            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} "
-                             f"--profile {profile})")
-    return paths
-
-
 def resolve_settings(recipe: Recipe, **overrides) -> DetectorSettings:
     """The recipe's [detector] with the options given (None: keep; strings as typed on the command
     line), checked like the recipe."""
@@ -336,6 +321,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
 
     from . import kws_data
     from .config import resolve_models, resolve_targets
+    from .pipeline import shipped_paths
 
     recipe = resolve_models(root, model)[0]
     if recipe.task != "keyword_spotting":
@@ -346,7 +332,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
     with warnings.catch_warnings():  # scipy warns about chunks it skips; an unreadable file is one error line
         warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
         audio = kws_data.read_wav(Path(wav), fe.sample_rate)
-    paths = shipped_model(root, recipe, profile, build_dir)
+    paths = shipped_paths(root, recipe, profile, build_dir)
     int8 = paths.int8(recipe.ship)
     detector = Detector(KwsModel.from_build(int8, paths.features, recipe.labels), settings, fe)
     block = max(1, block_ms * fe.sample_rate // 1000)
@@ -589,7 +575,9 @@ def build_runs(root: Path, *, model: str = "kws", profile: str = "default", per_
 
     recipe = resolve_models(root, model)[0]
     fe = recipe.frontend
-    paths = shipped_model(root, recipe, profile, build_dir)
+    from .pipeline import shipped_paths
+
+    paths = shipped_paths(root, recipe, profile, build_dir)
     plan = kws_data.plan_clips(recipe, recipe.profile(profile), "val")
     specs = []
     for label in [*recipe.keywords, "_unknown_"]:

@@ -90,6 +90,20 @@ def dataset_id(data_dir: Path | None) -> str:
     return "dir-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
+def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
+                  need: tuple[str, ...] = ("int8", "features")) -> ModelPaths:
+    """The build's paths of `recipe`'s shipped model for `profile` (built-in dataset), checked to
+    hold what `need`s (ModelPaths properties/methods: int8, evaluation, features)."""
+    recipe.profile(profile)
+    layout = Layout.for_project(root, build_dir)
+    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+    for what in need:
+        path = paths.features if what == "features" else getattr(paths, what)(recipe.ship)
+        if not path.is_file():
+            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile})")
+    return paths
+
+
 def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
                log: Callable[[str], None] = print) -> Stage:
     prof = recipe.profile(profile)

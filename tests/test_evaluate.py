@@ -125,7 +125,7 @@ def test_evaluate_errors_are_one_line(smoke_project, tmp_path):
     with pytest.raises(BuildError) as err:
         evaluate_dataset(root, model="kws", data_dir=None, profile="default", build_dir=tmp_path / "b",
                          log=lambda s: None)
-    assert "not built; run invoke build --model kws --profile default first" in str(err.value)
+    assert "kws_int8.tflite: not found; run invoke build first (--model kws --profile default)" in str(err.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(BuildError, match="no readable .wav clips"):
         evaluate_dataset(root, model="kws", data_dir=tmp_path / "empty", profile="smoke", log=lambda s: None)

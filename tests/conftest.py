@@ -47,6 +47,7 @@ def background_job(name: str):
     return register
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(session, config, items):
     _WANTED.update(n for item in items for n in getattr(item, "fixturenames", ()) if n in _BACKGROUND)
 

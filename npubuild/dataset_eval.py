@@ -240,10 +240,7 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
 
     from . import optimize, task
 
-    steps = RECIPES[technique]
-    keras_files = (paths.keras(steps), paths.keras(steps[:-1])) if steps and steps[-1] == "qat" \
-        else (paths.keras(steps),)
-    keras_model = optimize.load_chain_model(steps, *keras_files)
+    keras_model = optimize.load_chain_model(RECIPES[technique], *paths.keras_files(technique))
 
     name = dataset_name(data_dir)
     result: dict = {"model": recipe.name, "recipe": technique, "profile": profile, "dataset": name,

@@ -70,7 +70,8 @@ class Synthesizer:
 
         Variants with breath noise (e.g. `f2`, `Alicia`) draw from eSpeak NG's own
         random generator, which it seeds from the clock: `seed` reseeds it for
-        every utterance, so the noise is a function of `seed`. eSpeak NG keeps state from one utterance to the next (even across
+        every utterance, so the noise is a function of `seed`. eSpeak NG keeps
+        state from one utterance to the next (even across
         espeak_Terminate/espeak_Initialize), so an utterance depends on what
         this process said before it: for reproducible audio, synthesise a fixed
         sequence in a fresh process.

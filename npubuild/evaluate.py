@@ -13,6 +13,8 @@ def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
     """INT8 model outputs (dequantised) for float inputs, one sample at a time as on the device."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from .assets import quantize_int8
+
     interpreter = Interpreter(model_path=str(tflite_path), num_threads=1)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -21,7 +23,7 @@ def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
     out_scale, out_zero = out["quantization"]
     results = np.empty((len(x), *out["shape"][1:]), np.float32)
     for i, row in enumerate(x):
-        q = np.clip(np.round(row / in_scale + in_zero), -128, 127).astype(np.int8)
+        q = quantize_int8(row, in_scale, in_zero)
         interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
         interpreter.invoke()
         results[i] = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale

@@ -62,11 +62,11 @@ def _test_indices(n: int, count: int) -> list[int]:
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
     from . import task
-    from .assets import io_tensors
+    from .assets import io_tensors, quantize_int8
 
     x, _ = task.load_split(recipe, features, "test")
     inp = io_tensors(int8)[0]
-    q = np.clip(np.round(x / inp.scale + inp.zero_point), -128, 127).astype(np.int8)
+    q = quantize_int8(x, inp.scale, inp.zero_point)
     return q.reshape(len(x), -1)
 
 

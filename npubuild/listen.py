@@ -105,12 +105,13 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
+        from .assets import quantize_int8
         from .firmware_kit import run_litert
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
             x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
-            q = np.clip(np.round(x / self.input.scale + self.input.zero_point), -128, 127).astype(np.int8)
+            q = quantize_int8(x, self.input.scale, self.input.zero_point)
             out[i:i + MODEL_BATCH] = run_litert(self.int8, q)
         return out
 

@@ -61,6 +61,14 @@ class ModelPaths:
     def keras_log(self, steps: tuple[str, ...]) -> Path:
         return self.keras(steps).with_name("train.json")
 
+    def keras_files(self, recipe: str) -> tuple[Path, ...]:
+        """The Keras files `optimize.load_chain_model` rebuilds `recipe`'s final model from: its
+        chain's model, and after a QAT step also the model before it (QAT keeps weights only)."""
+        steps = RECIPES[recipe]
+        if steps and steps[-1] == "qat":
+            return self.keras(steps), self.keras(steps[:-1])
+        return (self.keras(steps),)
+
     def recipe_dir(self, recipe: str) -> Path:
         return self.base / recipe
 
@@ -178,8 +186,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
 
     steps = RECIPES[technique]
     qat = bool(steps) and steps[-1] == "qat"
-    # A QAT model is rebuilt from the model before the QAT step plus its weights.
-    keras_files = (paths.keras(steps), paths.keras(steps[:-1])) if qat else (paths.keras(steps),)
+    keras_files = paths.keras_files(technique)
 
     def keras_model():
         return optimize.load_chain_model(steps, *keras_files)

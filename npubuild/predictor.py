@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .assets import quantize_int8
 from .errors import BuildError
 from .quality_data import prepare, to_model_input
 from .quality_eval import dequantize
@@ -67,7 +68,7 @@ class ImageQualityPredictor:
         """The int8 output of each head (head order) for an image of any size (uint8 or float RGB)."""
         pixels = prepare(np.asarray(image), self.height)
         scale, zero_point = self._input["quantization"]
-        q = np.clip(np.round(to_model_input(pixels) / scale + zero_point), -128, 127).astype(np.int8)
+        q = quantize_int8(to_model_input(pixels), scale, zero_point)
         self._interpreter.set_tensor(self._input["index"], q.reshape(self._input["shape"]))
         self._interpreter.invoke()
         return np.array([self._interpreter.get_tensor(self._outputs[i.output_index]["index"]).reshape(-1)[0]

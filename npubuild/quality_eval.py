@@ -37,6 +37,7 @@ def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[
     """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from .assets import quantize_int8
     from .convert import output_order
 
     interpreter = Interpreter(model_path=str(tflite), num_threads=1)
@@ -47,7 +48,7 @@ def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[
     in_scale, in_zero = inp["quantization"]
     raw = np.empty((len(x), len(order)), np.int8)
     for i, row in enumerate(x):
-        q = np.clip(np.round(row / in_scale + in_zero), -128, 127).astype(np.int8)
+        q = quantize_int8(row, in_scale, in_zero)
         interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
         interpreter.invoke()
         for head, pos in enumerate(order):

@@ -111,12 +111,6 @@ def _environment():
     return env
 
 
-def quantize_int8(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float values -> int8 with a tensor's quantization, as firmware feeds the model: round to
-    nearest (half to even), add the zero point, saturate."""
-    return np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]

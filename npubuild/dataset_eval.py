@@ -162,7 +162,8 @@ def _score(recipe: Recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, ev
     """FP32 and INT8 metrics of one labelled set (kws: accuracy per class; quality: per head,
     at the thresholds the build chose on its validation split)."""
     if recipe.task == "image_quality":
-        from .quality_eval import dequantize, fp32_scores, run_int8_heads, score_set
+        from .int8_runner import dequantize
+        from .quality_eval import fp32_scores, run_int8_heads, score_set
 
         heads = list(recipe.heads)
         raw, quant = run_int8_heads(tflite, x)

@@ -1,4 +1,4 @@
-"""FP32 (Keras) vs INT8 (LiteRT) accuracy on the held-out test split."""
+"""FP32 (Keras) vs INT8 (LiteRT reference kernels: `int8_runner`) accuracy on the held-out test split."""
 
 from __future__ import annotations
 
@@ -10,24 +10,14 @@ from .stages import write_json
 
 
 def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
-    """INT8 model outputs (dequantised) for float inputs, one sample at a time as on the device."""
-    from ai_edge_litert.interpreter import Interpreter
+    """INT8 model outputs (dequantised) for float inputs, with the reference kernels (int8_runner)."""
+    from .int8_runner import dequantize, run_float
 
-    from .assets import quantize_int8
+    out = run_float(tflite_path, x)[0]
+    from .assets import io_tensors
 
-    interpreter = Interpreter(model_path=str(tflite_path), num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = out["quantization"]
-    results = np.empty((len(x), *out["shape"][1:]), np.float32)
-    for i, row in enumerate(x):
-        q = quantize_int8(row, in_scale, in_zero)
-        interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
-        interpreter.invoke()
-        results[i] = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
-    return results
+    info = io_tensors(tflite_path)[1][0]
+    return dequantize(out, info.scale, info.zero_point).reshape(len(x), -1)
 
 
 def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.ndarray) -> dict:

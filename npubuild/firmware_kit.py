@@ -62,34 +62,22 @@ def _test_indices(n: int, count: int) -> list[int]:
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
     from . import task
-    from .assets import io_tensors, quantize_int8
+    from .assets import io_tensors
+    from .int8_runner import quantize
 
     x, _ = task.load_split(recipe, features, "test")
     inp = io_tensors(int8)[0]
-    q = quantize_int8(x, inp.scale, inp.zero_point)
+    q = quantize(x, inp.scale, inp.zero_point)
     return q.reshape(len(x), -1)
 
 
 def run_litert(int8: Path, inputs: np.ndarray) -> np.ndarray:
-    """int8 outputs of the INT8 model for int8 inputs, every output flattened in the file's order.
+    """Integer outputs of the quantized model for integer inputs, every output flattened in the
+    file's order, one row per input: `int8_runner` (the reference kernels TFLM computes)."""
+    from .int8_runner import run_int8
 
-    With LiteRT's reference kernels: TFLM computes the same bits (tested), and Arm's Ethos-U
-    is designed to match the TFLite reference kernels. LiteRT's default optimized kernels
-    (XNNPACK) differ by one step on a share of outputs (measured on the default-profile
-    models: 151 of 800 quality outputs, 20 of 2,400 kws outputs)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_path=str(int8), num_threads=1,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    outs = interpreter.get_output_details()
-    rows = []
-    for row in inputs:
-        interpreter.set_tensor(inp["index"], row.reshape(inp["shape"]))
-        interpreter.invoke()
-        rows.append(np.concatenate([interpreter.get_tensor(o["index"]).reshape(-1) for o in outs]))
-    return np.array(rows, np.int8)
+    outputs = run_int8(int8, inputs)
+    return np.concatenate([o.reshape(len(inputs), -1) for o in outputs], axis=1)
 
 
 def golden_vectors(recipe: Recipe, int8: Path, features: Path, count: int = GOLDEN_COUNT) -> dict:

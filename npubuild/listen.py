@@ -7,7 +7,7 @@ window), and keeps a ring of the last second of frames. The features of every 1 
 the number of rows; the batch front end itself differs by as much between overlapping clips).
 
 `Detector` runs the shipped INT8 model every `stride_ms` on the standardised window, with LiteRT's
-reference kernels (`firmware_kit.run_litert`: the bits TFLM and the NPU give), and decides the way
+reference kernels (`int8_runner`: the bits TFLM and the NPU give), and decides the way
 firmware can, in the int8 output domain: the averaged posterior of a keyword over the last
 `average_windows` windows, scale * (mean(q) - zero_point), reaches `threshold` exactly when the sum of
 its int8 outputs reaches `threshold_q(...)` (an integer; dequantization is affine, so averaging commutes
@@ -105,14 +105,13 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
-        from .assets import quantize_int8
-        from .firmware_kit import run_litert
+        from .int8_runner import quantize, run_int8
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
             x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
-            q = quantize_int8(x, self.input.scale, self.input.zero_point)
-            out[i:i + MODEL_BATCH] = run_litert(self.int8, q)
+            q = quantize(x, self.input.scale, self.input.zero_point)
+            out[i:i + MODEL_BATCH] = run_int8(self.int8, q)[0].reshape(len(q), -1)
         return out
 
 

@@ -3,7 +3,8 @@
     predictor = ImageQualityPredictor.create("quality_int8.tflite", "quality_meta.json")
     predictor.predict(image)  # -> [("blurry", 0.91), ...]: the issues found, most certain first
 
-It runs the INT8 TFLite file with LiteRT and takes everything else from the
+It runs the INT8 TFLite file with LiteRT's reference kernels (`int8_runner`, the bits firmware
+gets) and takes everything else from the
 metadata the build writes beside the firmware header (`<model>_meta.json`):
 the resize policy, the input quantization, which output is which head, and each
 head's threshold. The firmware header encodes the same contract as int8
@@ -18,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .assets import quantize_int8
 from .errors import BuildError
+from .int8_runner import Int8Runner, dequantize
 from .quality_data import prepare, to_model_input
-from .quality_eval import dequantize
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,14 @@ class QualityIssue:
 
 
 class ImageQualityPredictor:
-    def __init__(self, interpreter, metadata: dict) -> None:
-        self._interpreter = interpreter
-        self._input = interpreter.get_input_details()[0]
-        self._outputs = interpreter.get_output_details()
+    def __init__(self, runner: Int8Runner, metadata: dict) -> None:
+        self._runner = runner
         self.issues = [QualityIssue(h["name"], h["output_index"], h["scale"], h["zero_point"], h["threshold"],
                                     h["threshold_q"]) for h in metadata["heads"]]
         self.height, self.width = metadata["input"]["height"], metadata["input"]["width"]
 
     @classmethod
     def create(cls, tflite: Path | str, metadata: Path | str) -> ImageQualityPredictor:
-        from ai_edge_litert.interpreter import Interpreter
-
         tflite, metadata = Path(tflite), Path(metadata)
         try:
             meta = json.loads(metadata.read_text())
@@ -56,23 +52,17 @@ class ImageQualityPredictor:
             raise BuildError(f"{metadata}: not valid JSON: {e}") from None
         if not tflite.is_file():
             raise BuildError(f"{tflite}: not found")
-        interpreter = Interpreter(model_path=str(tflite), num_threads=1)
-        interpreter.allocate_tensors()
-        predictor = cls(interpreter, meta)
-        if len(predictor._outputs) != len(predictor.issues):
-            raise BuildError(f"{tflite}: has {len(predictor._outputs)} outputs but {metadata} names "
+        predictor = cls(Int8Runner(tflite), meta)
+        if len(predictor._runner.outputs) != len(predictor.issues):
+            raise BuildError(f"{tflite}: has {len(predictor._runner.outputs)} outputs but {metadata} names "
                              f"{len(predictor.issues)} heads")
         return predictor
 
     def raw(self, image: np.ndarray) -> np.ndarray:
         """The int8 output of each head (head order) for an image of any size (uint8 or float RGB)."""
         pixels = prepare(np.asarray(image), self.height)
-        scale, zero_point = self._input["quantization"]
-        q = quantize_int8(to_model_input(pixels), scale, zero_point)
-        self._interpreter.set_tensor(self._input["index"], q.reshape(self._input["shape"]))
-        self._interpreter.invoke()
-        return np.array([self._interpreter.get_tensor(self._outputs[i.output_index]["index"]).reshape(-1)[0]
-                         for i in self.issues], np.int8)
+        outputs = self._runner.run(self._runner.quantize_input(to_model_input(pixels))[None])
+        return np.array([outputs[i.output_index].reshape(-1)[0] for i in self.issues], np.int8)
 
     def scores(self, image: np.ndarray) -> dict[str, float]:
         raw = self.raw(image)

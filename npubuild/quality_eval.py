@@ -1,4 +1,4 @@
-"""Per-head evaluation of the image-quality model: FP32 (Keras) vs INT8 (LiteRT).
+"""Per-head evaluation of the image-quality model: FP32 (Keras) vs INT8 (LiteRT's reference kernels).
 
 Each head gets its own decision threshold, chosen on the validation split (the
 F1-best one; among equals, the one nearest 0.5), separately for FP32 and INT8
@@ -18,12 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import Recipe
+from .int8_runner import dequantize
 from .stages import write_json
-
-
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """The one score formula shared by evaluation, the predictor and the int8 thresholds."""
-    return np.float32(scale) * (np.asarray(q).astype(np.float32) - np.float32(zero_point))
 
 
 def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
@@ -34,27 +30,17 @@ def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
 
 
 def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[float, int]]]:
-    """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from .assets import quantize_int8
+    """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point), from the
+    reference kernels (`int8_runner`): the bits firmware sees, so thresholds are chosen on them."""
+    from .assets import io_tensors
     from .convert import output_order
+    from .int8_runner import run_float
 
-    interpreter = Interpreter(model_path=str(tflite), num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    outs = interpreter.get_output_details()
+    outputs = run_float(tflite, x)
     order = output_order(tflite)
-    in_scale, in_zero = inp["quantization"]
-    raw = np.empty((len(x), len(order)), np.int8)
-    for i, row in enumerate(x):
-        q = quantize_int8(row, in_scale, in_zero)
-        interpreter.set_tensor(inp["index"], q.reshape(inp["shape"]))
-        interpreter.invoke()
-        for head, pos in enumerate(order):
-            raw[i, head] = interpreter.get_tensor(outs[pos]["index"]).reshape(-1)[0]
-    quant = [(float(outs[pos]["quantization"][0]), int(outs[pos]["quantization"][1])) for pos in order]
-    return raw, quant
+    infos = io_tensors(tflite)[1]
+    raw = np.stack([outputs[pos].reshape(len(x)) for pos in order], axis=1).astype(np.int8)
+    return raw, [(infos[pos].scale, infos[pos].zero_point) for pos in order]
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:

@@ -1,0 +1,142 @@
+"""The one way the project runs a quantized TFLite model on the host: LiteRT's reference kernels.
+
+Every INT8 number the project reports or bakes into a header (accuracy, per-head thresholds,
+golden vectors, streaming detections, the predictor's answers) comes from here, so it is the
+number the device computes: TFLM's kernels are the reference kernels (tested bit for bit in
+tests/test_firmware_kit.py), and Arm's Ethos-U is designed to match them. LiteRT's default
+kernels are faster but not the same bits: XNNPACK differs by one quantization step on a share
+of outputs, and so do the optimized builtin kernels without XNNPACK (measured on a DS-CNN-L:
+471 and 7 of 3,600 outputs, against 0 for this runner).
+
+The reference kernels are slow (DS-CNN-L: about 16 ms per inference here, against 0.5 ms with
+XNNPACK), and run one sample at a time: the models are converted with a fixed batch of 1. Long
+runs are therefore split over worker processes (`processes`), each with its own interpreter;
+a sample's outputs do not depend on which worker ran it. Workers also contain the reference
+kernels' hard failures: some kernels abort the process on quantization parameters they do not
+support (softmax with a very large input scale, seen on untrained models), which in a worker
+becomes one error line instead of a dead build.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BuildError
+
+# Below this many samples a worker process costs more (start-up, imports) than it saves.
+MIN_SAMPLES_PER_PROCESS = 64
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
+    """Float values -> the tensor's integer type, as firmware feeds the model: round to nearest
+    (half to even), add the zero point, saturate."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x) / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+class Int8Runner:
+    """A quantized TFLite model on LiteRT's reference kernels, in this process.
+
+        runner = Int8Runner(path)
+        outputs = runner.run(q)   # q: (N, ...) in the input's integer type -> one (N, ...) array per output
+    """
+
+    def __init__(self, tflite: Path | str) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        self.path = Path(tflite)
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=1,
+                                            experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise BuildError(f"{self.path}: LiteRT cannot run it: {_first_line(e)}") from None
+
+        def tensor(d: dict) -> Tensor:
+            scale, zero = d["quantization"]
+            return Tensor(d["index"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name, float(scale),
+                          int(zero))
+
+        inputs = self._interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise BuildError(f"{self.path}: has {len(inputs)} inputs; one is supported")
+        self.input = tensor(inputs[0])
+        self.outputs = [tensor(d) for d in self._interpreter.get_output_details()]
+
+    def run(self, q: np.ndarray) -> list[np.ndarray]:
+        """Outputs (in the file's output order) for integer inputs `q` (N, ...), one sample at a time."""
+        q = np.asarray(q)
+        shape = self.input.shape
+        results = [np.empty((len(q), *o.shape[1:]), o.dtype) for o in self.outputs]
+        for n, row in enumerate(q):
+            self._interpreter.set_tensor(self.input.index, row.astype(self.input.dtype).reshape(shape))
+            self._interpreter.invoke()
+            for result, out in zip(results, self.outputs, strict=True):
+                result[n] = self._interpreter.get_tensor(out.index).reshape(out.shape[1:])
+        return results
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        return quantize(x, self.input.scale, self.input.zero_point, self.input.dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _run_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:
+    return Int8Runner(path).run(q)
+
+
+def default_processes() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
+    """`Int8Runner(tflite).run(q)`, split over `processes` worker processes (default: one per CPU;
+    0: in this process). The same bits however it is split."""
+    q = np.asarray(q)
+    processes = default_processes() if processes is None else processes
+    workers = min(processes, len(q) // MIN_SAMPLES_PER_PROCESS)
+    if processes == 0:
+        return Int8Runner(tflite).run(q)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    chunks = np.array_split(q, max(workers, 1))
+    # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
+    try:
+        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_run_chunk, [str(tflite)] * len(chunks), chunks))
+    except BrokenProcessPool:
+        raise BuildError(f"{tflite}: LiteRT's reference kernels stopped the process running it (an "
+                         f"operator's quantization parameters are outside what the kernels support)") from None
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
+    """Float inputs quantized with the input tensor's parameters, then `run_int8`."""
+    from .assets import io_tensors
+
+    inp = io_tensors(Path(tflite))[0]
+    return run_int8(tflite, quantize(x, inp.scale, inp.zero_point, inp.dtype if inp.dtype in ("int8", "int16")
+                                     else "int8"), processes)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """The one score formula: float32(scale) * (q - zero_point), in float32."""
+    return np.float32(scale) * (np.asarray(q).astype(np.float32) - np.float32(zero_point))

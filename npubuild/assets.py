@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import Recipe, Target
 from .stages import write_text
+from .tflite_file import TENSOR_TYPES, TensorInfo, io_tensors, output_order  # noqa: F401 (used by deploy)
 
 ALIGNMENT = 16
 BYTES_PER_ROW = 16
@@ -111,40 +111,6 @@ def _environment():
     return env
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float
-    zero_point: int
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-
-# TFLite TensorType codes (schema.fbs)
-TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8", 10: "float64"}
-
-
-def io_tensors(tflite_path: Path) -> tuple[TensorInfo, list[TensorInfo]]:
-    """Input tensor and output tensors (in the file's output order), read from the flatbuffer itself:
-    works for Vela-compiled files too, which LiteRT cannot load (no host kernel for the Ethos-U operator)."""
-    from ethosu.vela.tflite.Model import Model
-
-    graph = Model.GetRootAsModel(tflite_path.read_bytes(), 0).Subgraphs(0)
-
-    def info(index: int) -> TensorInfo:
-        t = graph.Tensors(index)
-        q = t.Quantization()
-        scale = float(np.float32(q.Scale(0))) if q is not None and q.ScaleLength() else 0.0
-        zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
-        return TensorInfo(tuple(int(t.Shape(i)) for i in range(t.ShapeLength())),
-                          TENSOR_TYPES.get(t.Type(), "other"), scale, zero)
-
-    return info(graph.Inputs(0)), [info(graph.Outputs(i)) for i in range(graph.OutputsLength())]
-
-
 def padded_size(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
 
@@ -173,8 +139,6 @@ def _float(x: float) -> str:
 
 def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
     """What the predictor and the firmware header both use: input policy, heads, thresholds."""
-    from .convert import output_order
-
     input_info, outputs = io_tensors(int8)
     order = output_order(int8)
     heads = []
@@ -196,9 +160,10 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
-                       evaluation: dict | None = None, golden: dict | None = None) -> list[Path]:
+                       evaluation: dict | None = None, golden: dict | None = None,
+                       detector=None) -> list[Path]:
     """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
-    that come without one)."""
+    that come without one). `detector`: the streaming detector's settings (keyword spotting)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
@@ -213,11 +178,11 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
         "frontend": None, "quality": None, "golden": None, "detector": None,
     }
-    if getattr(recipe, "detector", None) is not None:  # `invoke deploy`'s models have no recipe
-        from .listen import threshold_q
+    if detector is not None:  # the settings the build's detector stage chose (config.DetectorSettings)
+        from .detector import threshold_q
 
-        context["detector"] = {**vars(recipe.detector), "threshold_literal": _float(recipe.detector.threshold) + "f",
-                               "threshold_q": threshold_q(recipe.detector, outputs[0].scale, outputs[0].zero_point)}
+        context["detector"] = {**vars(detector), "threshold_literal": _float(detector.threshold) + "f",
+                               "threshold_q": threshold_q(detector, outputs[0].scale, outputs[0].zero_point)}
     paths = {}
     if recipe.task == "keyword_spotting" and features is not None:
         from .frontend import LOG_FLOOR

@@ -5,6 +5,7 @@ Every problem found while loading names the file and the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,11 @@ class Profile:
     train_images: int = 0
     val_images: int = 0
     test_images: int = 0
+    # Streaming-detector tuning (keyword spotting): validation clips per keyword, unknown-word clips,
+    # and seconds of noise alone.
+    detector_clips_per_keyword: int = 0
+    detector_unknown_clips: int = 0
+    detector_noise_seconds: int = 0
 
     def step_epochs(self, step: str) -> int:
         """Fine-tuning epochs of an optimization step ("prune", "cluster" or "qat")."""
@@ -332,6 +338,26 @@ class DetectorSettings:
     refractory_ms: int
 
 
+DETECTOR_FIELDS = ("stride_ms", "average_windows", "threshold", "refractory_ms")
+
+
+@dataclass(frozen=True)
+class DetectorTuning:
+    """`[detector]` of a keyword-spotting recipe: the build tunes the streaming detector itself
+    (`invoke build`'s detector stage, on validation speech in streams and on noise); any of the four
+    settings given here is fixed instead of searched."""
+
+    stride_ms: int | None = None
+    average_windows: int | None = None
+    threshold: float | None = None
+    refractory_ms: int | None = None
+    false_alarm_limit_per_hour: float = 1.0
+
+    @property
+    def fixed(self) -> dict:
+        return {name: getattr(self, name) for name in DETECTOR_FIELDS if getattr(self, name) is not None}
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -347,7 +373,7 @@ class Recipe:
     optimize: OptimizeSettings
     profiles: dict[str, Profile]
     source: Path
-    detector: DetectorSettings | None = None  # keyword spotting only; None: no [detector] table
+    detector: DetectorTuning | None = None  # keyword spotting only; None: no streaming detector
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -447,16 +473,30 @@ def load_recipe(path: Path) -> Recipe:
                   detector=detector)
 
 
-def _load_detector(path: Path, table: Any, frontend: FrontEnd | None) -> DetectorSettings:
+def _load_detector(path: Path, table: Any, frontend: FrontEnd | None) -> DetectorTuning:
     if frontend is None:
         raise BuildError(f"{path}: table '[detector]' is for keyword spotting (needs a '[frontend]')")
     if not isinstance(table, dict):
         raise BuildError(f"{path}: field 'detector' must be a table")
-    detector = _take(path, table, DetectorSettings, prefix="detector.")
-    problem = detector_problem(detector, frontend)
+    kinds = {"stride_ms": int, "average_windows": int, "refractory_ms": int, "threshold": float,
+             "false_alarm_limit_per_hour": float}
+    for key, value in table.items():
+        if key not in kinds:
+            raise BuildError(f"{path}: unknown field 'detector.{key}'")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or (kinds[key] is int and not isinstance(value, int)):
+            raise BuildError(f"{path}: field 'detector.{key}' must be {kinds[key].__name__}, got {value!r}")
+    tuning = DetectorTuning(**table)
+    if tuning.false_alarm_limit_per_hour < 0:
+        raise BuildError(f"{path}: field 'detector.false_alarm_limit_per_hour' must not be negative")
+    # check the fixed settings as `invoke listen` would, beside valid stand-ins for the searched ones
+    some_stride = math.lcm(1000 * frontend.stride_samples, frontend.sample_rate) // frontend.sample_rate
+    probe = DetectorSettings(**{"stride_ms": some_stride,
+                                "average_windows": 1, "threshold": 0.5, "refractory_ms": 0, **tuning.fixed})
+    problem = detector_problem(probe, frontend)
     if problem:
         raise BuildError(f"{path}: field 'detector.{problem[0]}' {problem[1]}")
-    return detector
+    return tuning
 
 
 def detector_problem(d: DetectorSettings, frontend: FrontEnd) -> tuple[str, str] | None:

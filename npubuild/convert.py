@@ -40,15 +40,3 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
     flatbuffer = converter.convert()
     with atomic_output(out) as f:
         f.write(flatbuffer)
-
-
-def output_order(tflite: Path | bytes) -> list[int]:
-    """For each Keras output in order (each head), its position among the TFLite file's outputs
-    (what TFLM's `interpreter.output(i)` takes): the converter may reorder them."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = (Interpreter(model_content=tflite) if isinstance(tflite, bytes)
-                   else Interpreter(model_path=str(tflite)))
-    positions = {d["index"]: i for i, d in enumerate(interpreter.get_output_details())}
-    outputs = interpreter._get_full_signature_list()["serving_default"]["outputs"]  # output_<k> -> tensor index
-    return [positions[outputs[f"output_{k}"]] for k in range(len(outputs))]

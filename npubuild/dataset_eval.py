@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe, resolve_models
+from .config import DETECTOR_FIELDS, Recipe, resolve_models
 from .errors import BuildError
 from .stages import atomic_path, write_json, write_text
 
-DETECTOR_SWEEP = Path("benchmarks") / "detector_sweep.json"  # written by the tuning sweep, under the project root
 CLIPPED_SHARE = 0.001  # a clip is "clipped" when more of its samples than this are at full scale
 SKIPPED_LISTED = 20  # skipped files named in the report (all are counted)
 
@@ -207,13 +206,13 @@ def _on_target(assets_dir: Path, target: str, model: str) -> dict:
 
 
 def _sweep_summary(path: Path) -> dict | None:
-    """The tuning sweep that chose the recipe's [detector] values (validation voices): its rule
-    and the chosen setting's figures; None when the project has no sweep file."""
+    """The build's detector stage (`listen.tune_detector`): its rule and the chosen setting's figures;
+    None when the build has not tuned one."""
     if not path.is_file():
         return None
     sweep = json.loads(path.read_text())
     keep = ("rule", "false_alarm_limit_per_hour", "keyword_clips", "unknown_clips", "keyword_stream_seconds",
-            "noise_seconds", "chosen", "grid")
+            "noise_seconds", "chosen", "grid", "fixed", "clips_from")
     return {k: sweep[k] for k in keep if k in sweep}
 
 
@@ -272,7 +271,9 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
                            "converted": folder.converted}
     result["sets"] = sets
     if recipe.detector is not None:
-        result["detector"] = {"settings": vars(recipe.detector), "sweep": _sweep_summary(layout.root / DETECTOR_SWEEP)}
+        sweep = _sweep_summary(paths.detector(technique))
+        settings = {k: sweep["chosen"][k] for k in DETECTOR_FIELDS} if sweep else None
+        result["detector"] = {"settings": settings, "sweep": sweep}
     if on_target:
         result["on_target"] = on_target
     if recipe.task == "keyword_spotting" and {"test", "test_rec"} <= set(sets):
@@ -385,16 +386,16 @@ def render_markdown(recipe: Recipe, result: dict, chart: str) -> str:
                              f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")
             lines.append("")
     detector = result.get("detector")
-    if detector:
+    if detector and detector["settings"]:
         d = detector["settings"]
-        lines += ["", f"Streaming detector (`[detector]`, in kws_meta.h): every {d['stride_ms']} ms, average of "
+        lines += ["", f"Streaming detector (tuned by the build, in kws_meta.h): every {d['stride_ms']} ms, average of "
                       f"{d['average_windows']} window(s), threshold {d['threshold']:g}, refractory "
                       f"{d['refractory_ms']} ms."]
         sweep = detector["sweep"]
         if sweep:
             c = sweep["chosen"]
-            lines += [f"Chosen by the tuning sweep on validation voices ({sweep.get('keyword_clips')} keyword clips "
-                      f"in streams, {sweep.get('noise_seconds')} s of noise): detection rate "
+            lines += [f"Chosen by the build's detector stage on {sweep.get('clips_from')} ({sweep.get('keyword_clips')} "
+                      f"keyword clips in streams, {sweep.get('noise_seconds')} s of noise): detection rate "
                       f"{_pct(c.get('detection_rate'))}, {c.get('false_alarms_per_hour')} false alarms per hour "
                       f"of noise, {c.get('wrong_word')} wrong-word detections. Rule: {sweep.get('rule')}"]
     lines += ["", f"![INT8 confusion]({chart})", ""]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import Recipe
 from .stages import write_json
 
 
@@ -14,7 +15,7 @@ def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
     from .int8_runner import dequantize, run_float
 
     out = run_float(tflite_path, x)[0]
-    from .assets import io_tensors
+    from .tflite_file import io_tensors
 
     info = io_tensors(tflite_path)[1][0]
     return dequantize(out, info.scale, info.zero_point).reshape(len(x), -1)
@@ -37,7 +38,7 @@ def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.nda
 
 def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: Path, out: Path) -> None:
     """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    from .train import load_split
+    from .kws_data import load_split
 
     x_test, y_test = load_split(features, "test")
     fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
@@ -52,3 +53,13 @@ def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: P
     write_json(out, result)
     print(f"  test accuracy: FP32 {result['fp32']['accuracy']:.4f}, INT8 {result['int8']['accuracy']:.4f} "
           f"({len(y_test)} clips)", flush=True)
+
+
+def evaluate_model(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
+    """The evaluate stage: `model` is the Keras model the INT8 file came from."""
+    if recipe.task == "image_quality":
+        from .quality_eval import evaluate_heads
+
+        evaluate_heads(recipe, model, tflite, features, out)
+        return
+    evaluate_classifier(list(recipe.labels), model, tflite, features, out)

@@ -62,8 +62,8 @@ def _test_indices(n: int, count: int) -> list[int]:
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
     from . import task
-    from .assets import io_tensors
     from .int8_runner import quantize
+    from .tflite_file import io_tensors
 
     x, _ = task.load_split(recipe, features, "test")
     inp = io_tensors(int8)[0]

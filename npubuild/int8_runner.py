@@ -97,8 +97,30 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+_WORKER_RUNNERS: dict[tuple[str, int, int], Int8Runner] = {}  # in a worker: one runner per model file
+
+
 def _run_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:
-    return Int8Runner(path).run(q)
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _WORKER_RUNNERS:
+        _WORKER_RUNNERS.clear()
+        _WORKER_RUNNERS[key] = Int8Runner(path)
+    return _WORKER_RUNNERS[key].run(q)
+
+
+_POOLS: dict[int, object] = {}  # processes -> a ProcessPoolExecutor kept for this process's life
+
+
+def _pool(processes: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if processes not in _POOLS:
+        # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
+        _POOLS[processes] = ProcessPoolExecutor(max_workers=processes,
+                                                mp_context=multiprocessing.get_context("spawn"))
+    return _POOLS[processes]
 
 
 def default_processes() -> int:
@@ -106,23 +128,20 @@ def default_processes() -> int:
 
 
 def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
-    """`Int8Runner(tflite).run(q)`, split over `processes` worker processes (default: one per CPU;
+    """`Int8Runner(tflite).run(q)` in worker processes (default: one per CPU, kept for later calls;
     0: in this process). The same bits however it is split."""
-    q = np.asarray(q)
-    processes = default_processes() if processes is None else processes
-    workers = min(processes, len(q) // MIN_SAMPLES_PER_PROCESS)
-    if processes == 0:
-        return Int8Runner(tflite).run(q)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    chunks = np.array_split(q, max(workers, 1))
-    # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
+    q = np.asarray(q)
+    processes = default_processes() if processes is None else processes
+    if processes == 0:
+        return Int8Runner(tflite).run(q)
+    chunks = np.array_split(q, max(1, min(processes, len(q) // MIN_SAMPLES_PER_PROCESS)))
+    path = str(Path(tflite).resolve())
     try:
-        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_run_chunk, [str(tflite)] * len(chunks), chunks))
+        parts = list(_pool(processes).map(_run_chunk, [path] * len(chunks), chunks))
     except BrokenProcessPool:
+        _POOLS.pop(processes, None)
         raise BuildError(f"{tflite}: LiteRT's reference kernels stopped the process running it (an "
                          f"operator's quantization parameters are outside what the kernels support)") from None
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
@@ -130,7 +149,7 @@ def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) ->
 
 def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
     """Float inputs quantized with the input tensor's parameters, then `run_int8`."""
-    from .assets import io_tensors
+    from .tflite_file import io_tensors
 
     inp = io_tensors(Path(tflite))[0]
     return run_int8(tflite, quantize(x, inp.scale, inp.zero_point, inp.dtype if inp.dtype in ("int8", "int16")

@@ -424,6 +424,29 @@ def speech_commands_dataset(recipe: Recipe, data_dir: Path,
     return data
 
 
+def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: int) -> list[tuple[Path, int]]:
+    """(file, label) of up to `per_keyword` validation clips of each keyword and `unknown` of other words
+    (spread over the other words) from a Speech Commands folder's `validation_list.txt`."""
+    val_list = sorted(_list_file(data_dir / "validation_list.txt"))
+    by_word: dict[str, list[Path]] = {}
+    for rel in val_list:
+        word = rel.split("/")[0]
+        if (data_dir / rel).is_file() and not word.startswith("_"):
+            by_word.setdefault(word, []).append(data_dir / rel)
+    picked = []
+    for keyword in recipe.keywords:
+        picked += [(path, recipe.labels.index(keyword)) for path in by_word.get(keyword, [])[:per_keyword]]
+    others = [w for w in sorted(by_word) if w not in recipe.keywords]
+    unknown_label = recipe.labels.index("_unknown_")
+    for i in range(unknown):
+        if not others:
+            break
+        word = others[i % len(others)]
+        if i // len(others) < len(by_word[word]):
+            picked.append((by_word[word][i // len(others)], unknown_label))
+    return picked
+
+
 def fingerprint_dir(data_dir: Path) -> str:
     """A cheap identity of a data folder: every file's relative path, size and mtime."""
     import hashlib
@@ -458,3 +481,12 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
     arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
     with atomic_output(out) as f:
         np.savez(f, **arrays)
+
+
+def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised, flattened features and labels of one split, as the model takes them."""
+    from .frontend import standardise
+
+    with np.load(features) as d:
+        x = standardise(d[f"x_{split}"], d["mean"], d["std"])
+        return x.reshape(len(x), -1), d[f"y_{split}"]

@@ -81,6 +81,9 @@ class ModelPaths:
     def weights(self, recipe: str) -> Path:
         return self.recipe_dir(recipe) / "weights.json"
 
+    def detector(self, recipe: str) -> Path:
+        return self.recipe_dir(recipe) / "detector.json"
+
     def vela_dir(self, recipe: str, target: str) -> Path:
         return self.recipe_dir(recipe) / "vela" / target
 
@@ -132,7 +135,7 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
                                                          paths.features)
             tools = ("pillow", "scikit-image", "numpy")
         return Stage(name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,),
-                     tools=tools, action=action)
+                     tools=tools, action=action, code=("quality_data",))
 
     from . import kws_data
 
@@ -148,6 +151,7 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
     return Stage(
         name=f"data {recipe.name}", version=2, inputs=(), params=params, outputs=(paths.features,), tools=tools,
         action=lambda: kws_data.build_features(recipe, prof, data_dir, paths.features, log),
+        code=("kws_data",),
     )
 
 
@@ -162,6 +166,7 @@ def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
                 **({"image": vars(recipe.image)} if recipe.image else {})},
         outputs=(paths.keras(()), paths.keras_log(())), tools=TF_TOOLS,
         action=lambda: train.train_fp32(recipe, prof, paths.features, paths.keras(()), paths.keras_log(())),
+        code=("train",),
     )
 
 
@@ -177,12 +182,13 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
         outputs=(paths.keras(plan.chain), paths.keras_log(plan.chain)), tools=TF_TOOLS,
         action=lambda: optimize.run_step(recipe, prof, plan, paths.keras(plan.before), paths.features,
                                          paths.keras(plan.chain), paths.keras_log(plan.chain)),
+        code=("optimize",),
     )
 
 
 def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Stage]:
     """convert -> evaluate -> verify for one recipe, after its chain was trained."""
-    from . import convert, optimize, task
+    from . import convert, evaluate, optimize
 
     steps = RECIPES[technique]
     qat = bool(steps) and steps[-1] == "qat"
@@ -200,12 +206,14 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             outputs=(paths.int8(technique),), tools=TF_TOOLS,
             action=lambda: convert.convert_to_int8(recipe, keras_model(), paths.features, paths.int8(technique),
                                                    recipe.seed, quantization_aware=qat),
+            code=("convert", "optimize"),
         ),
         Stage(
             name=f"evaluate {label}", version=2, inputs=(*keras_files, paths.int8(technique), paths.features),
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
-            action=lambda: task.evaluate(recipe, keras_model(), paths.int8(technique), paths.features,
-                                         paths.evaluation(technique)),
+            action=lambda: evaluate.evaluate_model(recipe, keras_model(), paths.int8(technique), paths.features,
+                                                   paths.evaluation(technique)),
+            code=("evaluate", "optimize"),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
@@ -213,6 +221,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             outputs=(paths.weights(technique),), tools=LITERT,
             action=lambda: optimize.verify_recipe(recipe, technique, paths.int8(technique),
                                                   paths.weights(technique)),
+            code=("optimize",),
         ),
     ]
 
@@ -232,6 +241,26 @@ def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, techniques: li
     return stages
 
 
+def detector_stage(recipe: Recipe, profile: str, paths: ModelPaths, technique: str, data_dir: Path | None,
+                   log: Callable[[str], None] = print) -> Stage:
+    """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
+    from . import detector, kws_data
+
+    prof = recipe.profile(profile)
+    return Stage(
+        name=f"detector {recipe.name} {technique}", version=1, inputs=(paths.int8(technique), paths.features),
+        params={"tuning": vars(recipe.detector), "grid": {k: list(v) for k, v in detector.tuning_grid(recipe.detector).items()},
+                "clips_per_keyword": prof.detector_clips_per_keyword, "unknown_clips": prof.detector_unknown_clips,
+                "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
+                "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
+                "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir)},
+        outputs=(paths.detector(technique),), tools=LITERT + ("espeakng-loader",),
+        action=lambda: detector.tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,
+                                              paths.detector(technique), log),
+        code=("detector",),
+    )
+
+
 def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: str) -> Stage:
     from . import vela
 
@@ -242,6 +271,7 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
         params={**target.vela_params(), "vela_config": target.vela_config or vela.ARM_CONFIG},
         outputs=out.all(), tools=VELA,
         action=lambda: vela.compile_with_vela(paths.int8(technique), target, out),
+        code=("vela",),
     )
 
 
@@ -253,28 +283,30 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
     folder = assets_dir / target.name / recipe.name
 
     quality = recipe.task == "image_quality"
+    tuned = paths.detector(technique) if recipe.detector is not None else None
 
     def action() -> None:
+        from .detector import tuned_settings
+
         figures = vela.read_vela_figures(out)
         evaluation = json.loads(paths.evaluation(technique).read_text()) if quality else None
         assets.write_model_assets(recipe=recipe, target=target, technique=technique, compiled=out.tflite,
                                   int8=paths.int8(technique), features=paths.features,
                                   scratch_bytes=figures["scratch_bytes"],
                                   fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
-                                  evaluation=evaluation)
+                                  evaluation=evaluation, detector=tuned_settings(tuned) if tuned else None)
 
     return Stage(
         name=f"assets {recipe.name} for {target.name}", version=5,
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
-                *([paths.evaluation(technique)] if quality else [])),
+                *([paths.evaluation(technique)] if quality else []), *([tuned] if tuned else [])),
         params={"technique": technique, "labels": recipe.labels,
-                "frontend": vars(recipe.frontend) if recipe.frontend else None,
-                "detector": vars(recipe.detector) if recipe.detector else None},
+                "frontend": vars(recipe.frontend) if recipe.frontend else None},
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
                       for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",
                                      *(["_meta.json"] if quality else []))) + (folder / "integration.md",),
-        action=action,
+        action=action, code=("assets", "detector", "vela"),
     )
 
 
@@ -322,7 +354,7 @@ def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, 
                    paths.evaluation(technique)]
     return Stage(name=f"report {target.name}", version=3, inputs=tuple(inputs),
                  params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path, chart_path),
-                 tools=LITERT + ("matplotlib",), action=action)
+                 tools=LITERT + ("matplotlib",), action=action, code=("pipeline",))
 
 
 def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
@@ -388,8 +420,12 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
                                              dry_run, log)
     summary = BuildSummary()
-    entries = [(recipe, _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship]), recipe.ship)
-               for recipe in recipes]
+    entries = []
+    for recipe in recipes:
+        paths = _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship])
+        if recipe.detector is not None:
+            cache.run(detector_stage(recipe, profile, paths, recipe.ship, data_dir, log))
+        entries.append((recipe, paths, recipe.ship))
     # Vela for every target and model at once (independent subprocesses), then assets and reports.
     cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
                         for tgt in targets for recipe, paths, technique in entries], workers=jobs)
@@ -492,7 +528,7 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
             inputs += [out.summary, out.log]
     return Stage(name=f"compare {recipe.name}", version=2, inputs=tuple(inputs),
                  params={"techniques": techniques, "targets": [t.name for t in targets], "shipped": recipe.ship},
-                 outputs=(json_path, md_path), action=action)
+                 outputs=(json_path, md_path), action=action, code=("pipeline",))
 
 
 def compare(root: Path, *, model: str, targets: str, profile: str = "default", data_dir: Path | None = None,

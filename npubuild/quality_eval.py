@@ -32,9 +32,8 @@ def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
 def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[float, int]]]:
     """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point), from the
     reference kernels (`int8_runner`): the bits firmware sees, so thresholds are chosen on them."""
-    from .assets import io_tensors
-    from .convert import output_order
     from .int8_runner import run_float
+    from .tflite_file import io_tensors, output_order
 
     outputs = run_float(tflite, x)
     order = output_order(tflite)

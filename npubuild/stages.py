@@ -6,7 +6,12 @@ first rule that disagrees is the reason the stage reruns:
 1. no stamp                  -> "never built"
 2. an output is missing      -> "missing output X"
 3. an output changed on disk -> "output X changed since it was built"
-4. stage version / tool version / param / input changed -> named
+4. stage version / tool version / code / param / input changed -> named
+
+"Code" is what produces the outputs: the source of the modules the stage's action runs (its
+entry modules and every project module they import, at any depth, found by reading the
+imports, the ones inside functions included) and, when one of them renders templates, every
+template. Editing any of them reruns the stage and says which file changed.
 
 The stamp is written last, after every output was renamed into place, so an
 interrupted stage never looks finished.
@@ -14,6 +19,7 @@ interrupted stage never looks finished.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -29,6 +35,10 @@ from typing import Any
 from .errors import BuildError
 
 _hash_memo: dict[tuple[str, int, int], str] = {}
+
+# The package whose source stage keys include (a copy of it can be swapped in by tests).
+CODE_ROOT = Path(__file__).resolve().parent
+PACKAGE = CODE_ROOT.name
 
 
 def sha256_file(path: Path) -> str:
@@ -57,6 +67,63 @@ def tool_versions(tools: tuple[str, ...]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[tool] = "not installed"
     return versions
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of a project module ("npubuild.x.y"), or None for anything else."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = CODE_ROOT.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(module: str, path: Path) -> set[str]:
+    """Project modules that `module` (at `path`) imports anywhere in its source ("jinja2" included
+    when it imports jinja2: it renders templates)."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import x`: x may be a module
+    return {m for m in found if _module_file(m) is not None or m == "jinja2"}
+
+
+def code_files(modules: tuple[str, ...]) -> list[Path]:
+    """The source files of `modules` and of every project module they import (transitively), and every
+    template when one of them loads templates (imports jinja2)."""
+    seen: dict[str, Path] = {}
+    todo = [m if m.startswith(PACKAGE + ".") else f"{PACKAGE}.{m}" for m in modules]
+    templates = False
+    while todo:
+        module = todo.pop()
+        path = _module_file(module)
+        if path is None or module in seen:
+            continue
+        seen[module] = path
+        imported = _imported_modules(module, path)
+        templates = templates or "jinja2" in imported
+        todo.extend(imported - set(seen) - {"jinja2"})
+    files = set(seen.values())
+    if templates:
+        files.update(p for p in (CODE_ROOT / "templates").rglob("*") if p.is_file())
+    return sorted(files)
+
+
+def code_digests(modules: tuple[str, ...]) -> dict[str, str]:
+    """{"npubuild/x.py": sha256} of `code_files(modules)` (paths relative to the package's parent)."""
+    return {p.relative_to(CODE_ROOT.parent).as_posix(): sha256_file(p) for p in code_files(modules)}
 
 
 @contextlib.contextmanager
@@ -163,6 +230,8 @@ class Stage:
     action: Callable[[], None]
     tools: tuple[str, ...] = ()
     stamp: Path = field(default=Path())
+    # Modules the action runs ("train", "npubuild.vela"); what they import is found by `code_files`.
+    code: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stamp == Path():
@@ -206,6 +275,7 @@ class Cache:
             "params": json.loads(canonical_json(stage.params)),
             "inputs": inputs,
             "tools": tool_versions(stage.tools),
+            "code": code_digests(stage.code),
         }
         desc["key"] = hashlib.sha256(canonical_json(desc).encode()).hexdigest()
         return desc
@@ -228,6 +298,11 @@ class Cache:
         for tool, version in desc["tools"].items():
             if stamp.get("tools", {}).get(tool) != version:
                 return f"new {tool} version {stamp.get('tools', {}).get(tool)} -> {version}"
+        old_code = stamp.get("code", {})
+        for rel in sorted(set(old_code) | set(desc["code"])):
+            if old_code.get(rel) != desc["code"].get(rel):
+                what = "new" if rel not in old_code else "removed" if rel not in desc["code"] else "changed"
+                return f"{what} code {rel}"
         old_params = stamp.get("params", {})
         for key in sorted(set(old_params) | set(desc["params"])):
             if old_params.get(key) != desc["params"].get(key):

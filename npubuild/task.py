@@ -21,7 +21,7 @@ def load_split(recipe: Recipe, features: Path, split: str) -> tuple[np.ndarray, 
 
         images, labels = load_images(features, split)
         return to_model_input(images), labels.astype(np.float32)
-    from .train import load_split as load_mfcc
+    from .kws_data import load_split as load_mfcc
 
     return load_mfcc(features, split)
 
@@ -52,14 +52,3 @@ def compile_args(recipe: Recipe, keras) -> dict:
         return {"loss": [keras.losses.BinaryCrossentropy()] * n,
                 "metrics": [[keras.metrics.BinaryAccuracy(name="acc")] for _ in range(n)]}
     return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
-
-
-def evaluate(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
-    if recipe.task == "image_quality":
-        from .quality_eval import evaluate_heads
-
-        evaluate_heads(recipe, model, tflite, features, out)
-        return
-    from .evaluate import evaluate_classifier
-
-    evaluate_classifier(list(recipe.labels), model, tflite, features, out)

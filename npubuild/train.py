@@ -11,15 +11,6 @@ from .config import Profile, Recipe
 from .stages import atomic_path, write_json
 
 
-def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised, flattened features and labels of one split, as the model takes them."""
-    from .frontend import standardise
-
-    with np.load(features) as d:
-        x = standardise(d[f"x_{split}"], d["mean"], d["std"])
-        return x.reshape(len(x), -1), d[f"y_{split}"]
-
-
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
     from . import task
     from .architectures import build_model

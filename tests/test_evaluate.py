@@ -94,8 +94,14 @@ def test_kws_on_the_builtin_test_sets(smoke_project):
         100 * (result["sets"]["test"]["int8"]["accuracy"] - result["sets"]["test_rec"]["int8"]["accuracy"]), abs=0.01)
     for label in RECIPE.labels:
         assert label in result["sets"]["test_rec"]["int8"]["per_class"]
-    # the streaming detector's numbers (the project copy has no sweep file)
-    assert result["detector"] == {"settings": vars(RECIPE.detector), "sweep": None}
+    # the streaming detector: what the build's detector stage chose, no hand copy
+    tuned = json.loads((root / "build" / "smoke" / "kws" / "builtin" / "prune_cluster" / "detector.json").read_text())
+    assert result["detector"]["settings"] == {k: tuned["chosen"][k] for k in
+                                              ("stride_ms", "average_windows", "threshold", "refractory_ms")}
+    assert result["detector"]["sweep"]["chosen"] == tuned["chosen"]
+    header = (root / "firmware_assets" / TARGET / "kws" / "kws_meta.h").read_text()
+    assert f"#define KWS_DETECT_STRIDE_MS {tuned['chosen']['stride_ms']}\n" in header
+    assert f"#define KWS_DETECT_AVERAGE_WINDOWS {tuned['chosen']['average_windows']}\n" in header
 
 
 def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import scipy.io.wavfile
 
 from npubuild import kws_data, listen
-from npubuild.config import DetectorSettings, load_recipe
+from npubuild.config import DetectorSettings, DetectorTuning, load_recipe
 from npubuild.errors import BuildError
 from npubuild.frontend import mfcc
 
@@ -47,6 +47,17 @@ prune_epochs = 1
 cluster_epochs = 1
 qat_epochs = 1
 finetune_samples = 0
+detector_clips_per_keyword = 2
+detector_unknown_clips = 2
+detector_noise_seconds = 20
+"""
+# The end-to-end tests fix the detector (a recipe may fix any setting; the build then tunes only the
+# rest): the small model's outputs on a handful of tuning clips would make a tuned choice arbitrary.
+LISTEN_DETECTOR = """[detector]
+stride_ms = 200
+average_windows = 3
+threshold = 0.9
+refractory_ms = 1500
 """
 def _table(text: str, header: str) -> tuple[int, int]:
     """Where the TOML table starting at `header` is in `text` (to the next table or the end)."""
@@ -61,7 +72,7 @@ def _replace_table(text: str, header: str, table: str) -> str:
 
 
 SHIPPED_TOML = (ROOT / "models" / "kws.toml").read_text()
-SHIPPED_DETECTOR = SHIPPED_TOML[slice(*_table(SHIPPED_TOML, "[detector]"))]
+SHIPPED_DETECTOR = SHIPPED_TOML[slice(*_table(SHIPPED_TOML, "[detector]"))] + "\n" + LISTEN_DETECTOR.split("\n", 1)[1]
 
 
 def invoke(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -136,7 +147,7 @@ def test_bad_detector_value_names_file_and_field(tmp_path, line, field):
 
 def test_detector_table_is_optional_and_only_for_keyword_spotting(tmp_path):
     assert load_recipe(ROOT / "models" / "quality.toml").detector is None
-    assert isinstance(RECIPE.detector, DetectorSettings)
+    assert isinstance(RECIPE.detector, DetectorTuning) and RECIPE.detector.fixed == {}  # the build tunes all
     path = tmp_path / "quality.toml"
     path.write_text((ROOT / "models" / "quality.toml").read_text() + "\n" + SHIPPED_DETECTOR)
     with pytest.raises(BuildError, match=r"quality.toml: table '\[detector\]' is for keyword spotting"):
@@ -184,18 +195,24 @@ def test_decider_averages_suppresses_and_does_not_depend_on_block_size():
 
 @pytest.fixture(scope="module")
 def listen_project(tmp_path_factory):
-    """A copy of the project with a small keyword model (ptq) built, and the shipped [detector]: (root, seconds)."""
+    """A copy of the project with a small keyword model (ptq) built, and a fixed [detector]: (root, seconds)."""
     from npubuild.pipeline import build
 
     root = make_project(tmp_path_factory.mktemp("listen") / "project")
     shutil.copy(ROOT / "tasks.py", root / "tasks.py")
     toml = root / "models" / "kws.toml"
     text = _replace_table(toml.read_text(), "[profiles.smoke]", LISTEN_PROFILE)
+    text = _replace_table(text, "[detector]", LISTEN_DETECTOR)
     text = re.sub(r'(?m)^labels = \[.*\]$', LISTEN_LABELS, text)
     toml.write_text(re.sub(r'(?m)^ship = ".*"$', 'ship = "ptq"', text))
     start = time.perf_counter()
     build(root, model="kws", target=TARGET, profile="smoke", log=lambda m: None)
     return root, time.perf_counter() - start
+
+
+def built_detector(root: Path) -> DetectorSettings:
+    """The detector settings the build's detector stage wrote (what kws_meta.h and listen use)."""
+    return listen.tuned_settings(root / "build" / "smoke" / "kws" / "builtin" / "ptq" / "detector.json")
 
 
 # Clear speech (middle rate, pitch and range) from voices of the test split, which training never heard:
@@ -230,7 +247,7 @@ def test_listen_reports_the_keywords_in_order_near_where_they_were_placed(listen
     assert proc.returncode == 0, proc.stderr
     found = detections(proc.stdout)
     assert [word for _, word, _ in found] == list(WORDS), proc.stdout
-    d = load_recipe(root / "models" / "kws.toml").detector
+    d = built_detector(root)
     averaging_s = (d.average_windows - 1) * d.stride_ms / 1000
     for (t, _, score), p in zip(found, placements, strict=True):
         start, end = p.start / FE.sample_rate, (p.start + p.length) / FE.sample_rate
@@ -251,7 +268,7 @@ def test_listen_reports_nothing_on_a_minute_of_noise(listen_project, tmp_path):
     proc = invoke(root, "--wav", str(wav), "--profile", "smoke")
     assert proc.returncode == 0, proc.stderr
     assert detections(proc.stdout) == [], proc.stdout
-    d = load_recipe(root / "models" / "kws.toml").detector
+    d = built_detector(root)
     frames = 1 + (len(noise) - FE.window_samples) // FE.stride_samples
     windows = 1 + (frames - FE.num_frames) // (d.stride_ms * FE.sample_rate // 1000 // FE.stride_samples)
     assert f"0 detection(s) in {windows} windows" in proc.stdout
@@ -259,7 +276,7 @@ def test_listen_reports_nothing_on_a_minute_of_noise(listen_project, tmp_path):
 
 @pytest.mark.slow
 def test_meta_header_has_the_recipes_detector(listen_project, tmp_path):
-    """The header's detector numbers, as a C compiler reads them, are the recipe's and the host's."""
+    """The header's detector numbers, as a C compiler reads them, are the build's tuned ones and the host's."""
     root, _ = listen_project
     recipe = load_recipe(root / "models" / "kws.toml")
     folder = root / "firmware_assets" / TARGET / "kws"
@@ -274,7 +291,8 @@ def test_meta_header_has_the_recipes_detector(listen_project, tmp_path):
                            str(tmp_path / "main")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, check=True).stdout.split()
-    d = recipe.detector
+    d = built_detector(root)
+    assert vars(d) == recipe.detector.fixed  # fixed in the recipe: the tuning kept them
     assert [int(out[0]), int(out[1]), int(out[4])] == [d.stride_ms, d.average_windows, d.refractory_ms]
     assert float(out[2]) == pytest.approx(d.threshold, rel=1e-7)
     scale, zero_point = float(out[5]), int(out[6])

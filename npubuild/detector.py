@@ -1,0 +1,502 @@
+"""Streaming keyword detection on the host, as firmware runs it (`invoke listen`), and its tuning.
+
+Audio arrives in blocks of any size. `StreamingMfcc` turns it into MFCC frames as soon as each frame's
+samples are in, with `frontend.mfcc` itself (run on one window at a time: a front end whose clip is one
+window), and keeps a ring of the last second of frames. The features of every 1 s window equal
+`frontend.mfcc` of those samples to float32 rounding (numpy's matrix products round differently with
+the number of rows; the batch front end itself differs by as much between overlapping clips).
+
+`Detector` runs the shipped INT8 model every `stride_ms` on the standardised window, with LiteRT's
+reference kernels (`int8_runner`: the bits TFLM and the NPU give), and decides the way
+firmware can, in the int8 output domain: the averaged posterior of a keyword over the last
+`average_windows` windows, scale * (mean(q) - zero_point), reaches `threshold` exactly when the sum of
+its int8 outputs reaches `threshold_q(...)` (an integer; dequantization is affine, so averaging commutes
+with it). The best keyword is reported when it passes (never `_silence_` or `_unknown_`); then nothing
+for `refractory_ms`. A detection's time is the end of the window at which the averaged score first
+reached the threshold, in seconds from the start of the audio (the moment firmware could act on it).
+No decision is made before `average_windows` windows have been seen.
+
+`tune` picks the detector settings: `run_streams` composes streams of keyword clips over background
+noise, and noise-only streams, and runs the model once per 20 ms window of them (the expensive part);
+`score_grid` applies every setting of a small grid to those outputs in numpy (a stride of k frames takes
+every k-th window: the same windows the detector would run) and picks one (`SELECTION_RULE`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .config import (
+    DETECTOR_FIELDS,
+    DetectorSettings,
+    DetectorTuning,
+    FrontEnd,
+    Profile,
+    Recipe,
+    detector_problem,
+)
+from .errors import BuildError
+from .frontend import mfcc, standardise
+
+MODEL_BATCH = 1024  # windows per model call (bounds the memory of a long recording)
+
+
+@dataclass(frozen=True)
+class Detection:
+    word: str
+    time_s: float  # end of the window at which the averaged score first reached the threshold
+    score: float  # the averaged posterior then
+
+
+# --------------------------------------------------------------------------- front end
+
+
+class StreamingMfcc:
+    """MFCC frames from audio pushed in blocks of any size; keeps the last `num_frames` frames."""
+
+    def __init__(self, fe: FrontEnd) -> None:
+        self.fe = fe
+        self._one_window = replace(fe, clip_samples=fe.window_samples)  # frontend.mfcc of one frame
+        self._pending = np.zeros(0, np.float32)  # samples from the start of the next frame on
+        self.frames_seen = 0
+        self.ring = np.zeros((0, fe.num_mfcc), np.float32)  # the last num_frames frames, oldest first
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """The frames `samples` complete, (n, num_mfcc) float32, oldest first."""
+        fe = self.fe
+        buf = np.concatenate([self._pending, np.asarray(samples, np.float32).reshape(-1)])
+        n = max(0, 1 + (len(buf) - fe.window_samples) // fe.stride_samples)
+        if n:
+            windows = np.lib.stride_tricks.sliding_window_view(buf, fe.window_samples)[::fe.stride_samples][:n]
+            # One frame per call: a frame's numbers then do not depend on how the audio was cut into blocks.
+            frames = np.stack([mfcc(w, self._one_window)[0] for w in windows])
+        else:
+            frames = np.zeros((0, fe.num_mfcc), np.float32)
+        self._pending = buf[n * fe.stride_samples:]
+        self.frames_seen += n
+        self.ring = np.concatenate([self.ring, frames])[-fe.num_frames:]
+        return frames
+
+    def window(self) -> np.ndarray | None:
+        """Features of the last second, (num_frames, num_mfcc), or None before a second is in."""
+        return self.ring.copy() if len(self.ring) == self.fe.num_frames else None
+
+
+# --------------------------------------------------------------------------- model and decision
+
+
+class KwsModel:
+    """The INT8 model with its input standardisation: window features -> int8 outputs."""
+
+    def __init__(self, int8: Path, labels: Sequence[str], mean: np.ndarray, std: np.ndarray) -> None:
+        from .tflite_file import io_tensors
+
+        self.int8, self.labels = Path(int8), tuple(labels)
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.input, outputs = io_tensors(self.int8)
+        self.output = outputs[0]
+        if len(outputs) != 1 or self.output.size != len(self.labels):
+            raise BuildError(f"{self.int8}: expected one output of {len(self.labels)} classes")
+
+    @classmethod
+    def from_build(cls, int8: Path, features: Path, labels: Sequence[str]) -> KwsModel:
+        """The model file and the standardisation statistics of its build (data/features.npz)."""
+        with np.load(features) as d:
+            return cls(int8, labels, d["mean"], d["std"])
+
+    def outputs_q(self, windows: np.ndarray) -> np.ndarray:
+        """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
+        them: standardised, quantized with the input's scale and zero point, reference kernels."""
+        from .int8_runner import quantize, run_int8
+
+        out = np.empty((len(windows), len(self.labels)), np.int8)
+        for i in range(0, len(windows), MODEL_BATCH):
+            x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
+            q = quantize(x, self.input.scale, self.input.zero_point)
+            out[i:i + MODEL_BATCH] = run_int8(self.int8, q)[0].reshape(len(q), -1)
+        return out
+
+
+def threshold_q(settings: DetectorSettings, scale: float, zero_point: int) -> int:
+    """The smallest sum of a keyword's int8 outputs over `average_windows` windows whose averaged
+    posterior reaches the threshold: mean(scale * (q - zp)) >= T  <=>  sum(q) >= A * (T / scale + zp).
+    Exact (rational arithmetic on the float values); above A * 127 nothing can fire."""
+    bound = settings.average_windows * (Fraction(settings.threshold) / Fraction(scale) + zero_point)
+    return math.ceil(bound)
+
+
+class Decider:
+    """Averaging, threshold and refractory period over the int8 outputs of consecutive windows."""
+
+    def __init__(self, settings: DetectorSettings, labels: Sequence[str], scale: float, zero_point: int,
+                 sample_rate: int) -> None:
+        self.settings, self.scale, self.zero_point = settings, scale, zero_point
+        self.columns = [i for i, label in enumerate(labels) if not label.startswith("_")]
+        self.keywords = [labels[i] for i in self.columns]
+        self.threshold_q = threshold_q(settings, scale, zero_point)
+        self.refractory = settings.refractory_ms * sample_rate // 1000  # samples
+        self.sample_rate = sample_rate
+        self._history = np.zeros((0, len(self.columns)), np.int64)  # the previous average_windows - 1 rows
+        self._seen = 0
+        self._blocked_until = -1  # no detection at a window ending before this sample
+
+    def step(self, q: np.ndarray, ends: np.ndarray) -> tuple[list[Detection], np.ndarray]:
+        """Detections among the next windows (int8 outputs `q` (n, labels), window ends in samples),
+        and the averaged keyword posteriors of each (n, keywords; NaN before enough windows)."""
+        a = self.settings.average_windows
+        rows = np.concatenate([self._history, np.asarray(q)[:, self.columns].astype(np.int64)])
+        csum = np.concatenate([np.zeros((1, rows.shape[1]), np.int64), np.cumsum(rows, axis=0)])
+        pos = np.arange(len(self._history), len(rows))
+        sums = csum[pos + 1] - csum[np.maximum(pos + 1 - a, 0)]
+        ready = self._seen + np.arange(len(pos)) >= a - 1
+        averaged = np.where(ready[:, None], self.scale * (sums / a - self.zero_point), np.nan)
+        best = sums.argmax(axis=1)
+        best_sum = sums[np.arange(len(pos)), best]
+        detections = []
+        for i in np.flatnonzero(ready & (best_sum >= self.threshold_q)):
+            if ends[i] >= self._blocked_until:
+                detections.append(Detection(self.keywords[best[i]], round(float(ends[i]) / self.sample_rate, 4),
+                                            round(float(averaged[i, best[i]]), 4)))
+                self._blocked_until = int(ends[i]) + self.refractory
+        self._history = rows[max(len(rows) - (a - 1), 0):] if a > 1 else rows[:0]
+        self._seen += len(pos)
+        return detections, averaged
+
+
+class Detector:
+    """Streaming keyword detection: push audio blocks, get detections as the windows complete."""
+
+    def __init__(self, model: KwsModel, settings: DetectorSettings, fe: FrontEnd) -> None:
+        problem = detector_problem(settings, fe)
+        if problem:
+            raise BuildError(f"detector setting '{problem[0]}' {problem[1]}")
+        self.model, self.settings, self.fe = model, settings, fe
+        self.frontend = StreamingMfcc(fe)
+        self.every = settings.stride_ms * fe.sample_rate // (1000 * fe.stride_samples)  # frames per model run
+        self.decider = Decider(settings, model.labels, model.output.scale, model.output.zero_point, fe.sample_rate)
+        self.detections: list[Detection] = []
+        self._ends: list[np.ndarray] = []
+        self._outputs: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+
+    def push(self, samples: np.ndarray) -> list[Detection]:
+        """Feed audio (float in [-1, 1] at the front end's sample rate); the detections it completes."""
+        fe = self.fe
+        before, ring = self.frontend.frames_seen, self.frontend.ring
+        frames = np.concatenate([ring, self.frontend.push(samples)])
+        first = before - len(ring)  # index of frames[0] in the stream
+        counts = np.arange(before + 1, self.frontend.frames_seen + 1)  # frames seen after each new frame
+        due = counts[(counts >= fe.num_frames) & ((counts - fe.num_frames) % self.every == 0)]
+        if not len(due):
+            return []
+        view = np.lib.stride_tricks.sliding_window_view(frames, fe.num_frames, axis=0)  # (m, mfcc, frames)
+        windows = view[due - fe.num_frames - first].transpose(0, 2, 1)
+        ends = (due - 1) * fe.stride_samples + fe.window_samples
+        q = self.model.outputs_q(windows)
+        found, averaged = self.decider.step(q, ends)
+        self._ends.append(ends)
+        self._outputs.append(q)
+        self._scores.append(averaged)
+        self.detections += found
+        return found
+
+    @property
+    def times(self) -> np.ndarray:
+        """End of every window the model ran on, seconds."""
+        return np.concatenate(self._ends or [np.zeros(0, np.int64)]) / self.fe.sample_rate
+
+    @property
+    def outputs_q(self) -> np.ndarray:
+        """The model's int8 outputs of every window, (windows, labels)."""
+        return np.concatenate(self._outputs or [np.zeros((0, len(self.model.labels)), np.int8)])
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Averaged keyword posteriors of every window, (windows, keywords)."""
+        return np.concatenate(self._scores or [np.zeros((0, len(self.decider.keywords)))])
+
+
+# --------------------------------------------------------------------------- test streams and tuning
+
+
+@dataclass(frozen=True)
+class Placement:
+    start: int  # sample where the 1 s clip starts in the stream
+    length: int
+    label: int
+
+
+def noise_segments(rng: np.random.Generator, count: int, seconds: float, sample_rate: int,
+                   level_db: tuple[float, float] = (-60.0, -20.0)) -> list[np.ndarray]:
+    """Background noise (`kws_data.make_noise`: white, pink, brown or hum), each segment at an RMS level
+    in dBFS drawn from `level_db`."""
+    from .kws_data import make_noise
+
+    n = int(seconds * sample_rate)
+    return [make_noise(rng, n, sample_rate) * np.float32(10 ** (rng.uniform(*level_db) / 20)) for _ in range(count)]
+
+
+def compose_stream(clips: np.ndarray, labels: Sequence[int], noise: np.ndarray, rng: np.random.Generator,
+                   sample_rate: int, pause_s: tuple[float, float] = (2.0, 3.0),
+                   bed_db: tuple[float, float] = (-55.0, -35.0)) -> tuple[np.ndarray, list[Placement]]:
+    """Clips one after another, each after a pause drawn from `pause_s`, then one more pause and a clip's
+    length of noise (room for the last clip's detections), over a bed cut from `noise` (tiled as needed)
+    at an RMS level drawn from `bed_db` dBFS. Returns the audio and where each clip is."""
+    pauses = rng.uniform(*pause_s, size=len(clips) + 1)
+    placements, cursor = [], 0
+    for clip, label, pause in zip(clips, labels, pauses, strict=False):
+        cursor += int(pause * sample_rate)
+        placements.append(Placement(cursor, len(clip), int(label)))
+        cursor += len(clip)
+    total = cursor + int(pauses[-1] * sample_rate) + len(clips[0]) if len(clips) else int(pauses[-1] * sample_rate)
+    offset = int(rng.integers(len(noise)))
+    audio = np.resize(np.roll(noise, -offset), total).astype(np.float64)
+    audio *= 10 ** (rng.uniform(*bed_db) / 20) / (np.sqrt(np.mean(audio**2)) + 1e-12)
+    for p, clip in zip(placements, clips, strict=True):
+        audio[p.start:p.start + p.length] += clip
+    return np.clip(audio, -1.0, 1.0).astype(np.float32), placements
+
+
+# Strides share a 40 ms base, so the model runs on every other 20 ms window only (half the work of
+# a grid with 20 ms in it; the tuning's cost is the model on every window of the streams).
+DEFAULT_GRID = {"stride_ms": (40, 80, 120, 200), "average_windows": (1, 2, 3, 5, 8),
+                "threshold": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "refractory_ms": (500, 1000, 1500, 2000)}
+
+
+@dataclass
+class StreamOutputs:
+    """The model's int8 outputs for every window (one per frame stride) of one test stream."""
+
+    q: np.ndarray  # (windows, labels) int8, one window per `TuningRuns.stride_ms`
+    ends: np.ndarray  # end of each window, in samples from the start of the stream
+    placements: list[Placement]  # the clips in it; empty for a noise-only stream
+    seconds: float
+
+
+@dataclass
+class TuningRuns:
+    """What `run_streams` measured (the expensive part of tuning), for `score_grid` to score settings on."""
+
+    model: str
+    labels: tuple[str, ...]
+    scale: float
+    zero_point: int
+    frontend: FrontEnd
+    pause_s: tuple[float, float]
+    seed: int
+    keyword_streams: list[StreamOutputs]
+    noise_streams: list[StreamOutputs]
+    stride_ms: int  # the model ran every this many ms; a setting's stride is a multiple of it
+
+
+def run_streams(model: KwsModel, fe: FrontEnd, clips: np.ndarray, clip_labels: Sequence[int],
+                noise: Sequence[np.ndarray], *, clips_per_stream: int = 20, pause_s: tuple[float, float] = (2.0, 3.0),
+                seed: int = 0, stride_ms: int | None = None, log: Callable[[str], None] | None = None) -> TuningRuns:
+    """Compose the test streams and run the model on every window of them, one window per `stride_ms`
+    (default: the frame stride; the grid's strides must be multiples of it).
+
+    `clips` (N, samples) with their label indices in `model.labels` (keywords; `_unknown_` clips may be
+    among them) are shuffled into streams of `clips_per_stream`, separated by pauses, over beds cut
+    from `noise` (`compose_stream`); each `noise` array is also a noise-only stream."""
+    rng = np.random.default_rng(seed)
+    stride_ms = stride_ms or 1000 * fe.stride_samples // fe.sample_rate
+    every_stride = DetectorSettings(stride_ms=stride_ms, average_windows=1, threshold=1.0, refractory_ms=0)
+
+    def run(audio: np.ndarray, placements: list[Placement], what: str) -> StreamOutputs:
+        detector = Detector(model, every_stride, fe)
+        detector.push(audio)
+        if log:
+            log(f"{what}: {len(audio) / fe.sample_rate:.0f} s, {len(detector.times)} windows")
+        return StreamOutputs(detector.outputs_q, np.round(detector.times * fe.sample_rate).astype(np.int64),
+                             placements, len(audio) / fe.sample_rate)
+
+    order = rng.permutation(len(clips))
+    starts = range(0, len(order), clips_per_stream)
+    keyword_streams = []
+    for n, i in enumerate(starts):
+        pick = order[i:i + clips_per_stream]
+        audio, placements = compose_stream(clips[pick], [clip_labels[j] for j in pick], noise[n % len(noise)], rng,
+                                           fe.sample_rate, pause_s)
+        keyword_streams.append(run(audio, placements, f"keyword stream {n + 1}/{len(starts)}"))
+    noise_streams = [run(segment, [], f"noise stream {n + 1}/{len(noise)}") for n, segment in enumerate(noise)]
+    return TuningRuns(model.int8.name, model.labels, model.output.scale, model.output.zero_point, fe,
+                      tuple(pause_s), seed, keyword_streams, noise_streams, stride_ms)
+
+
+def _score_setting(runs: TuningRuns, settings: DetectorSettings, tolerance: int) -> dict:
+    """Apply one setting to the outputs of every stream (a stride of k frames: every k-th window)."""
+    fe, labels = runs.frontend, runs.labels
+    every = settings.stride_ms // runs.stride_ms
+
+    def detect(stream: StreamOutputs) -> list[Detection]:
+        decider = Decider(settings, labels, runs.scale, runs.zero_point, fe.sample_rate)
+        return decider.step(stream.q[::every], stream.ends[::every])[0]
+
+    hits = clips = wrong = on_unknown = repeats = stray = 0
+    delays = []
+    for stream in runs.keyword_streams:
+        found = detect(stream)
+        times = np.array([round(d.time_s * fe.sample_rate) for d in found], np.int64)
+        used = np.zeros(len(found), bool)
+        for p in stream.placements:
+            inside = np.flatnonzero((times >= p.start) & (times <= p.start + p.length + tolerance))
+            used[inside] = True
+            word = labels[p.label]
+            if word.startswith("_"):
+                on_unknown += len(inside)
+                continue
+            clips += 1
+            right = [i for i in inside if found[i].word == word]
+            if right:
+                hits += 1
+                delays.append((times[right[0]] - p.start - p.length) / fe.sample_rate)
+            repeats += max(len(right) - 1, 0)
+            wrong += len(inside) - len(right)
+        stray += int((~used).sum())
+    false_alarms = sum(len(detect(stream)) for stream in runs.noise_streams)
+    false_detections = wrong + on_unknown + repeats + stray
+    wrong_total = false_detections + false_alarms
+    return {**asdict(settings), "detection_rate": round(hits / clips, 4) if clips else 0.0, "detected": hits,
+            "keyword_clips": clips, "wrong_word": wrong, "on_unknown_words": on_unknown, "repeats": repeats,
+            "stray_in_pauses": stray, "false_detections": false_detections, "false_alarms": false_alarms,
+            "f1": round(2 * hits / (2 * hits + wrong_total + clips - hits), 4) if clips else 0.0,
+            "median_delay_s": round(float(np.median(delays)), 3) if delays else None}
+
+
+SELECTION_RULE = ("among settings with at most the false-alarm limit per hour on the noise-only streams (or the "
+                  "fewest false alarms, when none is under the limit): the best F1, where true detections are "
+                  "the keywords detected and false ones are every other detection (wrong words, detections on "
+                  "unknown words, repeats of a detected keyword, detections in pauses or on noise); then the "
+                  "best detection rate, the highest threshold, the longest stride (cheapest on the device), the "
+                  "fewest windows averaged, the shortest refractory period")
+
+
+def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float = 1.5,
+               false_alarm_limit: float = 1.0) -> dict:
+    """Every setting of `grid` on `runs`, and the one to ship (`SELECTION_RULE`), as a JSON-able dict.
+
+    A keyword counts as detected when its word is reported between the start of its clip and
+    `tolerance_s` after its end; other words reported there are wrong words. False alarms per hour
+    are the detections on the noise-only streams per hour of them. `median_delay_s`: from the end of
+    a keyword's clip to its first correct detection."""
+    grid = {**DEFAULT_GRID, **(grid or {})}
+    fe = runs.frontend
+    if tolerance_s >= runs.pause_s[0]:
+        raise ValueError("tolerance_s must be shorter than the shortest pause (clips would share detections)")
+    hours = sum(s.seconds for s in runs.noise_streams) / 3600
+    results = []
+    for stride in grid["stride_ms"]:
+        for a in grid["average_windows"]:
+            for t in grid["threshold"]:
+                for r in grid["refractory_ms"]:
+                    settings = DetectorSettings(stride_ms=int(stride), average_windows=int(a), threshold=float(t),
+                                                refractory_ms=int(r))
+                    problem = detector_problem(settings, fe)
+                    if problem:
+                        raise ValueError(f"grid: {problem[0]} {problem[1]}")
+                    if settings.stride_ms % runs.stride_ms:
+                        raise ValueError(f"grid: stride_ms {stride} is not a multiple of the {runs.stride_ms} ms "
+                                         f"the model ran at")
+                    row = _score_setting(runs, settings, int(tolerance_s * fe.sample_rate))
+                    row["false_alarms_per_hour"] = round(row["false_alarms"] / hours, 3) if hours else None
+                    results.append(row)
+    allowed = [r for r in results if hours and r["false_alarms_per_hour"] <= false_alarm_limit]
+    if not allowed:
+        fewest = min(r["false_alarms"] for r in results)
+        allowed = [r for r in results if r["false_alarms"] == fewest]
+    chosen = min(allowed, key=lambda r: (-r["f1"], -r["detection_rate"], -r["threshold"], -r["stride_ms"],
+                                         r["average_windows"], r["refractory_ms"]))
+    spoken = [p.label for s in runs.keyword_streams for p in s.placements]
+    return {
+        "model": runs.model, "grid": {k: list(v) for k, v in grid.items()}, "rule": SELECTION_RULE,
+        "false_alarm_limit_per_hour": false_alarm_limit, "tolerance_s": tolerance_s, "pause_s": list(runs.pause_s),
+        "seed": runs.seed, "keyword_clips": sum(not runs.labels[x].startswith("_") for x in spoken),
+        "unknown_clips": sum(runs.labels[x].startswith("_") for x in spoken),
+        "keyword_stream_seconds": round(sum(s.seconds for s in runs.keyword_streams), 1),
+        "noise_seconds": round(hours * 3600, 1), "chosen": chosen, "results": results,
+    }
+
+
+def tune(model: KwsModel, fe: FrontEnd, clips: np.ndarray, clip_labels: Sequence[int], noise: Sequence[np.ndarray],
+         *, grid: dict | None = None, false_alarm_limit: float = 1.0, tolerance_s: float = 1.5,
+         clips_per_stream: int = 20, pause_s: tuple[float, float] = (2.0, 3.0), seed: int = 0,
+         log: Callable[[str], None] | None = None) -> dict:
+    """The tuning sweep: `run_streams` (the model once per window of every stream, at the grid's
+    common stride), then `score_grid` (every setting of the grid applied to those outputs in numpy)."""
+    grid = {**DEFAULT_GRID, **(grid or {})}
+    runs = run_streams(model, fe, clips, clip_labels, noise, clips_per_stream=clips_per_stream, pause_s=pause_s,
+                       seed=seed, stride_ms=math.gcd(*(int(v) for v in grid["stride_ms"])), log=log)
+    return score_grid(runs, grid=grid, tolerance_s=tolerance_s, false_alarm_limit=false_alarm_limit)
+
+
+def tuning_grid(tuning: DetectorTuning | None) -> dict:
+    """DEFAULT_GRID with the recipe's fixed settings in place of their rows."""
+    return {**DEFAULT_GRID, **{name: (value,) for name, value in (tuning.fixed if tuning else {}).items()}}
+
+
+def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tuple[np.ndarray, list[int], str]:
+    """Validation speech for the tuning streams: `profile.detector_clips_per_keyword` clips of each keyword
+    and `detector_unknown_clips` of other words, from the validation voices of the built-in data
+    (`kws_data.plan_clips(..., "val")`) or the validation clips of a Speech Commands folder."""
+    from . import kws_data
+
+    fe = recipe.frontend
+    per_keyword, unknown = profile.detector_clips_per_keyword, profile.detector_unknown_clips
+    if data_dir is None:
+        plan = kws_data.plan_clips(recipe, profile, "val")
+        specs = []
+        for label in [*recipe.keywords, "_unknown_"]:
+            take = unknown if label == "_unknown_" else per_keyword
+            specs += [s for s in plan if s.label == recipe.labels.index(label)][:take]
+        return (kws_data.synthesise(specs, fe.sample_rate, fe.clip_samples), [s.label for s in specs],
+                "validation voices of the built-in data")
+    files = kws_data.validation_files(recipe, data_dir, per_keyword, unknown)
+    audio = np.stack([kws_data.fit_clip(kws_data.read_wav(path, fe.sample_rate), fe.clip_samples)
+                      for path, _ in files]) if files else np.zeros((0, fe.clip_samples), np.float32)
+    return audio.astype(np.float32), [label for _, label in files], f"validation clips of {data_dir.name}"
+
+
+def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, data_dir: Path | None, out: Path,
+                  log: Callable[[str], None] | None = None) -> dict:
+    """The build's detector stage: tune on validation speech in streams and on noise alone, write `out`
+    (every setting scored, and the chosen one with the recipe's fixed settings kept)."""
+    from .stages import write_json
+
+    fe = recipe.frontend
+    clips, labels, source = tuning_clips(recipe, profile, data_dir)
+    if not len(clips):
+        raise BuildError(f"{data_dir}: no validation clips of the keywords to tune the detector on")
+    minutes = max(1, round(profile.detector_noise_seconds / 60))
+    noise = noise_segments(np.random.default_rng([recipe.seed, 7]), minutes, profile.detector_noise_seconds / minutes,
+                           fe.sample_rate)
+    model = KwsModel.from_build(int8, features, recipe.labels)
+    result = tune(model, fe, clips, labels, noise, grid=tuning_grid(recipe.detector),
+                  false_alarm_limit=recipe.detector.false_alarm_limit_per_hour, seed=recipe.seed, log=log)
+    result.update(clips_from=source, fixed=recipe.detector.fixed)
+    write_json(out, result)
+    c = result["chosen"]
+    if log:
+        log(f"  detector: every {c['stride_ms']} ms, average {c['average_windows']}, threshold {c['threshold']}, "
+            f"refractory {c['refractory_ms']} ms: {c['detected']}/{c['keyword_clips']} keywords detected, "
+            f"{c['false_detections']} false detections, {c['false_alarms']} false alarms in "
+            f"{result['noise_seconds']:.0f} s of noise")
+    return result
+
+
+def tuned_settings(detector_json: Path) -> DetectorSettings:
+    """The settings the build's detector stage chose (`tune_detector`'s output)."""
+    import json
+
+    try:
+        chosen = json.loads(detector_json.read_text())["chosen"]
+    except FileNotFoundError:
+        raise BuildError(f"{detector_json}: not found; run invoke build first") from None
+    except (ValueError, KeyError) as e:
+        raise BuildError(f"{detector_json}: not a detector tuning result ({e})") from None
+    return DetectorSettings(**{name: chosen[name] for name in DETECTOR_FIELDS})

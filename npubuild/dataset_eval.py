@@ -52,27 +52,46 @@ def _reason(error: BuildError, path: Path) -> str:
 # --------------------------------------------------------------------------- keyword spotting
 
 
-def _kws_files(recipe: Recipe, data_dir: Path) -> tuple[list[tuple[Path, int]], list[Path], str]:
-    """(clip, label) pairs of a Speech Commands-layout folder and its background-noise files.
-    With a `testing_list.txt`, only the clips it names (the test split of that dataset)."""
+SPLIT_LISTS = ("testing_list.txt", "validation_list.txt")
+
+
+def _kws_files(recipe: Recipe, data_dir: Path, folder: Folder) -> tuple[list[tuple[Path, int]], list[Path], str]:
+    """(clip, label) pairs of a Speech Commands-layout folder and its background-noise files; every
+    other file under `data_dir` is counted in `folder.skipped` with its reason. With a
+    `testing_list.txt`, the word folders' clips it does not name are skipped (another split);
+    `_silence_/` and `_unknown_/` (the released test set's layout) are taken whole."""
     listed = data_dir / "testing_list.txt"
     wanted = set(listed.read_text().split()) if listed.is_file() else None
     unknown, silence = recipe.labels.index("_unknown_"), recipe.labels.index("_silence_")
-    pairs = []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name != "_background_noise_"):
-        if folder.name == "_silence_":
-            label = silence
-        elif folder.name.startswith("_"):
+    pairs, noise = [], []
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(data_dir)
+        name = rel.as_posix()
+        if len(rel.parts) == 1:
+            folder.skip("split list (read, not a clip)" if rel.name in SPLIT_LISTS else "not in a word folder", name)
             continue
+        if len(rel.parts) > 2:
+            folder.skip("in a subfolder of a word folder", name)
+            continue
+        if path.suffix.lower() != ".wav":
+            folder.skip("not a .wav file", name)
+            continue
+        word = rel.parts[0]
+        if word == "_background_noise_":
+            noise.append(path)
+        elif word in ("_silence_", "_unknown_"):
+            pairs.append((path, silence if word == "_silence_" else unknown))
+        elif word.startswith("_"):
+            folder.skip(f"folder {word}/ is not a class (known: _silence_, _unknown_, _background_noise_, words)",
+                        name)
+        elif wanted is not None and name not in wanted:
+            folder.skip("not named in testing_list.txt (another split)", name)
         else:
-            label = recipe.labels.index(folder.name) if folder.name in recipe.keywords else unknown
-        for wav in sorted(folder.glob("*.wav")):
-            if folder.name == "_silence_" or wanted is None or f"{folder.name}/{wav.name}" in wanted:
-                pairs.append((wav, label))
-    noise = sorted((data_dir / "_background_noise_").glob("*.wav"))
+            pairs.append((path, recipe.labels.index(word) if word in recipe.keywords else unknown))
     selection = (f"the {len(wanted)} clips named in testing_list.txt" if wanted is not None
                  else "every clip in the word folders")
-    return pairs, noise, selection + "; _silence_/ clips and 1 s pieces of _background_noise_/ as silence"
+    return pairs, noise, (selection + "; _unknown_/ clips as unknown, _silence_/ clips and 1 s pieces of "
+                          "_background_noise_/ as silence")
 
 
 def read_kws_folder(recipe: Recipe, data_dir: Path, mean: np.ndarray, std: np.ndarray) -> Folder:
@@ -80,11 +99,11 @@ def read_kws_folder(recipe: Recipe, data_dir: Path, mean: np.ndarray, std: np.nd
     from .kws_data import WavNotes, fit_clip, read_wav
 
     fe = recipe.frontend
-    pairs, noise_files, selection = _kws_files(recipe, data_dir)
+    folder = Folder(np.zeros(0), np.zeros(0))
+    pairs, noise_files, folder.selection = _kws_files(recipe, data_dir, folder)
     notes = WavNotes()
     clips, labels = [], []
-    folder = Folder(np.zeros(0), np.zeros(0), selection=selection)
-    dc = clipped = 0
+    dc = clipped = files_used = 0
 
     def load(path: Path) -> np.ndarray | None:
         nonlocal dc, clipped
@@ -107,21 +126,27 @@ def read_kws_folder(recipe: Recipe, data_dir: Path, mean: np.ndarray, std: np.nd
             notes.count_length(len(audio), fe.clip_samples)
             clips.append(fit_clip(audio, fe.clip_samples))
             labels.append(label)
+            files_used += 1
     silence = recipe.labels.index("_silence_")
     pieces = 0
     for path in noise_files:
         audio = load(path)
-        if audio is not None:
-            for start in range(0, len(audio) - fe.clip_samples + 1, fe.clip_samples):
-                clips.append(audio[start:start + fe.clip_samples])
-                labels.append(silence)
-                pieces += 1
+        if audio is None:
+            continue
+        if len(audio) < fe.clip_samples:
+            folder.skip("background noise shorter than 1 s", path.relative_to(data_dir).as_posix())
+            continue
+        files_used += 1
+        for start in range(0, len(audio) - fe.clip_samples + 1, fe.clip_samples):
+            clips.append(audio[start:start + fe.clip_samples])
+            labels.append(silence)
+            pieces += 1
     if not clips:
         raise BuildError(f"{data_dir}: no readable .wav clips in a Speech Commands layout "
                          f"(one folder per word)")
     folder.x = standardise(mfcc_batched(np.stack(clips).astype(np.float32), fe), mean, std).reshape(len(clips), -1)
     folder.y = np.array(labels, np.int64)
-    folder.read = len(clips)
+    folder.read = files_used
     folder.converted = {k: int(v) for k, v in {
         "stereo averaged to mono": notes.downmixed, "resampled to 16 kHz": sum(notes.resampled.values()),
         "DC offset removed": dc, "clipped (kept)": clipped, "shorter than 1 s, zero-padded": notes.padded,
@@ -137,6 +162,12 @@ def read_quality_folder(recipe: Recipe, data_dir: Path) -> Folder:
 
     rows = read_labels(data_dir, recipe.heads, every_split=False)
     folder = Folder(np.zeros(0), np.zeros(0), selection="every image listed in labels.csv")
+    listed = {name for name, _, _ in rows}
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        name = path.relative_to(data_dir).as_posix()
+        if name not in listed:
+            folder.skip("labels file (read, not an image)" if name == "labels.csv" else "not listed in labels.csv",
+                        name)
     images, labels = [], []
     for name, _, row in rows:
         path = data_dir / name

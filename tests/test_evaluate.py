@@ -57,7 +57,7 @@ def test_kws_on_a_speech_commands_folder(smoke_project, tmp_path):
     folder = result["sets"]["folder"]
     assert folder["count"] == clips + 3  # three 1 s pieces of background noise as silence
     files = result["files"]
-    assert files["used"] == clips + 3 and files["skipped"] == 2
+    assert files["used"] == clips + 1 and files["skipped"] == 2  # the noise file: one file, three clips
     assert files["skipped_by_reason"] == {
         "WAV file holds no samples": {"count": 1, "files": ["right/empty.wav"]},
         "not a readable WAV file": {"count": 1, "files": ["left/broken.wav"]}}
@@ -77,6 +77,31 @@ def test_kws_on_a_speech_commands_folder(smoke_project, tmp_path):
     assert "skipped, not a readable WAV file: 1 (`left/broken.wav`)" in md and "| yes |" in md
     assert (out / "kws-my_recordings-confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("my_recordings folder" in line for line in lines)
+
+
+def test_kws_folder_every_file_is_used_or_counted_with_its_reason(smoke_project, tmp_path):
+    """The released test set's layout (_unknown_/, _silence_/) and every oddity: used + skipped = files."""
+    root, _, _ = smoke_project
+    data = tmp_path / "test set"
+    clips = speech_commands_like(data)
+    noise = 0.05 * kws_data.make_noise(np.random.default_rng(1), 16000, 16000)
+    for i in range(3):
+        write_wav(data / "_unknown_" / f"u{i}_nohash_0.wav", noise)
+    write_wav(data / "_silence_" / "s0.wav", noise)
+    (data / "README.md").write_text("not a clip")
+    (data / "yes" / ".DS_Store").write_bytes(b"\0\1")
+    write_wav(data / "no" / "takes" / "deep.wav", noise)  # nested below a word folder
+    write_wav(data / "_junk_" / "x.wav", noise)  # an underscore folder that is no class
+    write_wav(data / "_background_noise_" / "blip.wav", noise[:8000])  # shorter than a clip
+    present = sum(1 for p in data.rglob("*") if p.is_file())
+    result = evaluate_dataset(root, model="kws", data_dir=data, profile="smoke", log=lambda s: None)
+    files = result["files"]
+    assert files["used"] + files["skipped"] == present
+    assert files["used"] == clips + 1 + 3 + 1  # word clips, the hum file, _unknown_/, _silence_/
+    reasons = {r: v["count"] for r, v in files["skipped_by_reason"].items()}
+    assert reasons["not in a word folder"] == 1 and reasons["not a .wav file"] == 1
+    assert reasons["in a subfolder of a word folder"] == 1 and reasons["background noise shorter than 1 s"] == 1
+    assert any(r.startswith("folder _junk_/ is not a class") for r in reasons)
 
 
 def test_kws_on_the_builtin_test_sets(smoke_project):
@@ -116,9 +141,14 @@ def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):
     (data / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     rows.append("broken.jpg,1,0,0,0")
     (data / "labels.csv").write_text("file,blurry,too_dark,too_bright,noisy\n" + "\n".join(rows) + "\n")
+    (data / "notes.txt").write_text("an unlisted file")
     result = evaluate_dataset(root, model="quality", data_dir=data, profile="smoke", log=lambda s: None)
-    assert result["files"]["used"] == 8 and result["files"]["skipped"] == 1
-    assert result["files"]["skipped_by_reason"] == {"not a readable image": {"count": 1, "files": ["broken.jpg"]}}
+    assert result["files"]["used"] == 8 and result["files"]["skipped"] == 3
+    assert result["files"]["used"] + result["files"]["skipped"] == sum(1 for p in data.rglob("*") if p.is_file())
+    assert result["files"]["skipped_by_reason"] == {
+        "not a readable image": {"count": 1, "files": ["broken.jpg"]},
+        "labels file (read, not an image)": {"count": 1, "files": ["labels.csv"]},
+        "not listed in labels.csv": {"count": 1, "files": ["notes.txt"]}}
     head = result["sets"]["folder"]["int8"]["per_head"]["too_dark"]
     assert head["positives"] == 4 and np.array(head["confusion"]).sum() == 8
     assert {"precision", "recall", "f1"} <= set(head)

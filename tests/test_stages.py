@@ -167,3 +167,70 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path, which):
     message = str(err.value)
     assert message.startswith(f"{blocker / 'out'}") and "writ" in message and "\n" not in message
     assert not (root / "build" / "smoke").exists()  # no stage ran
+
+
+# --------------------------------------------------------------------------- code in the key
+
+
+def test_code_files_follow_imports_and_bring_templates_only_to_template_users():
+    from npubuild.stages import code_files
+
+    names = lambda modules: {p.name for p in code_files(modules)}  # noqa: E731
+    vela = names(("vela",))
+    assert {"vela.py", "vela_ini.py", "config.py"} <= vela and "train.py" not in vela and "meta.h.j2" not in vela
+    assets = names(("assets",))
+    assert {"assets.py", "firmware_kit.py", "tflite_file.py", "meta.h.j2", "model.c.j2"} <= assets
+    assert "meta.h.j2" not in names(("train",)) and "train.py" in names(("train",))
+
+
+def test_changed_code_reruns_the_stage_and_names_the_file(tmp_path, monkeypatch):
+    """A stage's key holds its code: a copy of the package stands in for it, is edited, then restored."""
+    import shutil
+
+    from npubuild import stages
+
+    package = tmp_path / "pkg" / "npubuild"
+    shutil.copytree(stages.CODE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(stages, "CODE_ROOT", package)
+    (tmp_path / "in.txt").write_text("hello")
+    out = tmp_path / "out.txt"
+    stage = Stage(name="render", version=1, inputs=(tmp_path / "in.txt",), params={}, outputs=(out,),
+                  action=lambda: write_text(out, "x"), code=("assets",))
+    lines: list[str] = []
+    Cache(tmp_path, lines.append).run(stage)
+    assert Cache(tmp_path, lines.append).run(stage).reason == "up to date"
+    template = package / "templates" / "meta.h.j2"
+    original = template.read_text()
+    template.write_text(original + "/* edited */\n")
+    assert Cache(tmp_path, lines.append, dry_run=True).run(stage).reason == \
+        "would run: changed code npubuild/templates/meta.h.j2"
+    template.write_text(original)
+    assert Cache(tmp_path, lines.append).run(stage).reason == "up to date"
+    (package / "frontend.py").write_text((package / "frontend.py").read_text() + "\n# edited\n")
+    assert Cache(tmp_path, lines.append).run(stage).reason == "changed code npubuild/frontend.py"
+
+
+def test_no_import_cycles_in_the_package():
+    """Modules never import each other in a circle (imports inside functions count too)."""
+    from npubuild.stages import CODE_ROOT, _imported_modules, _module_file
+
+    graph = {}
+    for path in sorted(CODE_ROOT.glob("*.py")):
+        module = "npubuild" if path.stem == "__init__" else f"npubuild.{path.stem}"
+        graph[module] = {m for m in _imported_modules(module, path) if _module_file(m) and m != "npubuild"}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(trail[trail.index(n):] + [n])
+            elif n not in state:
+                visit(n, trail + [n])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []

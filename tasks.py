@@ -32,9 +32,10 @@ def _fail_cleanly(fn, *args, **kwargs):
     "assets-dir": "where firmware assets go (default: firmware_assets/)",
     "dry-run": "say which stages would run and why; run nothing",
     "jobs": "Vela compilations run at once (default: one per CPU)",
+    "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
-          dry_run=False, jobs=None):
+          dry_run=False, jobs=None, replace_assets=False):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.pipeline import build as run_build
 
@@ -43,7 +44,7 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
         data_dir=Path(data_dir) if data_dir else None,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
-        dry_run=dry_run, jobs=int(jobs) if jobs else None,
+        dry_run=dry_run, jobs=int(jobs) if jobs else None, replace_assets=replace_assets,
     )
 
 
@@ -54,15 +55,17 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
 })
 def report(c, target="all", check=False, assets_dir=None):
     """Re-read the memory reports against the targets as they are now; print every target x model."""
-    from npubuild.errors import BuildError
+    from npubuild.errors import BuildError, OverBudget
     from npubuild.pipeline import check_reports
 
     try:
         check_reports(ROOT, target=target, assets_dir=Path(assets_dir) if assets_dir else None)
-    except BuildError as e:
-        if check or "no memory report" in str(e) or "over budget" not in str(e):
+    except OverBudget as e:
+        if check:
             raise Exit(f"error: {e}", code=1) from None
         print(f"warning: {e}")
+    except BuildError as e:
+        raise Exit(f"error: {e}", code=1) from None
 
 
 @task(help={
@@ -161,16 +164,15 @@ def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_di
                   assets_dir=Path(assets_dir) if assets_dir else None)
 
 
-@task(help={"all": "also remove firmware_assets/ (its README is kept)"})
-def clean(c, all=False):
-    """Remove build/ (and with --all, the generated firmware assets)."""
-    import shutil
+@task(help={"all": "also remove the generated firmware assets (firmware_assets/README.md is kept)",
+            "build-dir": "the build folder to remove (default: build/)",
+            "assets-dir": "with --all, the assets folder to empty (default: firmware_assets/)"})
+def clean(c, all=False, build_dir=None, assets_dir=None):
+    """Remove the build folder (and with --all, the generated firmware assets)."""
+    from npubuild.pipeline import clean as run_clean
 
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
-    if all:
-        for child in (ROOT / "firmware_assets").iterdir():
-            if child.name != "README.md":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    _fail_cleanly(run_clean, ROOT, build_dir=Path(build_dir) if build_dir else None,
+                  assets_dir=Path(assets_dir) if assets_dir else None, assets=all)
 
 
 ns = Collection(build, report, compare, deploy, evaluate, listen, test, bench, clean)

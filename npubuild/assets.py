@@ -161,9 +161,10 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
                        evaluation: dict | None = None, golden: dict | None = None,
-                       detector=None) -> list[Path]:
+                       detector=None, provenance: dict[str, str] | None = None) -> list[Path]:
     """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
-    that come without one). `detector`: the streaming detector's settings (keyword spotting)."""
+    that come without one). `detector`: the streaming detector's settings (keyword spotting).
+    `provenance`: the build profile and dataset that made the model (named in the header)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
@@ -176,7 +177,7 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "labels": list(recipe.labels), "input": input_info, "output": outputs[0], "outputs": outputs,
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
-        "frontend": None, "quality": None, "golden": None, "detector": None,
+        "frontend": None, "quality": None, "golden": None, "detector": None, "provenance": provenance,
     }
     if detector is not None:  # the settings the build's detector stage chose (config.DetectorSettings)
         from .detector import threshold_q

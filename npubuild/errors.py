@@ -9,3 +9,7 @@ class BuildError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class OverBudget(BuildError):
+    """The models do not fit a target's memory budget (`invoke report` warns; `--check` fails)."""

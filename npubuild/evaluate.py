@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Recipe
-from .stages import write_json
+from .stages import say, write_json
 
 
 def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
@@ -51,8 +51,8 @@ def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: P
         "int8_fp32_agreement": round(float(np.mean(fp32 == int8)), 6) if len(y_test) else 0.0,
     }
     write_json(out, result)
-    print(f"  test accuracy: FP32 {result['fp32']['accuracy']:.4f}, INT8 {result['int8']['accuracy']:.4f} "
-          f"({len(y_test)} clips)", flush=True)
+    say(f"  test accuracy: FP32 {result['fp32']['accuracy']:.4f}, INT8 {result['int8']['accuracy']:.4f} "
+          f"({len(y_test)} clips)")
 
 
 def evaluate_model(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import OptimizeSettings, Profile, Recipe
 from .errors import BuildError
-from .stages import atomic_path, write_json
+from .stages import atomic_path, epoch_logger, say, write_json
 from .techniques import RECIPES, STEPS
 from .weights import PRUNABLE_OPS
 
@@ -97,7 +97,7 @@ def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int,
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **task.compile_args(recipe, keras))
     start = time.perf_counter()
     history = model.fit(x, task.fit_targets(recipe, y), epochs=epochs, batch_size=batch_size, shuffle=True,
-                        verbose=2, callbacks=list(callbacks))
+                        verbose=0, callbacks=[*callbacks, epoch_logger(keras, epochs, "fine-tuning")])
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
@@ -167,7 +167,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
     epochs = profile.step_epochs(plan.step)
     steps = epochs * int(np.ceil(len(x) / profile.batch_size))
-    print(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs", flush=True)
+    say(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs")
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
     fit = _fine_tune(recipe, wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
                      wrapped.callbacks)

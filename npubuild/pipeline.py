@@ -11,11 +11,11 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import Recipe, Target, resolve_models, resolve_targets
-from .errors import BuildError
+from .errors import BuildError, OverBudget
 from .stages import BuildLock, Cache, Stage, StageResult
 from .techniques import RECIPES, chain_name
 
@@ -99,6 +99,11 @@ def dataset_id(data_dir: Path | None) -> str:
     if data_dir is None:
         return "builtin"
     return "dir-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def dataset_label(data_dir: Path | None) -> str:
+    """How headers and reports name the data a model was trained on (no absolute path)."""
+    return "builtin" if data_dir is None else f"{data_dir.resolve().name} ({dataset_id(data_dir)})"
 
 
 def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
@@ -275,9 +280,15 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
     )
 
 
+def figures_file(assets_dir: Path, target: str, model: str) -> Path:
+    """Everything the memory report says about one model on one target, beside its assets: the report
+    of a target counts every model folder that has one (the whole firmware, not only this build's)."""
+    return assets_dir / target / model / f"{model}_figures.json"
+
+
 def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: ModelPaths, technique: str,
-                 assets_dir: Path) -> Stage:
-    from . import assets, vela
+                 assets_dir: Path, provenance: dict[str, str]) -> Stage:
+    from . import assets, stages, vela
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
@@ -294,23 +305,28 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   int8=paths.int8(technique), features=paths.features,
                                   scratch_bytes=figures["scratch_bytes"],
                                   fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
-                                  evaluation=evaluation, detector=tuned_settings(tuned) if tuned else None)
+                                  evaluation=evaluation, detector=tuned_settings(tuned) if tuned else None,
+                                  provenance=provenance)
+        stages.write_json(figures_file(assets_dir, target.name, recipe.name),
+                          asdict(model_figures(recipe, target, paths, technique, provenance)))
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=5,
-        inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
-                *([paths.evaluation(technique)] if quality else []), *([tuned] if tuned else [])),
-        params={"technique": technique, "labels": recipe.labels,
+        name=f"assets {recipe.name} for {target.name}", version=6,
+        inputs=(out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique), paths.features, target_file,
+                paths.evaluation(technique), *([tuned] if tuned else [])),
+        params={"technique": technique, "labels": recipe.labels, **provenance,
                 "frontend": vars(recipe.frontend) if recipe.frontend else None},
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
                       for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",
-                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",),
-        action=action, code=("assets", "detector", "vela"),
+                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",
+                                                                                 figures_file(assets_dir, target.name,
+                                                                                              recipe.name)),
+        action=action, code=("assets", "detector", "vela", "report"),
     )
 
 
-def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str):
+def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str, provenance: dict[str, str]):
     from . import assets, vela
     from .report import ModelFigures
 
@@ -328,33 +344,58 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
         accuracy={"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},
         top_cycles=v["top_cycles"], top_staging=v["top_staging"],
         per_class_int8=evaluation["int8"]["per_class"], confusion_int8=evaluation["int8"].get("confusion", []),
-        labels=evaluation["labels"], per_head=evaluation["int8"].get("per_head", {}),
+        labels=evaluation["labels"], per_head=evaluation["int8"].get("per_head", {}), **provenance,
     )
 
 
-def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, ModelPaths, str]],
-                 assets_dir: Path) -> Stage:
-    from . import report, stages, vela
+def report_stage(target: Target, target_file: Path, assets_dir: Path, models: list[str]) -> Stage:
+    """The memory report of every model whose assets are in the target's folder (`models`: this
+    build's and any others there), from their figures files."""
+    from . import report, stages
 
     folder = assets_dir / target.name
     json_path, md_path = folder / "memory_report.json", folder / "memory_report.md"
     chart_path = folder / "memory_chart.png"
+    files = [figures_file(assets_dir, target.name, m) for m in sorted(models)]
 
     def action() -> None:
-        figures = [model_figures(r, target, p, t) for r, p, t in entries]
+        figures = [report.figures_from_file(path) for path in files]
         rep = report.build_report(target, figures)
         stages.write_json(json_path, rep)
         report.render_chart(rep, chart_path)
         stages.write_text(md_path, report.render_markdown(rep, figures, chart_path.name))
 
-    inputs = [target_file]
-    for recipe, paths, technique in entries:
-        out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
-        inputs += [out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique),
-                   paths.evaluation(technique)]
-    return Stage(name=f"report {target.name}", version=3, inputs=tuple(inputs),
-                 params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path, chart_path),
-                 tools=LITERT + ("matplotlib",), action=action, code=("pipeline",))
+    return Stage(name=f"report {target.name}", version=4, inputs=(target_file, *files),
+                 params={"models": sorted(models)}, outputs=(json_path, md_path, chart_path),
+                 tools=("matplotlib",), action=action, code=("report",))
+
+
+def models_in_assets(assets_dir: Path, target: str) -> list[str]:
+    """Models whose assets are in the target's folder (each with a figures file)."""
+    folder = assets_dir / target
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and figures_file(assets_dir, target, p.name).is_file()) \
+        if folder.is_dir() else []
+
+
+def check_provenance(assets_dir: Path, targets: list[Target], recipes: list[Recipe], provenance: dict[str, str],
+                     replace: bool) -> None:
+    """A build whose profile or dataset differs from the one that made a model's assets does not replace
+    them silently: it stops (one line) unless `replace` (--replace-assets) is given."""
+    if replace:
+        return
+    for tgt in targets:
+        for recipe in recipes:
+            path = figures_file(assets_dir, tgt.name, recipe.name)
+            try:
+                made = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            old = {k: made.get(k, "") for k in provenance}
+            if old != provenance:
+                raise BuildError(f"{path.parent}: holds the {recipe.name} model built with profile {old['profile']!r} "
+                                 f"from dataset {old['dataset']!r}; this build (profile {provenance['profile']!r}, "
+                                 f"dataset {provenance['dataset']!r}) would replace it: pass --replace-assets, or "
+                                 f"--assets-dir for a folder of its own")
 
 
 def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
@@ -400,25 +441,29 @@ def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data
 
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
-          jobs: int | None = None, log: Callable[[str], None] = print) -> BuildSummary:
+          jobs: int | None = None, replace_assets: bool = False, log: Callable[[str], None] = print) -> BuildSummary:
     """Build every stage that is out of date for the models and targets asked for.
 
     With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
     Vela compilations run at once (default: one per CPU). One build at a time per build
-    folder (a second one stops with a clear message).
+    folder (a second one stops with a clear message). Assets another profile or dataset made are
+    replaced only with `replace_assets`.
     """
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir, enabled=not dry_run):
         return _build(root, model=model, target=target, profile=profile, data_dir=data_dir, build_dir=build_dir,
-                      assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, log=log)
+                      assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, replace_assets=replace_assets, log=log)
 
 
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
-           assets_dir: Path | None, dry_run: bool, jobs: int | None, log: Callable[[str], None]) -> BuildSummary:
+           assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
+           log: Callable[[str], None]) -> BuildSummary:
     from .report import check_budget
 
     start = time.perf_counter()
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
                                              dry_run, log)
+    provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
+    check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     summary = BuildSummary()
     entries = []
     for recipe in recipes:
@@ -432,8 +477,9 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     for tgt in targets:
         target_file = layout.root / "targets" / f"{tgt.name}.toml"
         for recipe, paths, technique in entries:
-            cache.run(assets_stage(recipe, tgt, target_file, paths, technique, layout.assets_dir))
-        cache.run(report_stage(tgt, target_file, entries, layout.assets_dir))
+            cache.run(assets_stage(recipe, tgt, target_file, paths, technique, layout.assets_dir, provenance))
+        models = set(models_in_assets(layout.assets_dir, tgt.name)) | {r.name for r, _, _ in entries}
+        cache.run(report_stage(tgt, target_file, layout.assets_dir, sorted(models)))
         if dry_run:
             continue
         summary.reports[tgt.name] = json.loads((layout.assets_dir / tgt.name / "memory_report.json").read_text())
@@ -445,6 +491,24 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     for rep in summary.reports.values():
         check_budget(rep)
     return summary
+
+
+def clean(root: Path, *, build_dir: Path | None = None, assets_dir: Path | None = None, assets: bool = False) -> None:
+    """Remove the build folder (waiting for no build: it takes the build lock first) and, with `assets`,
+    everything generated in the assets folder (its README is kept)."""
+    import shutil
+
+    layout = Layout.for_project(root, build_dir, assets_dir)
+    if layout.build_dir.is_dir():
+        with BuildLock(layout.build_dir):
+            for child in layout.build_dir.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        shutil.rmtree(layout.build_dir, ignore_errors=True)
+    if assets and layout.assets_dir.is_dir():
+        for child in layout.assets_dir.iterdir():
+            if child.name != "README.md":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _written_reports(assets_dir: Path) -> dict[str, dict]:
@@ -486,7 +550,7 @@ def check_reports(root: Path, *, target: str = "all", assets_dir: Path | None = 
     log(report.render_summary(checked))
     problems = [p for rep in checked.values() for p in report.over_budget(rep)]
     if problems:
-        raise BuildError("; ".join(problems))
+        raise OverBudget("; ".join(problems))
     return checked
 
 

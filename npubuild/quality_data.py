@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BuildError
-from .stages import atomic_output
+from .stages import atomic_output, say
 
 # Photos bundled in scikit-image 0.26's wheel (skimage/data/*.png|jpg), by loader name.
 # clock_motion is left out: it is motion-blurred already.
@@ -358,7 +358,7 @@ def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], see
         x, y = make_split(seed, split, counts[split], size, heads, workers=os.cpu_count() or 1)
         arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
         rates = ", ".join(f"{h} {y[:, i].mean():.2f}" for i, h in enumerate(heads))
-        print(f"  {split}: {len(x)} images ({rates})", flush=True)
+        say(f"  {split}: {len(x)} images ({rates})")
     _save(out, heads, arrays)
 
 
@@ -443,7 +443,7 @@ def build_from_dir(data_dir: Path, heads: tuple[str, ...], size: int, out: Path)
         mine = [(f, labels) for f, s, labels in rows if s == split]
         arrays[f"x_{split}"] = np.stack([read_image(data_dir / f, size) for f, _ in mine])
         arrays[f"y_{split}"] = np.array([labels for _, labels in mine], np.uint8)
-        print(f"  {split}: {len(mine)} images from {data_dir.name}/", flush=True)
+        say(f"  {split}: {len(mine)} images from {data_dir.name}/")
     _save(out, heads, arrays)
 
 

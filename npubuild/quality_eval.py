@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import Recipe
 from .int8_runner import dequantize
-from .stages import write_json
+from .stages import say, write_json
 
 
 def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
@@ -127,5 +127,5 @@ def evaluate_heads(recipe: Recipe, model, tflite: Path, features: Path, out: Pat
     }
     write_json(out, result)
     per_head = ", ".join(f"{h} {result['int8']['per_head'][h]['f1']:.3f}" for h in heads)
-    print(f"  test macro-F1: FP32 {result['fp32']['macro_f1']:.4f}, INT8 {result['int8']['macro_f1']:.4f} "
-          f"({len(y_test)} images; INT8 F1 {per_head})", flush=True)
+    say(f"  test macro-F1: FP32 {result['fp32']['macro_f1']:.4f}, INT8 {result['int8']['macro_f1']:.4f} "
+          f"({len(y_test)} images; INT8 F1 {per_head})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .config import Target
-from .errors import BuildError
+from .errors import BuildError, OverBudget
 from .stages import atomic_path
 
 
@@ -40,6 +40,8 @@ class ModelFigures:
     confusion_int8: list[list[int]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     per_head: dict[str, dict] = field(default_factory=dict)  # image quality: INT8 metrics per head
+    profile: str = ""  # the build profile that made the model
+    dataset: str = ""  # the data it was trained on ("builtin", or a folder's name and id)
 
 
 def _headroom(used: int, budget: int) -> dict:
@@ -124,7 +126,7 @@ def over_budget(report: dict) -> list[str]:
 def check_budget(report: dict) -> None:
     problems = over_budget(report)
     if problems:
-        raise BuildError("; ".join(problems))
+        raise OverBudget("; ".join(problems))
 
 
 def _kib(n: int) -> str:
@@ -152,13 +154,14 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
         f"weights read from {MEMORY_NAMES[t['model_memory']]}. Models run "
         f"{t['models_run'].replace('_', ' ')}.",
         "",
-        "| model | technique | SRAM KiB | DRAM KiB | flash KiB | arena KiB | Vela SRAM KiB | Vela flash KiB "
+        "| model | technique | built by | SRAM KiB | DRAM KiB | flash KiB | arena KiB | Vela SRAM KiB | Vela flash KiB "
         "| NPU ops | CPU ops | MACs | cycles | inference ms | TFLite bytes | FP32 | INT8 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in models:
+        made = f"{m.profile} profile, {m.dataset} data" if m.profile else "-"
         lines.append(
-            f"| {m.name} | {m.technique} | {_kib(m.sram_bytes)} | {_kib(m.dram_bytes)} | {_kib(m.flash_bytes)} | "
+            f"| {m.name} | {m.technique} | {made} | {_kib(m.sram_bytes)} | {_kib(m.dram_bytes)} | {_kib(m.flash_bytes)} | "
             f"{_kib(m.arena_bytes)} | {_kib(m.vela_sram_bytes)} | {_kib(m.vela_flash_bytes)} | {m.npu_ops} | "
             f"{m.cpu_ops} | {m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
             f"{_fraction(m.accuracy['fp32'])} | {_fraction(m.accuracy['int8'])} |")
@@ -265,6 +268,19 @@ def render_chart(report: dict, path) -> None:
     plt.close(fig)
 
 
+def figures_from_file(path) -> ModelFigures:
+    """The figures the assets stage wrote beside a model's assets (`<model>_figures.json`)."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(ModelFigures)}
+        return ModelFigures(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError) as e:
+        raise BuildError(f"{path}: not a model figures file ({e}); rebuild the model or remove its folder") from None
+
+
 def figures_from_report(report: dict) -> list[ModelFigures]:
     """The model figures a written report holds (to re-check it against an edited target)."""
     known = {f.name for f in fields(ModelFigures)}
@@ -276,14 +292,15 @@ def render_summary(reports: dict[str, dict]) -> str:
     lines = [
         "# Firmware assets: every target and model",
         "",
-        "| target | accelerator | model | technique | SRAM KiB | DRAM KiB | flash KiB | inference ms | INT8 | "
+        "| target | accelerator | model | technique | built by | SRAM KiB | DRAM KiB | flash KiB | inference ms | INT8 | "
         "image fits |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in sorted(reports):
         rep = reports[name]
         for m in rep["models"]:
-            lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | "
+            made = f"{m['profile']}, {m['dataset']}" if m.get("profile") else "-"
+            lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | {made} | "
                          f"{_kib(m['sram_bytes'])} | {_kib(m.get('dram_bytes', 0))} | {_kib(m['flash_bytes'])} | "
                          f"{m['inference_ms']:.3f} | {_fraction(m['accuracy']['int8'])} | "
                          f"{'yes' if rep['total']['fits'] else 'NO'} |")

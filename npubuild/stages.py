@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +40,29 @@ _hash_memo: dict[tuple[str, int, int], str] = {}
 # The package whose source stage keys include (a copy of it can be swapped in by tests).
 CODE_ROOT = Path(__file__).resolve().parent
 PACKAGE = CODE_ROOT.name
+
+
+_STAGE_LOG: ContextVar[Callable[[str], None]] = ContextVar("stage_log", default=print)
+
+
+def say(message: str) -> None:
+    """What a running stage tells the user: through the build's logger (the `log` of its Cache), so
+    a build's captured log holds it too."""
+    _STAGE_LOG.get()(message)
+
+
+def epoch_logger(keras, epochs: int, what: str):
+    """A Keras callback that reports each epoch through `say` (loss, metrics, seconds)."""
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if not k.startswith("lr"))
+            say(f"  {what} epoch {epoch + 1}/{epochs}: {figures} ({time.perf_counter() - self._start:.0f} s)")
+
+    return EpochLog()
 
 
 def sha256_file(path: Path) -> str:
@@ -173,6 +197,20 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def hold_for_tests(stage_name: str) -> None:
+    """A hook for the reliability tests (unset in real use): with NPUBUILD_TEST_HOLD_STAGE naming this
+    stage, write the file NPUBUILD_TEST_HOLD_FILE and wait for a signal, at the worst moment for a kill:
+    the stage's outputs are written, its stamp is not. Tests then kill the build at a known point, on a
+    busy machine as on an idle one, instead of guessing how long a stage lasts."""
+    if os.environ.get("NPUBUILD_TEST_HOLD_STAGE") != stage_name:
+        return
+    marker = Path(os.environ["NPUBUILD_TEST_HOLD_FILE"])
+    marker.write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:  # until the test's signal ends (or interrupts) the build
+        time.sleep(0.05)
 
 
 class BuildLock:
@@ -349,7 +387,12 @@ class Cache:
             stage.stamp.unlink(missing_ok=True)
             remove_stale_temporaries(stage.outputs)
             start = time.perf_counter()
-            stage.action()
+            token = _STAGE_LOG.set(self.log)
+            try:
+                stage.action()
+            finally:
+                _STAGE_LOG.reset(token)
+            hold_for_tests(stage.name)
             seconds = time.perf_counter() - start
             outputs = {}
             for path in stage.outputs:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Profile, Recipe
-from .stages import atomic_path, write_json
+from .stages import atomic_path, epoch_logger, say, write_json
 
 
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
@@ -23,12 +23,13 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
     steps = profile.epochs * int(np.ceil(len(x_train) / profile.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(profile.learning_rate, decay_steps=max(steps, 1), alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), **task.compile_args(recipe, keras))
-    print(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
-          f"{len(x_train)} samples, {profile.epochs} epochs", flush=True)
+    say(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
+          f"{len(x_train)} samples, {profile.epochs} epochs")
     start = time.perf_counter()
     history = model.fit(x_train, task.fit_targets(recipe, y_train),
                         validation_data=(x_val, task.fit_targets(recipe, y_val)), epochs=profile.epochs,
-                        batch_size=profile.batch_size, shuffle=True, verbose=2)
+                        batch_size=profile.batch_size, shuffle=True, verbose=0,
+                        callbacks=[epoch_logger(keras, profile.epochs, "training")])
     seconds = time.perf_counter() - start
     with atomic_path(out_model) as tmp:
         model.save(tmp, include_optimizer=False)

@@ -57,28 +57,29 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def run_and_signal(cmd: list[str], cwd: Path, marker: str, sig: int, delay: float) -> tuple[int, str]:
-    """Start a build, wait for `marker` in its output, then `delay` seconds later send `sig`
-    to its whole process group (worker processes included)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env(), start_new_session=True)
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if marker in line:
-                break
-        else:
-            pytest.fail(f"the build ended before {marker!r}:\n{''.join(seen)}")
-        time.sleep(delay)
-        os.killpg(proc.pid, sig)
-        seen.append(proc.stdout.read())
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, "".join(seen)
+def run_and_signal(cmd: list[str], cwd: Path, stage: str, sig: int, hold: Path) -> tuple[int, str]:
+    """Start a build that holds itself once `stage` has written its outputs and before its stamp
+    (`stages.hold_for_tests`), wait until it is held there, then send `sig` to its whole process group.
+    Deterministic: the kill lands at that point however busy the machine is."""
+    hold.unlink(missing_ok=True)
+    env = {**_env(), "NPUBUILD_TEST_HOLD_STAGE": stage, "NPUBUILD_TEST_HOLD_FILE": str(hold)}
+    with open(hold.with_suffix(".log"), "w+") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            while not hold.exists():
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"the build ended before holding in {stage!r}:\n{log.read()[-3000:]}")
+                time.sleep(0.1)
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        return proc.returncode, log.read()
 
 
 def _kws_assets(hashes: dict[str, str]) -> dict[str, str]:
@@ -126,23 +127,25 @@ def interrupted(tmp_path_factory):
 
 @background_job("interrupted")
 def _interrupted_job(tmp_path_factory):
-    """A kws smoke build killed three times (SIGKILL in the data stage, SIGINT while training,
-    SIGKILL while converting), checked after each kill, then run to the end."""
+    """A kws smoke build killed three times (SIGKILL in the data stage, SIGINT in training, SIGKILL
+    in conversion, each once the stage's outputs are written but not its stamp), checked after each
+    kill, then run to the end."""
     root = cli_project(tmp_path_factory.mktemp("interrupted") / "project with spaces")
     cwd = tmp_path_factory.mktemp("cwd")
     cmd = invoke_cmd(root, "build", "--model", "kws", "--profile", "smoke", "--target", TARGET)
     base = root / "build" / "smoke" / "kws" / "builtin"
     kills = []
-    for marker, sig, delay, stamp in [
-        ("[data kws] running", signal.SIGKILL, 1.0, base / "data" / ".data-kws.stamp.json"),
-        ("[train kws] running", signal.SIGINT, 3.0, base / "fp32" / ".train-kws.stamp.json"),
-        ("[convert kws prune_cluster] running", signal.SIGKILL, 2.0,
-         base / "prune_cluster" / ".convert-kws-prune_cluster.stamp.json"),
+    hold = tmp_path_factory.mktemp("hold") / "held"
+    for stage, sig, stamp, output in [
+        ("data kws", signal.SIGKILL, base / "data" / ".data-kws.stamp.json", base / "data" / "features.npz"),
+        ("train kws", signal.SIGINT, base / "fp32" / ".train-kws.stamp.json", base / "fp32" / "model.h5"),
+        ("convert kws prune_cluster", signal.SIGKILL, base / "prune_cluster" / ".convert-kws-prune_cluster.stamp.json",
+         base / "prune_cluster" / "kws_int8.tflite"),
     ]:
-        code, out = run_and_signal(cmd, cwd, marker, sig, delay)
+        code, out = run_and_signal(cmd, cwd, stage, sig, hold)
         dry = subprocess.run([*cmd, "--dry-run"], cwd=cwd, capture_output=True, text=True, env=_env())
-        kills.append({"marker": marker, "code": code, "output": out, "stamp_exists": stamp.exists(),
-                      "dry_run": dry.stdout})
+        kills.append({"marker": f"[{stage}] running", "code": code, "output": out, "stamp_exists": stamp.exists(),
+                      "output_exists": output.exists(), "dry_run": dry.stdout})
     final = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env())
     return root, kills, final
 
@@ -157,7 +160,7 @@ def test_killed_builds_leave_nothing_a_later_build_accepts(interrupted):
     assert "Traceback" not in train["output"]
     for kill in kills:
         stage = kill["marker"].removesuffix(" running")
-        assert not kill["stamp_exists"], stage
+        assert kill["output_exists"] and not kill["stamp_exists"], stage  # killed between the two
         assert f"{stage} would run: never built" in kill["dry_run"], kill["dry_run"]
     # what finished before a kill is kept
     assert "[data kws] up to date" in train["dry_run"]

@@ -196,9 +196,11 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
-                       evaluation: dict | None = None, golden: dict | None = None) -> list[Path]:
+                       evaluation: dict | None = None, golden: dict | None = None,
+                       notes: tuple[str, ...] = ()) -> list[Path]:
     """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
-    that come without one)."""
+    that come without one). `notes`: lines for the end of integration.md (e.g. why there are no
+    golden vectors)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
@@ -211,7 +213,7 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "labels": list(recipe.labels), "input": input_info, "output": outputs[0], "outputs": outputs,
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
-        "frontend": None, "quality": None, "golden": None, "detector": None,
+        "frontend": None, "quality": None, "golden": None, "detector": None, "notes": list(notes),
     }
     if getattr(recipe, "detector", None) is not None:  # `invoke deploy`'s models have no recipe
         from .listen import threshold_q
@@ -241,7 +243,9 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
     if golden is None and features is not None:
         golden = firmware_kit.golden_vectors(recipe, int8, features)
     if golden is not None:
-        context.update(golden=golden,
+        # element types from the tensors: int8_t, or int16_t for 16x8 models (int16 activations)
+        context.update(golden=golden, golden_input_type=f"{input_info.dtype}_t",
+                       golden_output_type=f"{outputs[0].dtype}_t",
                        golden_input_rows=[firmware_kit.c_rows(r) for r in golden["inputs"]],
                        golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])
         paths[out_dir / f"{name}_golden.h"] = env.get_template("golden.h.j2").render(context)

@@ -20,6 +20,7 @@ becomes one error line instead of a dead build.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,19 +114,57 @@ def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) ->
     workers = min(processes, len(q) // MIN_SAMPLES_PER_PROCESS)
     if processes == 0:
         return Int8Runner(tflite).run(q)
+    chunks = np.array_split(q, max(workers, 1))
+    return _in_workers(_run_chunk, tflite, chunks, "LiteRT's reference kernels stopped the process running it (an "
+                       "operator's quantization parameters are outside what the kernels support)")
+
+
+def _in_workers(run, tflite: Path | str, chunks: list[np.ndarray], broken: str) -> list[np.ndarray]:
+    """`run(path, chunk)` for each chunk, one worker process each; outputs joined in chunk order.
+    A worker that dies (a kernel's abort) becomes `BuildError("<tflite>: <broken>")`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    chunks = np.array_split(q, max(workers, 1))
     # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
     try:
         with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_run_chunk, [str(tflite)] * len(chunks), chunks))
+            parts = list(pool.map(run, [str(tflite)] * len(chunks), chunks))
     except BrokenProcessPool:
-        raise BuildError(f"{tflite}: LiteRT's reference kernels stopped the process running it (an "
-                         f"operator's quantization parameters are outside what the kernels support)") from None
+        raise BuildError(f"{tflite}: {broken}") from None
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _run_tflm_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:
+    from tflite_micro import runtime
+
+    from .assets import io_tensors
+
+    inp, outs = io_tensors(Path(path))
+    results = [np.empty((len(q), *o.shape[1:]), o.dtype) for o in outs]
+    # TFLM reports why it fails on stderr (C++), then raises a generic error: keep the reason for the one line.
+    log = tempfile.TemporaryFile("w+")
+    os.dup2(log.fileno(), 2)
+    try:
+        interpreter = runtime.Interpreter.from_file(path)
+        for n, row in enumerate(q):
+            interpreter.set_input(row.astype(inp.dtype).reshape(inp.shape), 0)
+            interpreter.invoke()
+            for i, (result, out) in enumerate(zip(results, outs, strict=True)):
+                result[n] = interpreter.get_output(i).reshape(out.shape[1:])
+    except (ValueError, RuntimeError) as e:
+        log.seek(0)
+        said = [line.strip() for line in log if line.strip()]
+        raise BuildError(f"{path}: TFLM cannot run it: {said[0] if said else _first_line(e)}") from None
+    return results
+
+
+def run_tflm(tflite: Path | str, q: np.ndarray) -> list[np.ndarray]:
+    """`run_int8`'s outputs from TFLM's interpreter (tflite_micro) instead, in one worker process: for a
+    file LiteRT refuses to load. LiteRT checks every tensor's quantization when it loads a file, TFLM
+    only what its kernels use: TFLM's own person-detection model has 1-D depthwise biases with
+    `quantized_dimension` 3, which LiteRT rejects. The kernels are the same reference kernels."""
+    return _in_workers(_run_tflm_chunk, tflite, [np.asarray(q)], "TFLM stopped the process running it")
 
 
 def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:

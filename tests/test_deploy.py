@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -103,8 +104,6 @@ def with_depthwise_bias_quantized_dimension_3(src, dst):
 def with_depthwise_filter_quantized_dimension_0(src, dst):
     """Per-channel depthwise filter scales said to run along dimension 0 (size 1) instead of 3: LiteRT
     and TFLM both refuse it, Vela compiles it. Patched in place (the int32 field is stored: 3 != 0)."""
-    import struct
-
     data = bytearray(src.read_bytes())
     model, graph = _graph(data)
     for o in range(graph.OperatorsLength()):
@@ -241,6 +240,17 @@ def test_file_compiled_by_older_vela_is_packaged(tmp_path, models):
     meta = {name: [ln for ln in (folder / name / f"{name}_meta.h").read_text().splitlines() if "ARENA_SIZE" in ln]
             for name in ("net", "older")}
     assert meta["older"] == [ln.replace("NET_", "OLDER_") for ln in meta["net"]]
+    # an Ethos-U operator without the driver's four leading inputs: one line saying what is missing
+    data = bytearray(older.read_bytes())
+    model, graph = _graph(data)
+    op = graph.Operators(0)
+    assert model.OperatorCodes(op.OpcodeIndex()).CustomCode() == b"ethos-u" and op.InputsLength() >= 4
+    struct.pack_into("<I", data, op._tab.Vector(op._tab.Offset(6)) - 4, 2)  # inputs: field 1 of Operator
+    (tmp_path / "cut.tflite").write_bytes(bytes(data))
+    with pytest.raises(BuildError) as err:
+        deploy(root, tflite=tmp_path / "cut.tflite", target=TARGET, name="cut", log=lambda s: None)
+    assert str(err.value).endswith(": its Ethos-U operator has 2 inputs; the driver needs at least 4 (command "
+                                   "stream, weights, scratch, fast scratch)")
 
 
 def test_16x8_model_gets_int16_assets(tmp_path, models):

@@ -23,6 +23,7 @@ refuses to load (`invoke deploy`'s golden vectors for TFLM's person-detection mo
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,8 @@ class Int8Runner:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    # LiteRT joins its reports without a space: "... Was 3.Tensor 5 has invalid ..."
+    return re.sub(r"\.(?=[A-Z])", ". ", text[0]) if text else type(e).__name__
 
 
 def _run_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:

@@ -86,13 +86,13 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
 
 
 @task(help={
-    "tflite": "a full-INT8 TFLite file (or one Vela already compiled)",
+    "tflite": "a full-INT8 or 16x8 TFLite file (or one Vela already compiled)",
     "target": "a target name, several separated by commas, or all (default: config build.target)",
     "name": "the model's name in the assets (default: the file's name)",
     "assets-dir": "where firmware assets go (default: firmware_assets/)",
 })
 def deploy(c, tflite, target=None, name=None, assets_dir=None):
-    """Bring your own model: Vela, firmware assets and a memory report for any full-INT8 TFLite file."""
+    """Bring your own model: Vela, firmware assets and a memory report for any full-INT8 (or 16x8) TFLite file."""
     from npubuild.deploy import deploy as run_deploy
 
     _fail_cleanly(run_deploy, ROOT, tflite=Path(tflite), target=target or c.config.build.target, name=name,

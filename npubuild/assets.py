@@ -161,10 +161,12 @@ def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
                        evaluation: dict | None = None, golden: dict | None = None,
-                       detector=None, provenance: dict[str, str] | None = None) -> list[Path]:
+                       detector=None, provenance: dict[str, str] | None = None,
+                       notes: tuple[str, ...] = ()) -> list[Path]:
     """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
     that come without one). `detector`: the streaming detector's settings (keyword spotting).
-    `provenance`: the build profile and dataset that made the model (named in the header)."""
+    `provenance`: the build profile and dataset that made the model (named in the header). `notes`:
+    lines for the end of integration.md (e.g. why there are no golden vectors)."""
     env = _environment()
     name = recipe.name
     data = compiled.read_bytes()
@@ -178,6 +180,7 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "arena_size": arena_size(scratch_bytes, target), "scratch": scratch_bytes,
         "fast_memory_size": padded_size(fast_scratch_bytes) if target.fast_memory else 0,
         "frontend": None, "quality": None, "golden": None, "detector": None, "provenance": provenance,
+        "notes": list(notes),
     }
     if detector is not None:  # the settings the build's detector stage chose (config.DetectorSettings)
         from .detector import threshold_q
@@ -207,7 +210,9 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
     if golden is None and features is not None:
         golden = firmware_kit.golden_vectors(recipe, int8, features)
     if golden is not None:
-        context.update(golden=golden,
+        # element types from the tensors: int8_t, or int16_t for 16x8 models (int16 activations)
+        context.update(golden=golden, golden_input_type=f"{input_info.dtype}_t",
+                       golden_output_type=f"{outputs[0].dtype}_t",
                        golden_input_rows=[firmware_kit.c_rows(r) for r in golden["inputs"]],
                        golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])
         paths[out_dir / f"{name}_golden.h"] = env.get_template("golden.h.j2").render(context)

@@ -6,11 +6,10 @@ Every problem found while loading names the file and the field.
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import BuildError
 from .techniques import RECIPES

@@ -1,13 +1,19 @@
-"""Bring your own model: any full-INT8 TFLite file -> Vela -> firmware assets and a memory report.
+"""Bring your own model: any full-INT8 (or 16x8) TFLite file -> Vela -> firmware assets and a memory report.
 
 No training, no dataset. The file is checked first, each problem one line:
 not a TFLite flatbuffer; float or dynamic-range quantized (Vela and the NPU need
-full INT8: int8 weights, activations, input and output). A file Vela already
-compiled (it holds the `ethos-u` custom operator) is packaged as it is.
+full INT8: int8 weights, activations, input and output; or 16x8: int8 weights,
+int16 activations, input and output). A file Vela already compiled (it holds the
+`ethos-u` custom operator) is packaged as it is, whichever Vela version named its
+tensors (they are found by their place among the operator's inputs).
 
-Golden vectors come from seeded random int8 inputs run through the INT8 file on
-the host (LiteRT), so an on-target test can still check the whole chain; there
-are none for a file compiled elsewhere (the host cannot run its NPU operator).
+Golden vectors come from seeded random inputs run through the quantized file on
+the host (LiteRT's reference kernels, `int8_runner`), so an on-target test can
+still check the whole chain. A file LiteRT refuses to load (TFLM's person-detection
+model: per-channel quantization LiteRT rejects and TFLM ignores) gets them from
+TFLM's interpreter; a file neither runs gets none, said in one line and in
+integration.md. There are none for a file compiled elsewhere (the host cannot
+run its NPU operator).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +67,43 @@ def inspect_tflite(path: Path) -> Inspection:
 
 
 def check_full_int8(path: Path, info: Inspection) -> None:
+    """Full INT8, or 16x8 (int16 activations, input and output; int8 weights): what the NPU runs."""
     if info.compiled:
         return
-    if info.float_tensors or info.input_type != "int8" or any(t != "int8" for t in info.output_types):
+    types = {info.input_type, *info.output_types}
+    if not info.float_tensors and types in ({"int8"}, {"int16"}):
+        return
+    if info.float_tensors or types & {"float32", "float16", "float64"}:
         kind = "a float model" if info.input_type.startswith("float") and info.float_tensors > 2 \
             else "not fully INT8 (dynamic-range or float input/output)"
-        raise BuildError(f"{path}: {kind}: the Ethos-U NPU needs full INT8 (int8 weights, activations, input and "
-                         f"output); {INT8_HOWTO}")
+    else:
+        kind = f"{info.input_type} input, {'/'.join(info.output_types)} output"
+    raise BuildError(f"{path}: {kind}: the Ethos-U NPU needs full INT8 (int8 weights, activations, input and "
+                     f"output) or 16x8 (int8 weights, int16 activations, input and output); {INT8_HOWTO}")
+
+
+def host_golden(int8: Path, io_in, log: Callable[[str], None], name: str) -> tuple[dict | None, tuple[str, ...]]:
+    """Golden vectors from LiteRT's reference kernels; from TFLM's interpreter when LiteRT cannot load
+    or run the file; else none, said in one line. Returns (golden, notes for integration.md)."""
+    from . import firmware_kit
+    from .int8_runner import run_tflm
+
+    try:
+        golden = firmware_kit.random_golden(int8, io_in)
+        if io_in.dtype == "int16":
+            golden["host"] = "LiteRT reference kernels; TFLM's 16-bit kernels can round one step apart"
+        return golden, ()
+    except BuildError as e:
+        litert = str(e).removeprefix(f"{int8}: ")
+    try:
+        golden = firmware_kit.random_golden(int8, io_in, run=run_tflm)
+    except BuildError as e:
+        reason = f"{litert}; {str(e).removeprefix(f'{int8}: ')}"
+        log(f"[deploy {name}] no golden vectors: {reason}")
+        return None, (f"No golden vectors: the host could not run the model ({reason}).",)
+    golden["host"] = f"TFLM's interpreter, tflite_micro: {litert}"
+    log(f"[deploy {name}] golden vectors from TFLM's interpreter: {litert}")
+    return golden, ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +119,7 @@ class DeployRecipe:
 
 def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, assets_dir: Path | None = None,
            build_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    from . import assets, firmware_kit, report, stages, vela
+    from . import assets, report, stages, vela
     from .config import resolve_targets
     from .pipeline import Layout, _check_writable
 
@@ -101,6 +137,7 @@ def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, as
     work.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tflite, int8)
     reports = {}
+    golden, notes = (None, ()) if info.compiled else host_golden(int8, assets.io_tensors(int8)[0], log, name)
     with stages.BuildLock(layout.build_dir):
         for tgt in targets:
             out = vela.VelaOutputs(work / "vela" / tgt.name, name)
@@ -118,22 +155,25 @@ def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, as
             io_in, io_out = assets.io_tensors(compiled)
             labels = tuple(f"output_{i}" for i in range(max(1, int(np.prod(io_out[0].shape)))))
             recipe = DeployRecipe(name, labels)
-            golden = None if info.compiled else firmware_kit.random_golden(int8, io_in)
             folder = layout.assets_dir / tgt.name / name
             assets.write_model_assets(recipe=recipe, target=tgt, technique="deployed", compiled=compiled,
                                       int8=compiled, features=None, scratch_bytes=figures["scratch_bytes"],
                                       fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
-                                      golden=golden)
+                                      golden=golden, notes=notes)
             model = report.ModelFigures(
                 name=name, technique="deployed", vela_sram_bytes=figures["sram_bytes"],
                 vela_flash_bytes=figures["read_only_bytes"] + figures["command_stream_bytes"],
                 **assets.placement(tgt, figures["scratch_bytes"], figures["fast_scratch_bytes"],
                                    compiled.stat().st_size),
-                io_bytes=io_in.size + sum(o.size for o in io_out), npu_ops=figures["npu_ops"],
+                io_bytes=sum(t.size * (np.dtype(t.dtype).itemsize if t.dtype != "other" else 1)
+                             for t in (io_in, *io_out)),
+                npu_ops=figures["npu_ops"],
                 cpu_ops=figures["cpu_ops"], cpu_op_names=figures["cpu_op_names"], cycles=figures["cycles"],
                 inference_ms=figures["inference_ms"], macs=figures["macs"], tflite_bytes=tflite.stat().st_size,
                 accuracy={"fp32": None, "int8": None}, top_cycles=figures["top_cycles"],
-                top_staging=figures["top_staging"])
+                top_staging=figures["top_staging"], profile="deployed", dataset=f"none ({tflite.name})")
+            # beside the assets, as a build writes it: the target's memory report counts this model too
+            stages.write_json(folder / f"{name}_figures.json", asdict(model))
             rep = report.build_report(tgt, [model])
             stages.write_json(folder / "memory_report.json", rep)
             stages.write_text(folder / "memory_report.md", report.render_markdown(rep, [model]))

@@ -94,8 +94,13 @@ def c_rows(values: np.ndarray, per_row: int = 24) -> str:
     return "        " + ",\n        ".join(rows)
 
 
-def random_golden(int8: Path, input_info, count: int = GOLDEN_COUNT, seed: int = 0) -> dict:
-    """Golden vectors without a dataset: seeded random int8 inputs and the INT8 model's outputs (LiteRT)."""
-    inputs = np.random.default_rng(seed).integers(-128, 128, (count, input_info.size)).astype(np.int8)
-    return {"source": f"seeded random int8 inputs (seed {seed}; no dataset came with the model)",
-            "inputs": inputs, "outputs": run_litert(int8, inputs)}
+def random_golden(int8: Path, input_info, count: int = GOLDEN_COUNT, seed: int = 0, run=None) -> dict:
+    """Golden vectors without a dataset: seeded random inputs in the input's integer type (int8; int16
+    for 16x8 models) and the model's outputs: LiteRT, or `run(path, inputs)` -> one array per output."""
+    info = np.iinfo(input_info.dtype)
+    inputs = np.random.default_rng(seed).integers(info.min, info.max + 1, (count, input_info.size))
+    inputs = inputs.astype(input_info.dtype)
+    outputs = run_litert(int8, inputs) if run is None else \
+        np.concatenate([o.reshape(count, -1) for o in run(int8, inputs)], axis=1)
+    return {"source": f"seeded random {input_info.dtype} inputs (seed {seed}; no dataset came with the model)",
+            "inputs": inputs, "outputs": outputs}

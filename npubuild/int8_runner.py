@@ -15,11 +15,16 @@ a sample's outputs do not depend on which worker ran it. Workers also contain th
 kernels' hard failures: some kernels abort the process on quantization parameters they do not
 support (softmax with a very large input scale, seen on untrained models), which in a worker
 becomes one error line instead of a dead build.
+
+`run_tflm` runs a file on TFLM's interpreter instead, for the one case LiteRT cannot: a file it
+refuses to load (`invoke deploy`'s golden vectors for TFLM's person-detection model).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +99,8 @@ class Int8Runner:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    # LiteRT joins its reports without a space: "... Was 3.Tensor 5 has invalid ..."
+    return re.sub(r"\.(?=[A-Z])", ". ", text[0]) if text else type(e).__name__
 
 
 _WORKER_RUNNERS: dict[tuple[str, int, int], Int8Runner] = {}  # in a worker: one runner per model file
@@ -145,6 +151,69 @@ def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) ->
         raise BuildError(f"{tflite}: LiteRT's reference kernels stopped the process running it (an "
                          f"operator's quantization parameters are outside what the kernels support)") from None
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _in_workers(run, tflite: Path | str, chunks: list[np.ndarray], broken: str) -> list[np.ndarray]:
+    """`run(path, chunk)` for each chunk, one worker process each; outputs joined in chunk order.
+    A worker that dies (a kernel's abort) becomes `BuildError("<tflite>: <broken>")`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
+    try:
+        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(run, [str(tflite)] * len(chunks), chunks))
+    except BrokenProcessPool:
+        raise BuildError(f"{tflite}: {broken}") from None
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _run_tflm_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:
+    from tflite_micro import runtime
+
+    from .tflite_file import io_tensors
+
+    inp, outs = io_tensors(Path(path))
+    results = [np.empty((len(q), *o.shape[1:]), o.dtype) for o in outs]
+    # TFLM reports why it fails on stderr (C++), then raises a generic error: keep the reason for the one line.
+    log = tempfile.TemporaryFile("w+")
+    os.dup2(log.fileno(), 2)
+    try:
+        interpreter = runtime.Interpreter.from_file(path, arena_size=_tflm_arena_bytes(Path(path)))
+        for n, row in enumerate(q):
+            interpreter.set_input(row.astype(inp.dtype).reshape(inp.shape), 0)
+            interpreter.invoke()
+            for i, (result, out) in enumerate(zip(results, outs, strict=True)):
+                result[n] = interpreter.get_output(i).reshape(out.shape[1:])
+    except (ValueError, RuntimeError) as e:
+        log.seek(0)
+        said = [line.strip() for line in log if line.strip()]
+        raise BuildError(f"{path}: TFLM cannot run it: {said[0] if said else _first_line(e)}") from None
+    return results
+
+
+def _tflm_arena_bytes(tflite: Path) -> int:
+    """An arena TFLM cannot run short of: every tensor of the file at once, unshared (TFLM's own
+    default, 10 times the file's size, is too small for a small model with large feature maps)."""
+    from ethosu.vela.tflite.Model import Model
+
+    model = Model.GetRootAsModel(tflite.read_bytes(), 0)
+    total = 0
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.TensorsLength()):
+            tensor = graph.Tensors(i)
+            total += 8 * int(np.prod([tensor.Shape(d) for d in range(tensor.ShapeLength())]))  # 8: the widest type
+    return 10 * tflite.stat().st_size + total + 65536
+
+
+def run_tflm(tflite: Path | str, q: np.ndarray) -> list[np.ndarray]:
+    """`run_int8`'s outputs from TFLM's interpreter (tflite_micro) instead, in one worker process: for a
+    file LiteRT refuses to load. LiteRT checks every tensor's quantization when it loads a file, TFLM
+    only what its kernels use: TFLM's own person-detection model has 1-D depthwise biases with
+    `quantized_dimension` 3, which LiteRT rejects. The kernels are the same reference kernels."""
+    return _in_workers(_run_tflm_chunk, tflite, [np.asarray(q)], "TFLM stopped the process running it")
 
 
 def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:

@@ -97,30 +97,50 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+# The Ethos-U operator's inputs, by position: the driver's ABI (TFLM's ethos-u kernel), the same in
+# every Vela version. Names are not: Vela 5 writes `ethos_u_command_stream`, `read_only`, `scratch`;
+# older versions `_split_1_command_stream`, `_split_1_flash`, `_split_1_scratch`, `_split_1_scratch_fast`.
+# The IFMs follow these four.
+ETHOSU_INPUTS = ("command_stream_bytes", "read_only_bytes", "scratch_bytes", "fast_scratch_bytes")
+
+
 def compiled_layout(vela_tflite: Path) -> dict[str, int]:
     """Byte sizes of what the Ethos-U operator of a Vela-compiled model needs, read from the file:
     the command stream and read-only data (weights; both in the model array), the scratch
     tensor (the feature maps: it lives in the TFLM arena) and the fast scratch (a separate
-    buffer in SRAM in Dedicated_Sram memory modes; the scratch itself otherwise)."""
+    buffer in SRAM in Dedicated_Sram memory modes; the scratch itself otherwise, then 0 here).
+    Tensors are found by their position among the operator's inputs, never by name."""
     from ethosu.vela.tflite.Model import Model
 
     model = Model.GetRootAsModel(vela_tflite.read_bytes(), 0)
-    sizes = {}
+    tensors: dict[str, set[tuple[int, int]]] = {role: set() for role in ETHOSU_INPUTS}
+    sizes = dict.fromkeys(ETHOSU_INPUTS, 0)
+    operators = 0
     for g in range(model.SubgraphsLength()):
         graph = model.Subgraphs(g)
-        for i in range(graph.TensorsLength()):
-            tensor = graph.Tensors(i)
-            name = tensor.Name().decode()
-            if name in ("ethos_u_command_stream", "read_only", "scratch", "scratch_fast"):
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if (model.OperatorCodes(op.OpcodeIndex()).CustomCode() or b"") != b"ethos-u":
+                continue
+            operators += 1
+            if op.InputsLength() < len(ETHOSU_INPUTS):
+                raise BuildError(f"{vela_tflite}: its Ethos-U operator has {op.InputsLength()} inputs; the driver "
+                                 f"needs at least 4 (command stream, weights, scratch, fast scratch)")
+            indices = [op.Inputs(k) for k in range(len(ETHOSU_INPUTS))]
+            if indices[2] < 0:
+                raise BuildError(f"{vela_tflite}: its Ethos-U operator has no scratch tensor (input 2)")
+            for role, index in zip(ETHOSU_INPUTS, indices, strict=True):
+                if index < 0 or (g, index) in tensors[role] or (role == "fast_scratch_bytes" and index == indices[2]):
+                    continue  # absent, counted already, or the fast scratch is the scratch itself
+                tensors[role].add((g, index))
+                tensor = graph.Tensors(index)
                 size = 1
                 for d in range(tensor.ShapeLength()):
                     size *= tensor.Shape(d)
-                sizes[name] = sizes.get(name, 0) + size
-    if "scratch" not in sizes:
-        raise BuildError(f"{vela_tflite}: no Ethos-U scratch tensor: not a Vela-compiled model")
-    return {"command_stream_bytes": sizes.get("ethos_u_command_stream", 0),
-            "read_only_bytes": sizes.get("read_only", 0), "scratch_bytes": sizes["scratch"],
-            "fast_scratch_bytes": sizes.get("scratch_fast", 0)}
+                sizes[role] += size
+    if not operators:
+        raise BuildError(f"{vela_tflite}: no Ethos-U operator (custom code 'ethos-u'): not a Vela-compiled model")
+    return sizes
 
 
 def top_layers(layers: list[dict[str, str]], column: str, count: int = 5) -> list[dict]:

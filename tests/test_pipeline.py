@@ -233,3 +233,43 @@ def test_report_flash_is_the_generated_array(smoke_project, tmp_path):
     assert 2 ** align == 16
     assert model["flash_bytes"] == -(-size // 16) * 16
     assert model["vela_flash_bytes"] < model["flash_bytes"]
+
+
+def test_stage_output_reaches_the_builds_logger(smoke_project):
+    """What stages say (training epochs, evaluation figures) goes through the build's log, not print."""
+    _, _, lines = smoke_project
+    assert any(line.startswith("  training epoch 1/1: ") for line in lines)
+    assert any(line.startswith("  fine-tuning epoch 1/") for line in lines)
+    assert any(line.startswith("  test accuracy: FP32 ") for line in lines)
+    assert any(line.startswith("  detector: every ") for line in lines)
+
+
+def test_one_model_build_keeps_the_whole_firmware_in_the_report(smoke_project):
+    """A build of one model reports every model whose assets are in the target folder, and headers
+    and reports name the profile and dataset that made each one."""
+    root, _, _ = smoke_project
+    build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+    report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["kws", "quality"]
+    assert {(m["profile"], m["dataset"]) for m in report["models"]} == {("smoke", "builtin")}
+    quality = report_model(report, "quality")
+    assert report["total"]["flash_bytes"] == report_model(report, "kws")["flash_bytes"] + quality["flash_bytes"]
+    header = (root / "firmware_assets" / TARGET / "kws" / "kws_meta.h").read_text()
+    assert '#define KWS_PROFILE "smoke"\n' in header and '#define KWS_DATASET "builtin"\n' in header
+    assert "| smoke profile, builtin data |" in (root / "firmware_assets" / TARGET / "memory_report.md").read_text()
+
+
+def test_a_build_from_other_data_does_not_replace_assets_silently(smoke_project, tmp_path):
+    from .conftest import tree_hashes
+
+    root, _, _ = smoke_project
+    before = tree_hashes(root / "firmware_assets")
+    data = tmp_path / "my_recordings"
+    data.mkdir()
+    with pytest.raises(BuildError) as err:
+        build(root, model="kws", target=TARGET, profile="smoke", data_dir=data, log=lambda s: None)
+    message = str(err.value)
+    assert message.startswith(f"{root / 'firmware_assets' / TARGET / 'kws'}: holds the kws model built with "
+                              f"profile 'smoke' from dataset 'builtin'")
+    assert "dataset 'my_recordings (dir-" in message and "--replace-assets" in message
+    assert tree_hashes(root / "firmware_assets") == before

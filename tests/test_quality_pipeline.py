@@ -49,7 +49,7 @@ def test_report_lists_the_quality_model_on_the_npu(smoke_project):
 def test_int8_thresholds_in_the_header_decide_as_the_predictor(smoke_project):
     """Firmware compares raw int8 outputs with HEAD_THRESHOLD_Q; the predictor compares float
     scores with its thresholds. On the whole test split they must not disagree once."""
-    from ai_edge_litert.interpreter import Interpreter
+    from npubuild.int8_runner import Int8Runner
 
     root, _, _ = smoke_project
     folder, int8 = paths(root)
@@ -58,17 +58,14 @@ def test_int8_thresholds_in_the_header_decide_as_the_predictor(smoke_project):
     thresholds_q = header_array(header, "QUALITY_HEAD_THRESHOLD_Q")
     predictor = ImageQualityPredictor.create(int8, folder / "quality_meta.json")
     heads = [i.name for i in predictor.issues]
-    interpreter = Interpreter(model_path=str(int8))
-    interpreter.allocate_tensors()
-    inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
+    runner = Int8Runner(int8)  # the reference kernels: the bits TFLM computes on the device
     images, _ = quality_data.load_images(root / "build" / "smoke" / "quality" / "builtin" / "data" / "features.npz",
                                          "test")
     disagreements, fired = 0, 0
     for image in images:
         # firmware: q = pixel - 128, then raw int8 outputs against the int8 thresholds
-        interpreter.set_tensor(inp["index"], (image.astype(np.int16) - 128).astype(np.int8)[None])
-        interpreter.invoke()
-        raw = [int(interpreter.get_tensor(outs[o]["index"]).reshape(-1)[0]) for o in order]
+        outputs = runner.run((image.astype(np.int16) - 128).astype(np.int8)[None])
+        raw = [int(outputs[o].reshape(-1)[0]) for o in order]
         firmware = {h for h, q, t in zip(heads, raw, thresholds_q, strict=True) if q >= t}
         host = {name for name, _ in predictor.predict(image)}
         disagreements += firmware != host

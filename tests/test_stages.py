@@ -234,3 +234,39 @@ def test_no_import_cycles_in_the_package():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_invoke_clean_removes_the_build_folder_it_is_given(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, make_project
+
+    root = make_project(tmp_path / "project")
+    shutil.copy(ROOT / "tasks.py", root / "tasks.py")
+    default, elsewhere = root / "build", tmp_path / "elsewhere"
+    for folder in (default, elsewhere):
+        write_text(folder / "smoke" / "x.txt", "x")
+    (root / "firmware_assets").mkdir()
+    write_text(root / "firmware_assets" / "README.md", "kept")
+    write_text(root / "firmware_assets" / "t" / "m.c", "generated")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "invoke", "-r", str(root), "clean", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    assert run("--build-dir", str(elsewhere)).returncode == 0
+    assert not elsewhere.exists() and (default / "smoke" / "x.txt").is_file()
+    assert run("--all").returncode == 0
+    assert not default.exists() and [p.name for p in (root / "firmware_assets").iterdir()] == ["README.md"]
+
+
+def test_python_floor_covers_what_the_code_imports():
+    """config.py reads TOML with tomllib (Python 3.11+): requires-python must not claim less."""
+    import re
+    import tomllib
+
+    from .conftest import ROOT
+
+    claimed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    floor = tuple(int(x) for x in re.search(r">=\s*([0-9.]+)", claimed).group(1).split("."))
+    assert floor >= (3, 11)
+    assert "import tomllib" in (ROOT / "npubuild" / "config.py").read_text()

@@ -114,11 +114,20 @@ def test(c, k=None, fast=False):
     "profile": "profile to time (default: default)",
     "model": "the model whose clean build is timed: kws, quality or all (default: kws)",
     "output": "results file (default: benchmarks/results.json)",
+    "part": "build (a clean build and the rest; default) or detector (time the detector stage's tuning on an "
+            "existing build's kws model; merged into the results file)",
+    "build-dir": "with --part detector: the build folder that holds the model (default: build/)",
 })
-def bench(c, profile="default", model="kws", output="benchmarks/results.json"):
+def bench(c, profile="default", model="kws", output="benchmarks/results.json", part="build", build_dir=None):
     """Time each stage of a clean build, the no-op rebuild, Vela for every target, fine-tuning speed."""
-    from npubuild.bench import run_benchmarks
+    from npubuild.bench import detector_benchmark, run_benchmarks
 
+    if part == "detector":
+        _fail_cleanly(detector_benchmark, ROOT, profile=profile, output=ROOT / output,
+                      build_dir=Path(build_dir) if build_dir else None)
+        return
+    if part != "build":
+        raise Exit(f"error: --part {part!r}: expected build or detector", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
                   model=model)
 

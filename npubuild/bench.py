@@ -220,3 +220,28 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
                 measure(f"{plan.scheme} (tfmot stock)",
                         apply_qat(load_keras_model(saved[plan.before]), plan.scheme, stock_cqat=True))
     return {"model": model, "samples": samples, "batch_size": batch_size, "schemes": results}
+
+
+def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Path | None = None) -> dict:
+    """Time the detector stage's tuning on the shipped kws model of an existing build (`build_dir`), and
+    merge the figures into `output` under "detector_tuning" (the rest of the file is kept)."""
+    from .config import resolve_models
+    from .detector import tune_detector
+    from .pipeline import shipped_paths
+
+    recipe = resolve_models(root, "kws")[0]
+    prof = recipe.profile(profile)
+    paths = shipped_paths(root, recipe, profile, build_dir)
+    with tempfile.TemporaryDirectory(prefix="npubuild-detector-") as scratch:
+        start = time.perf_counter()
+        result = tune_detector(recipe, prof, paths.int8(recipe.ship), paths.features, None,
+                               Path(scratch) / "detector.json", log=print)
+        seconds = time.perf_counter() - start
+    figures = {"profile": profile, "seconds": round(seconds, 1), "machine": _machine(),
+               "keyword_clips": result["keyword_clips"], "unknown_clips": result["unknown_clips"],
+               "keyword_stream_seconds": result["keyword_stream_seconds"], "noise_seconds": result["noise_seconds"],
+               "settings_scored": len(result["results"]), "chosen": result["chosen"]}
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    write_json(output, {**existing, "detector_tuning": figures})
+    print(f"detector tuning: {seconds:.1f} s for {len(result['results'])} settings")
+    return figures

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -105,9 +106,24 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+_IMPORTS_MEMO: dict[tuple[str, str, int, int], set[str]] = {}
+# ast.parse from several threads at once (Vela stages run on a thread pool) trips CPython 3.11's
+# "AST constructor recursion depth mismatch": one parse at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def _imported_modules(module: str, path: Path) -> set[str]:
     """Project modules that `module` (at `path`) imports anywhere in its source ("jinja2" included
     when it imports jinja2: it renders templates)."""
+    st = path.stat()
+    key = (module, str(path), st.st_size, st.st_mtime_ns)
+    with _PARSE_LOCK:
+        if key not in _IMPORTS_MEMO:
+            _IMPORTS_MEMO[key] = _parse_imports(module, path)
+        return set(_IMPORTS_MEMO[key])
+
+
+def _parse_imports(module: str, path: Path) -> set[str]:
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):

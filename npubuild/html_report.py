@@ -28,6 +28,7 @@ MEMORIES = (("sram", "SRAM"), ("flash", "flash"), ("dram", "DRAM"))
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442")
 SHARED_COLOUR = "#8a8f98"
 TOP_LAYERS = 8
+SET_NAMES = {"test": "test split", "test_rec": "recording-like test set", "folder": "labelled folder"}
 
 
 # --------------------------------------------------------------------------- writing (build hook side)
@@ -83,9 +84,11 @@ def open_page(path: Path, log=print) -> None:
         log("no web browser found here: open the file above in one")
         return
     try:
-        webbrowser.open(path.resolve().as_uri())
-    except Exception as e:  # a browser that fails to start is not the build's failure
-        log(f"could not open a browser ({e}): open the file above in one")
+        opened = webbrowser.open(path.resolve().as_uri())
+    except Exception:  # a browser that fails to start is not the report's failure
+        opened = False
+    if not opened:
+        log("could not start a web browser: open the file above in one")
 
 
 # --------------------------------------------------------------------------- reading
@@ -111,7 +114,8 @@ def read_assets(assets_dir: Path) -> dict:
         raise BuildError(f"{assets_dir / '<target>' / 'memory_report.json'}: no memory report; run invoke build first")
 
     def folder(name: str) -> dict[str, dict]:
-        return {p.stem: _read_json(p) for p in sorted((assets_dir / name).glob("*.json"))}
+        return {p.stem: _read_json(p) for p in sorted((assets_dir / name).glob("*.json"))
+                if not p.name.startswith(".")}  # not the stages' stamps
 
     last = assets_dir / LAST_BUILD
     files = sorted(p.relative_to(assets_dir).as_posix() for p in assets_dir.rglob("*")
@@ -247,16 +251,38 @@ def compare_chart(result: dict, target: str) -> dict:
         return round(h - pad_b - (v - y_lo) / (y_hi - y_lo) * (h - pad_t - pad_b), 2)
 
     shipped = result.get("shipped")
-    out = []
-    for p, x, y in zip(points, xs, ys, strict=True):
-        px = sx(x)
-        out.append({**p, "x": px, "y": sy(y), "shipped": p["recipe"] == shipped, "flash_kib": f"{x:,.1f}",
-                    "int8_pct": f"{y:.2f}", "anchor": "end" if px > w * 0.75 else "start",
-                    "dx": -9 if px > w * 0.75 else 9})
+    out = [{**p, "x": sx(x), "y": sy(y), "shipped": p["recipe"] == shipped, "flash_kib": f"{x:,.1f}",
+            "int8_pct": f"{y:.2f}"} for p, x, y in zip(points, xs, ys, strict=True)]
+    place_labels(out, w, left_edge=pad_l + 2)
     return {"target": target, "width": w, "height": h, "left": pad_l, "right": w - pad_r, "top": pad_t,
             "bottom": h - pad_b, "points": out,
             "x_ticks": [{"at": sx(v), "label": f"{v:,.0f}"} for v in _nice_ticks(x_lo, x_hi) if x_lo <= v <= x_hi],
             "y_ticks": [{"at": sy(v), "label": f"{v:g}"} for v in _nice_ticks(y_lo, y_hi) if y_lo <= v <= y_hi]}
+
+
+def place_labels(points: list[dict], width: float, left_edge: float = 0.0, char: float = 6.2,
+                 height: float = 12.0) -> None:
+    """Put each point's label (recipe name) where it overlaps no earlier label and no point: right,
+    left, above or below it (shipped point first). Sets label_x, label_y and anchor on each point."""
+    taken = [(p["x"] - 8, p["y"] - 8, p["x"] + 8, p["y"] + 8) for p in points]
+    for p in sorted(points, key=lambda q: (not q["shipped"], q["x"])):
+        text = len(p["recipe"] + (" (shipped)" if p["shipped"] else "")) * char
+        options = [(p["x"] + 10, p["y"] + 4, "start"), (p["x"] - 10, p["y"] + 4, "end"),
+                   (p["x"], p["y"] - 12, "middle"), (p["x"], p["y"] + 20, "middle")]
+        for dy in (18, 32, 46):
+            options += [(p["x"], p["y"] - 12 - dy, "middle"), (p["x"], p["y"] + 20 + dy, "middle")]
+
+        def box(x, y, anchor, text=text):
+            left = x if anchor == "start" else x - text if anchor == "end" else x - text / 2
+            return (left, y - height + 2, left + text, y + 2)
+
+        def free(b):
+            inside = b[0] >= left_edge and b[2] <= width
+            return inside and not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)
+
+        x, y, anchor = next((o for o in options if free(box(*o))), options[0])
+        taken.append(box(x, y, anchor))
+        p.update(label_x=round(x, 2), label_y=round(y, 2), anchor=anchor)
 
 
 def shipped_reason(result: dict, target: str) -> str:
@@ -303,7 +329,7 @@ def _accuracy_rows(name: str, data: dict, report_accuracy: dict) -> list[dict]:
         if result.get("model") != name:
             continue
         for set_name, s in (result.get("sets") or {}).items():
-            rows.append({"source": f"invoke evaluate ({result.get('dataset', stem)})", "set": set_name,
+            rows.append({"source": f"evaluate {result.get('dataset', stem)}", "set": SET_NAMES.get(set_name, set_name),
                          "file": f"evaluate/{stem}.json", "count": s.get("count"),
                          "fp32": (s.get("fp32") or {}).get("accuracy"), "int8": (s.get("int8") or {}).get("accuracy")})
     return rows

@@ -52,12 +52,18 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
     "target": "a target name, several separated by commas, or all (default: every target with a report)",
     "check": "exit non-zero when a budget is exceeded, naming the model, the memory and the bytes over",
     "assets-dir": "where firmware assets are (default: firmware_assets/)",
+    "open": "print the path of the HTML report (index.html) and open it in a browser, where there is one",
 })
-def report(c, target="all", check=False, assets_dir=None):
-    """Re-read the memory reports against the targets as they are now; print every target x model."""
+def report(c, target="all", check=False, assets_dir=None, open=False):
+    """Re-read the memory reports against the targets as they are now; print every target x model.
+    Also rewrites the HTML report, firmware_assets/index.html, from the JSON files there."""
     from npubuild.errors import BuildError, OverBudget
+    from npubuild.html_report import open_page, write_page
     from npubuild.pipeline import check_reports
 
+    page = _fail_cleanly(write_page, Path(assets_dir) if assets_dir else ROOT / "firmware_assets")
+    if open:
+        open_page(page)
     try:
         check_reports(ROOT, target=target, assets_dir=Path(assets_dir) if assets_dir else None)
     except OverBudget as e:

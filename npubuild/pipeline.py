@@ -487,6 +487,12 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
         write_assets_summary(layout.assets_dir)
     summary.results = cache.results
     summary.seconds = time.perf_counter() - start
+    if not dry_run:  # firmware_assets/index.html, the page a person reads (html_report.py)
+        from .html_report import write_after_build
+
+        write_after_build(layout.assets_dir, summary, [{"model": r.name, "recipe": t, "profile": profile,
+                                                        "dataset": dataset_id(data_dir), "evaluation": p.evaluation(t)}
+                                                       for r, p, t in entries])
     log(render_summary(summary))
     for rep in summary.reports.values():
         check_budget(rep)

@@ -17,7 +17,9 @@ TARGET = "corstone-300-u55-128"
 CLEAN_ASSETS: dict[str, str] = {}
 
 
-def tree_hashes(folder: Path, skip: tuple[str, ...] = (".lock",)) -> dict[str, str]:
+# firmware_assets/last_build.json records the stage times of the last run: the one generated
+# file that differs between two runs of the same build (index.html leaves the times out).
+def tree_hashes(folder: Path, skip: tuple[str, ...] = (".lock", "last_build.json")) -> dict[str, str]:
     """sha256 of every file under `folder` (hidden ones included), by relative path."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}

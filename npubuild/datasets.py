@@ -179,6 +179,7 @@ def download_archive(entry: PublicDataset, folder: Path, log: Callable[[str], No
             log(f"  {entry.file_name}: connection lost at {have:,} bytes ({e}); resuming "
                 f"(attempt {attempt + 1} of {attempts})")
             time.sleep(retry_wait)
+    log(f"  checking the sha256 of {part.name}")
     _verify(part, archive, entry.sha256)
     os.replace(part, archive)
     return archive

@@ -250,6 +250,18 @@ def test_interrupted_extraction_is_never_used(tmp_path, archive, serve):
     assert sorted(p.name for p in data.parent.iterdir()) == [".lock", "speech_commands_v0.02"]
 
 
+def test_verified_archive_left_by_an_interrupted_extraction_is_checked_and_used(tmp_path, archive, serve):
+    server = serve(archive)
+    entry = entry_for(server, archive)
+    folder = tmp_path / "datasets" / "sc-test"
+    folder.mkdir(parents=True)
+    (folder / "data.tar.gz").write_bytes(archive)
+    assert datasets.is_extracted(fetch(entry, tmp_path), entry.sha256) and server.requests == []
+    (folder / "data.tar.gz").write_bytes(archive[:-1] + b"x")  # damaged since: checked again, refused
+    with pytest.raises(BuildError, match=r"data\.tar\.gz: sha256 [0-9a-f]{64} is not the pinned"):
+        datasets.download_archive(entry, folder, lambda s: None)
+
+
 def test_second_call_with_everything_in_place_makes_no_request(tmp_path, archive, serve, monkeypatch):
     server = serve(archive)
     entry = entry_for(server, archive)

@@ -305,7 +305,7 @@ def extract_archive(archive: Path, folder: Path, sha256: str, log: Callable[[str
                         tar.extract(member, tmp, filter="data")
                     else:
                         tar.extract(member, tmp)
-        except tarfile.FilterError as e:
+        except getattr(tarfile, "FilterError", ()) as e:  # () before Python 3.11.4: caught by _check_member
             raise BuildError(f"{archive}: unsafe member {e.tarinfo.name!r} ({type(e).__name__}); "
                              f"nothing kept") from None
         except (tarfile.TarError, EOFError, OSError) as e:

@@ -28,6 +28,8 @@ def _fail_cleanly(fn, *args, **kwargs):
     "target": "a target name from targets/, or all (default: config build.target)",
     "profile": "smoke (tiny, for tests) or default",
     "data-dir": "real data instead of the built-in dataset (Speech Commands v2 layout for kws)",
+    "dataset": "a named public dataset instead (speech-commands): downloaded, verified and extracted once",
+    "cache-dir": "where --dataset keeps downloads (default: $NPUBUILD_CACHE or ~/.cache/npubuild)",
     "build-dir": "where intermediate artifacts go (default: build/)",
     "assets-dir": "where firmware assets go (default: firmware_assets/)",
     "dry-run": "say which stages would run and why; run nothing",
@@ -35,17 +37,31 @@ def _fail_cleanly(fn, *args, **kwargs):
     "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
-          dry_run=False, jobs=None, replace_assets=False):
+          dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None):
     """Train, quantize, compile and package the models; write memory reports."""
+    from npubuild.datasets import data_dir_for
     from npubuild.pipeline import build as run_build
 
     cfg = c.config.build
+    data_dir = _fail_cleanly(data_dir_for, dataset, Path(data_dir) if data_dir else None,
+                             Path(cache_dir) if cache_dir else None, fetch_missing=not dry_run)
     _fail_cleanly(
         run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
-        data_dir=Path(data_dir) if data_dir else None,
+        data_dir=data_dir,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
         dry_run=dry_run, jobs=int(jobs) if jobs else None, replace_assets=replace_assets,
     )
+
+
+@task(help={
+    "dataset": "a named public dataset: speech-commands (Speech Commands v0.02, 2.3 GB, CC BY 4.0)",
+    "cache-dir": "where downloads go (default: $NPUBUILD_CACHE or ~/.cache/npubuild)",
+})
+def data(c, dataset, cache_dir=None):
+    """Download (resuming), verify and extract a public dataset into the cache; what build --dataset reads."""
+    from npubuild.datasets import data_dir_for
+
+    _fail_cleanly(data_dir_for, dataset, None, Path(cache_dir) if cache_dir else None)
 
 
 @task(help={
@@ -190,5 +206,5 @@ def clean(c, all=False, build_dir=None, assets_dir=None):
                   assets_dir=Path(assets_dir) if assets_dir else None, assets=all)
 
 
-ns = Collection(build, report, compare, deploy, evaluate, listen, test, bench, clean)
+ns = Collection(build, data, report, compare, deploy, evaluate, listen, test, bench, clean)
 ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})

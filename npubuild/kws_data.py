@@ -324,6 +324,7 @@ class WavNotes:
     resampled: dict[int, int] = field(default_factory=dict)  # original rate -> files
     padded: int = 0
     trimmed: int = 0
+    split_rule: str = ""  # how clips were dealt to splits, when a list file is missing (SplitRule.note)
 
     def count_length(self, samples: int, clip_samples: int) -> None:
         self.files += 1
@@ -350,20 +351,88 @@ def fit_clip(audio: np.ndarray, clip_samples: int) -> np.ndarray:
     return audio
 
 
-def _list_file(path: Path) -> set[str]:
-    return set(path.read_text().split()) if path.is_file() else set()
+# Without the folder's own lists, split as Speech Commands made them (`which_set` in TensorFlow's
+# speech_commands/input_data.py): SHA-1 of the speaker id, the file name before `_nohash_`, modulo
+# 2**27, as a percentage: 10% validation, 10% testing. One speaker's clips all land in one split,
+# and a clip keeps its split when files are added. (TensorFlow hashes the whole file name when it has
+# no `_nohash_`; here the stem, so `a.wav` and `a.flac` would agree: no clip of Speech Commands differs.)
+SC_VALIDATION_PERCENT = 10
+SC_TESTING_PERCENT = 10
+_MAX_NUM_WAVS_PER_CLASS = 2**27 - 1
+_NOHASH = "_nohash_"
+
+
+def speaker_id(filename: str) -> str:
+    """The part of a clip's file name before `_nohash_`; the whole stem when there is none."""
+    name = Path(filename).name
+    return name.partition(_NOHASH)[0] if _NOHASH in name else Path(name).stem
+
+
+def hash_split(filename: str) -> str:
+    """train, val or test for a clip, from a stable hash of its speaker id (Speech Commands' rule)."""
+    import hashlib
+
+    digest = int(hashlib.sha1(speaker_id(filename).encode()).hexdigest(), 16)
+    percent = (digest % (_MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / _MAX_NUM_WAVS_PER_CLASS)
+    if percent < SC_VALIDATION_PERCENT:
+        return "val"
+    if percent < SC_VALIDATION_PERCENT + SC_TESTING_PERCENT:
+        return "test"
+    return "train"
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How a Speech Commands folder's clips are dealt to splits: its `validation_list.txt` and
+    `testing_list.txt` (None when the file is missing), and the speaker hash for what they leave open."""
+
+    val_list: frozenset[str] | None
+    test_list: frozenset[str] | None
+
+    @classmethod
+    def for_folder(cls, data_dir: Path) -> SplitRule:
+        def read(name: str) -> frozenset[str] | None:
+            path = data_dir / name
+            return frozenset(path.read_text().split()) if path.is_file() else None
+
+        return cls(read("validation_list.txt"), read("testing_list.txt"))
+
+    def split_of(self, rel: str) -> str:
+        """The split of the clip at `rel` ("word/file.wav"). A split that has its list takes only the
+        clips listed; the hash's share of it goes to training."""
+        if self.val_list is not None and rel in self.val_list:
+            return "val"
+        if self.test_list is not None and rel in self.test_list:
+            return "test"
+        hashed = hash_split(rel)
+        listed = {"val": self.val_list is not None, "test": self.test_list is not None}
+        return "train" if hashed == "train" or listed[hashed] else hashed
+
+    def note(self) -> str:
+        """One line for the data stage's log when a list is missing ("" when both are there)."""
+        if self.val_list is not None and self.test_list is not None:
+            return ""
+        if self.val_list is None and self.test_list is None:
+            return (f"no validation_list.txt / testing_list.txt: split by a hash of the speaker id "
+                    f"({SC_VALIDATION_PERCENT}% val, {SC_TESTING_PERCENT}% test)")
+        missing, given, percent = (("testing_list.txt", "validation_list.txt", f"{SC_TESTING_PERCENT}% test")
+                                   if self.test_list is None else
+                                   ("validation_list.txt", "testing_list.txt", f"{SC_VALIDATION_PERCENT}% val"))
+        return f"no {missing}: {given} as given, the other clips split by a hash of the speaker id ({percent})"
 
 
 def speech_commands_dataset(recipe: Recipe, data_dir: Path,
                             notes: WavNotes | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read a Speech Commands v2 folder: one folder per word, `_background_noise_/`,
-    `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips)."""
+    `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips; without
+    a list, by Speech Commands' speaker hash: `SplitRule`)."""
     if not data_dir.is_dir():
         raise BuildError(f"{data_dir}: data directory does not exist")
     fe = recipe.frontend
     rng = np.random.default_rng([recipe.seed, 3])
-    val_list = _list_file(data_dir / "validation_list.txt")
-    test_list = _list_file(data_dir / "testing_list.txt")
+    rule = SplitRule.for_folder(data_dir)
+    if notes is not None:
+        notes.split_rule = rule.note()
     word_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
     for keyword in recipe.keywords:
         folder = data_dir / keyword
@@ -379,7 +448,7 @@ def speech_commands_dataset(recipe: Recipe, data_dir: Path,
     for folder in word_dirs:
         for wav in sorted(folder.glob("*.wav")):
             rel = f"{folder.name}/{wav.name}"
-            split = "val" if rel in val_list else "test" if rel in test_list else "train"
+            split = rule.split_of(rel)
             if folder.name in recipe.keywords:
                 files[split].append((wav, recipe.labels.index(folder.name)))
             else:
@@ -419,15 +488,22 @@ def speech_commands_dataset(recipe: Recipe, data_dir: Path,
             clips.append(np.clip(noise_crop(rng.uniform(0, 1.0)), -1, 1))
             labels.append(silence_label)
         if not clips:
-            raise BuildError(f"{data_dir}: split '{split}' has no clips (check validation_list.txt / testing_list.txt)")
+            hint = ("check validation_list.txt / testing_list.txt" if not rule.note() else
+                    "the speaker hash sent no speaker there: add validation_list.txt / testing_list.txt, or speakers")
+            raise BuildError(f"{data_dir}: split '{split}' has no clips ({hint})")
         data[split] = (np.stack(clips).astype(np.float32), np.array(labels, np.int32))
     return data
 
 
 def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: int) -> list[tuple[Path, int]]:
     """(file, label) of up to `per_keyword` validation clips of each keyword and `unknown` of other words
-    (spread over the other words) from a Speech Commands folder's `validation_list.txt`."""
-    val_list = sorted(_list_file(data_dir / "validation_list.txt"))
+    (spread over the other words) from a Speech Commands folder's validation split (`SplitRule`)."""
+    rule = SplitRule.for_folder(data_dir)
+    if rule.val_list is not None:
+        val_list = sorted(rule.val_list)
+    else:
+        val_list = sorted(f"{p.parent.name}/{p.name}" for p in data_dir.glob("*/*.wav")
+                          if not p.parent.name.startswith("_") and rule.split_of(f"{p.parent.name}/{p.name}") == "val")
     by_word: dict[str, list[Path]] = {}
     for rel in val_list:
         word = rel.split("/")[0]
@@ -471,6 +547,8 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
         notes = WavNotes()
         data = speech_commands_dataset(recipe, data_dir, notes)
         log(f"  {data_dir}: {notes.summary(recipe.frontend.sample_rate)}")
+        if notes.split_rule:
+            log(f"  {data_dir}: {notes.split_rule}")
     else:
         data = builtin_dataset(recipe, profile)
     arrays = {}

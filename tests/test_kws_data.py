@@ -131,3 +131,84 @@ def test_speech_commands_missing_keyword_folder(tmp_path):
 def test_missing_data_dir(tmp_path):
     with pytest.raises(BuildError, match="data directory does not exist"):
         kws_data.speech_commands_dataset(RECIPE, tmp_path / "nope")
+
+
+def speakers_folder(root, speakers, words, clips_per_speaker=2):
+    """A team's own recordings: `<word>/<speaker>_nohash_<n>.wav`, no list files."""
+    rng = np.random.default_rng(4)
+    for word in words:
+        for speaker in speakers:
+            for n in range(clips_per_speaker):
+                write_wav(root / word / f"{speaker}_nohash_{n}.wav", rng.uniform(-0.3, 0.3, 1600))
+    return root
+
+
+def speakers_by_split(per_split=2):
+    """Speaker names the hash deals to each split (`per_split` of each), found by trying names."""
+    found = {s: [] for s in kws_data.SPLITS}
+    i = 0
+    while any(len(v) < per_split for v in found.values()):
+        name = f"spk{i:03d}"
+        split = kws_data.hash_split(f"{name}_nohash_0.wav")
+        if len(found[split]) < per_split:
+            found[split].append(name)
+        i += 1
+    return found
+
+
+def test_hash_split_is_speech_commands_rule():
+    import hashlib
+
+    # which_set: SHA-1 of the speaker id modulo 2**27, as a percentage of 2**27 - 1; val < 10 <= test < 20
+    for name in ("0a7c2a8d_nohash_0.wav", "yes/0a7c2a8d_nohash_3.wav", "c9b5ff26_nohash_1.wav", "me.wav"):
+        speaker = name.split("/")[-1].split("_nohash_")[0].removesuffix(".wav")
+        percent = (int(hashlib.sha1(speaker.encode()).hexdigest(), 16) % 2**27) * (100.0 / (2**27 - 1))
+        assert kws_data.hash_split(name) == ("val" if percent < 10 else "test" if percent < 20 else "train")
+    assert kws_data.speaker_id("yes/abc_nohash_1.wav") == "abc" and kws_data.speaker_id("kitchen-07.wav") == "kitchen-07"
+    counts = [kws_data.hash_split(f"{i:08x}_nohash_0.wav") for i in range(5000)]
+    assert 400 < counts.count("val") < 600 and 400 < counts.count("test") < 600
+
+
+def test_folder_without_lists_is_split_by_speaker_and_said_once(tmp_path):
+    speakers = speakers_by_split()
+    words = (*RECIPE.keywords, "bird")
+    root = speakers_folder(tmp_path / "ours", sorted(sum(speakers.values(), [])), words)
+    rule = kws_data.SplitRule.for_folder(root)
+    seen: dict[str, set[str]] = {}
+    for wav in sorted(root.glob("*/*.wav")):
+        seen.setdefault(kws_data.speaker_id(wav.name), set()).add(rule.split_of(f"{wav.parent.name}/{wav.name}"))
+    assert all(len(splits) == 1 for splits in seen.values())  # no speaker in two splits
+    assert {s: sorted(k for k, v in seen.items() if v == {s}) for s in kws_data.SPLITS} == speakers
+    # stable: the same splits from a fresh rule, after another speaker's clips were added
+    speakers_folder(root, ["newcomer"], words)
+    again = kws_data.SplitRule.for_folder(root)
+    assert all(again.split_of(f"yes/{spk}_nohash_0.wav") == s for s, names in speakers.items() for spk in names)
+
+    lines = []
+    out = tmp_path / "features.npz"
+    kws_data.build_features(RECIPE, RECIPE.profile("smoke"), root, out, lines.append)
+    notes = [line for line in lines if "hash of the speaker id" in line]
+    assert notes == [f"  {root}: no validation_list.txt / testing_list.txt: split by a hash of the speaker id "
+                     f"(10% val, 10% test)"]
+    with np.load(out) as d:
+        y_val = [RECIPE.labels[i] for i in d["y_val"]]
+    # 2 val speakers x 2 clips of each of 10 keywords; unknown and silence each ceil(10% of 40)
+    assert len(y_val) == 40 + 4 + 4 and y_val.count("_unknown_") == 4
+    val_files = kws_data.validation_files(RECIPE, root, per_keyword=1, unknown=1)
+    assert {kws_data.speaker_id(p.name) for p, _ in val_files} <= set(speakers["val"]) and len(val_files) == 11
+
+
+def test_one_list_is_used_and_the_rest_hashed(tmp_path):
+    speakers = speakers_by_split()
+    root = speakers_folder(tmp_path / "ours", sorted(sum(speakers.values(), [])), RECIPE.keywords)
+    listed = f"yes/{speakers['train'][0]}_nohash_0.wav"
+    (root / "validation_list.txt").write_text(listed + "\n")
+    rule = kws_data.SplitRule.for_folder(root)
+    splits = {f"{w.parent.name}/{w.name}": rule.split_of(f"{w.parent.name}/{w.name}") for w in root.glob("*/*.wav")}
+    assert [rel for rel, s in splits.items() if s == "val"] == [listed]  # only the listed clip validates
+    assert {kws_data.speaker_id(rel) for rel, s in splits.items() if s == "test"} == set(speakers["test"])
+    assert splits[f"no/{speakers['val'][0]}_nohash_1.wav"] == "train"  # the hash's val share trains
+    assert rule.note() == ("no testing_list.txt: validation_list.txt as given, the other clips split by a hash "
+                           "of the speaker id (10% test)")
+    (root / "testing_list.txt").write_text("")
+    assert kws_data.SplitRule.for_folder(root).note() == ""  # both lists given: as before, nothing said

@@ -42,7 +42,10 @@ def compare_rows(records: list[dict]) -> dict:
         for tname, v in r["targets"].items():
             b = base["targets"].get(tname)
             if b:
-                v["flash_ratio"] = round(v["flash_bytes"] / b["flash_bytes"], 4)
+                # weights in DRAM (e.g. U65 Dedicated_Sram): no flash in Vela's figures; compare the model itself
+                key = "flash_bytes" if b["flash_bytes"] else "model_bytes"
+                if b.get(key):
+                    v["flash_ratio"] = round(v[key] / b[key], 4)
                 v["change_percent"] = {k: _change(v[k], b[k])
                                        for k in ("sram_bytes", "flash_bytes", "cycles", "inference_ms")}
     return {"baseline": BASELINE, "recipes": records}

@@ -577,6 +577,7 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
                 v = vela.read_vela_figures(vela.VelaOutputs(paths.vela_dir(technique, tgt.name), recipe.name))
                 per_target[tgt.name] = {k: v[k] for k in ("sram_bytes", "flash_bytes", "cycles", "inference_ms",
                                                           "npu_ops", "cpu_ops")}
+                per_target[tgt.name]["model_bytes"] = v["read_only_bytes"] + v["command_stream_bytes"]
             records.append({
                 "recipe": technique, "steps": list(RECIPES[technique]),
                 "accuracy": {"fp32": evaluation["fp32"]["accuracy"], "int8": evaluation["int8"]["accuracy"]},

@@ -99,3 +99,17 @@ def test_invoke_report_check_exits_non_zero_naming_model_memory_and_bytes(tmp_pa
     assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 0  # without --check: a warning
     (folder / "memory_report.json").write_text(json.dumps(build_report(SHARED, [figures("kws", 1000, 1000)])))
     assert subprocess.run([*command, "--check"], cwd=ROOT, capture_output=True, text=True).returncode == 0
+
+
+def test_compare_ratio_on_a_target_whose_weights_are_in_dram():
+    """Vela reports no flash when the weights live in DRAM (U65 Dedicated_Sram): the ratio is the model's."""
+    from npubuild.compare import compare_rows
+
+    def record(name, flash, model):
+        return {"recipe": name, "steps": [], "accuracy": {"fp32": 0.9, "int8": 0.9}, "tflite_bytes": 100,
+                "zipped_bytes": 50, "weights": {},
+                "targets": {"u65": {"sram_bytes": 1, "flash_bytes": flash, "model_bytes": model, "cycles": 1,
+                                    "inference_ms": 1.0, "npu_ops": 1, "cpu_ops": 0}}}
+
+    rows = compare_rows([record("ptq", 0, 400), record("prune_cluster", 0, 150)])
+    assert rows["recipes"][1]["targets"]["u65"]["flash_ratio"] == 0.375

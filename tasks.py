@@ -168,7 +168,7 @@ def bench(c, profile="default", model="kws", output="benchmarks/results.json", p
 def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, average_windows=None, threshold=None,
            refractory_ms=None, plot=None):
     """Detect keywords in a recording with the shipped INT8 model, streaming, as firmware does."""
-    from npubuild.listen import listen as run_listen
+    from npubuild.kinds.kws.listen import listen as run_listen
 
     result = _fail_cleanly(
         run_listen, ROOT, Path(wav), model=model, profile=profile or c.config.build.profile,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config import Recipe
-from .tfenv import import_tf
+from npubuild.config import Recipe
+from npubuild.tfenv import import_tf
 
 
 def ds_cnn_l(num_frames: int, num_mfcc: int, num_classes: int):

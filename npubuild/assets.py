@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe, Target
-from .stages import write_text
-from .tflite_file import TENSOR_TYPES, TensorInfo, io_tensors, output_order  # noqa: F401 (used by deploy)
+from npubuild.config import Recipe, Target
+from npubuild.stages import write_text
+from npubuild.tflite_file import TENSOR_TYPES, TensorInfo, io_tensors, output_order  # noqa: F401 (used by deploy)
 
 ALIGNMENT = 16
 BYTES_PER_ROW = 16
@@ -183,13 +183,13 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "notes": list(notes),
     }
     if detector is not None:  # the settings the build's detector stage chose (config.DetectorSettings)
-        from .detector import threshold_q
+        from npubuild.kinds.kws.detector import threshold_q
 
         context["detector"] = {**vars(detector), "threshold_literal": _float(detector.threshold) + "f",
                                "threshold_q": threshold_q(detector, outputs[0].scale, outputs[0].zero_point)}
     paths = {}
     if recipe.task == "keyword_spotting" and features is not None:
-        from .frontend import LOG_FLOOR
+        from npubuild.kinds.kws.frontend import LOG_FLOOR
 
         with np.load(features) as d:
             context.update(frontend=recipe.frontend, log_floor=repr(float(LOG_FLOOR)),
@@ -202,7 +202,7 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
                               "threshold_literals": [_float(h["threshold"]) + "f" for h in meta["heads"]],
                               "scale_literals": [_float(h["scale"]) + "f" for h in meta["heads"]]}
         paths[out_dir / f"{name}_meta.json"] = canonical_text(meta)
-    from . import firmware_kit
+    from npubuild import firmware_kit
 
     entries = firmware_kit.resolver_entries(compiled)
     context.update(symbol_base=c_identifier(name), entries=entries,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .stages import tool_versions, write_json
+from npubuild.stages import tool_versions, write_json
 
 
 def _machine() -> dict:
@@ -30,7 +30,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
                    throughput: bool = True) -> dict:
     """Build `model` from scratch in a scratch project, then rebuild it with nothing changed;
     then measure fine-tuning throughput per optimization scheme."""
-    from .pipeline import build
+    from npubuild.pipeline import build
 
     with tempfile.TemporaryDirectory(prefix="npubuild-bench-") as scratch:
         project = Path(scratch)
@@ -89,8 +89,8 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
 
 def c_array_speed(size: int = 4 * 1024 * 1024, runs: int = 3) -> dict:
     """Writing a model's C array (template render + file) against `xxd -i` on the same bytes; best of `runs`."""
-    from .assets import ALIGNMENT, _environment, hex_rows
-    from .stages import write_text
+    from npubuild.assets import ALIGNMENT, _environment, hex_rows
+    from npubuild.stages import write_text
 
     data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     template = _environment().get_template("model.c.j2")
@@ -119,7 +119,7 @@ def c_array_speed(size: int = 4 * 1024 * 1024, runs: int = 3) -> dict:
 
 
 def _ship(project: Path, model: str) -> str:
-    from .config import load_recipe
+    from npubuild.config import load_recipe
 
     return load_recipe(project / "models" / f"{model}.toml").ship
 
@@ -129,8 +129,8 @@ def vela_wall_times(project: Path, int8_files: dict[str, Path]) -> dict:
     one per CPU at once (as `invoke build --target all` does)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .config import resolve_targets
-    from .vela import VelaOutputs, compile_with_vela
+    from npubuild.config import resolve_targets
+    from npubuild.vela import VelaOutputs, compile_with_vela
 
     targets = resolve_targets(project, "all")
     jobs = [(model, path, t) for model, path in sorted(int8_files.items()) for t in targets]
@@ -165,13 +165,13 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
     """
     import numpy as np
 
-    from . import task
-    from .architectures import build_model
-    from .config import load_recipe
-    from .optimize import apply_qat, plan_recipe, wrap_for_step
-    from .techniques import RECIPES, chain_name
-    from .tfenv import import_tf
-    from .train import load_keras_model
+    from npubuild import task
+    from npubuild.architectures import build_model
+    from npubuild.config import load_recipe
+    from npubuild.optimize import apply_qat, plan_recipe, wrap_for_step
+    from npubuild.techniques import RECIPES, chain_name
+    from npubuild.tfenv import import_tf
+    from npubuild.train import load_keras_model
 
     _, keras = import_tf(seed=0)
     recipe = load_recipe(root / "models" / f"{model}.toml")
@@ -225,9 +225,9 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
 def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Path | None = None) -> dict:
     """Time the detector stage's tuning on the shipped kws model of an existing build (`build_dir`), and
     merge the figures into `output` under "detector_tuning" (the rest of the file is kept)."""
-    from .config import resolve_models
-    from .detector import tune_detector
-    from .pipeline import shipped_paths
+    from npubuild.config import resolve_models
+    from npubuild.kinds.kws.detector import tune_detector
+    from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, "kws")[0]
     prof = recipe.profile(profile)

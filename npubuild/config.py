@@ -11,8 +11,8 @@ from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError
-from .techniques import RECIPES
+from npubuild.errors import BuildError
+from npubuild.techniques import RECIPES
 
 ACCELERATORS = (
     "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
@@ -114,7 +114,7 @@ class Target:
 
     @property
     def vela_ini(self) -> Path:
-        from .vela_ini import arm_config_path
+        from npubuild.vela_ini import arm_config_path
 
         return self.source.parent / self.vela_config if self.vela_config else arm_config_path()
 
@@ -163,7 +163,7 @@ def _load_memory(path: Path, table: Any) -> dict[str, MemoryRegion]:
 
 def load_target(path: Path) -> Target:
     """Load and check a target, including against the Vela .ini it names, before Vela runs."""
-    from .vela_ini import VelaIni, port
+    from npubuild.vela_ini import VelaIni, port
 
     table = dict(read_toml(path))
     memory = _load_memory(path, table.pop("memory", None))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Recipe
-from .stages import atomic_output
+from npubuild.config import Recipe
+from npubuild.stages import atomic_output
 
 REPRESENTATIVE_SAMPLES = 500
 
@@ -22,8 +22,8 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
 
     A model with several outputs (one per head) keeps them; the TFLite file may order
     them differently, see `output_order`."""
-    from . import task
-    from .tfenv import import_tf
+    from npubuild import task
+    from npubuild.tfenv import import_tf
 
     tf, _ = import_tf(seed=seed)
     representative = task.representative(recipe, features, REPRESENTATIVE_SAMPLES, seed)

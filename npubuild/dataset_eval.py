@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DETECTOR_FIELDS, Recipe, resolve_models
-from .errors import BuildError
-from .stages import atomic_path, write_json, write_text
+from npubuild.config import DETECTOR_FIELDS, Recipe, resolve_models
+from npubuild.errors import BuildError
+from npubuild.stages import atomic_path, write_json, write_text
 
 CLIPPED_SHARE = 0.001  # a clip is "clipped" when more of its samples than this are at full scale
 SKIPPED_LISTED = 20  # skipped files named in the report (all are counted)
@@ -95,8 +95,8 @@ def _kws_files(recipe: Recipe, data_dir: Path, folder: Folder) -> tuple[list[tup
 
 
 def read_kws_folder(recipe: Recipe, data_dir: Path, mean: np.ndarray, std: np.ndarray) -> Folder:
-    from .frontend import mfcc_batched, standardise
-    from .kws_data import WavNotes, fit_clip, read_wav
+    from npubuild.kinds.kws.data import WavNotes, fit_clip, read_wav
+    from npubuild.kinds.kws.frontend import mfcc_batched, standardise
 
     fe = recipe.frontend
     folder = Folder(np.zeros(0), np.zeros(0))
@@ -158,7 +158,7 @@ def read_kws_folder(recipe: Recipe, data_dir: Path, mean: np.ndarray, std: np.nd
 
 
 def read_quality_folder(recipe: Recipe, data_dir: Path) -> Folder:
-    from .quality_data import read_image, read_labels, to_model_input
+    from npubuild.kinds.quality.data import read_image, read_labels, to_model_input
 
     rows = read_labels(data_dir, recipe.heads, every_split=False)
     folder = Folder(np.zeros(0), np.zeros(0), selection="every image listed in labels.csv")
@@ -192,8 +192,8 @@ def _score(recipe: Recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, ev
     """FP32 and INT8 metrics of one labelled set (kws: accuracy per class; quality: per head,
     at the thresholds the build chose on its validation split)."""
     if recipe.task == "image_quality":
-        from .int8_runner import dequantize
-        from .quality_eval import fp32_scores, run_int8_heads, score_set
+        from npubuild.int8_runner import dequantize
+        from npubuild.kinds.quality.evaluate import fp32_scores, run_int8_heads, score_set
 
         heads = list(recipe.heads)
         raw, quant = run_int8_heads(tflite, x)
@@ -207,7 +207,7 @@ def _score(recipe: Recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, ev
             np.add.at(m, (y[:, i].astype(np.int64), pred.astype(np.int64)), 1)
             scored["int8"]["per_head"][h]["confusion"] = m.tolist()
         return scored
-    from .evaluate import classification_metrics, run_int8
+    from npubuild.evaluate import classification_metrics, run_int8
 
     labels = list(recipe.labels)
     fp32 = model.predict(x, batch_size=256, verbose=0).argmax(axis=1)
@@ -253,8 +253,8 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     """Evaluate the shipped model of `profile` (trained on the built-in data) on `data_dir`, or
     on the built-in test sets; write the JSON, Markdown and confusion PNG; return the JSON.
     With `target`, the report also gives what the model costs there (from its memory report)."""
-    from .pipeline import Layout, shipped_paths
-    from .techniques import RECIPES
+    from npubuild.pipeline import Layout, shipped_paths
+    from npubuild.techniques import RECIPES
 
     layout = Layout.for_project(root, build_dir, assets_dir)
     recipes = resolve_models(layout.root, model)
@@ -269,7 +269,7 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     evaluation = json.loads(evaluation_path.read_text())
     on_target = _on_target(layout.assets_dir, target, recipe.name) if target else None
 
-    from . import optimize, task
+    from npubuild import optimize, task
 
     keras_model = optimize.load_chain_model(RECIPES[technique], *paths.keras_files(technique))
 

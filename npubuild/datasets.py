@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 MARKER = ".npubuild-extracted"  # written last, inside the extracted folder: holds the archive's sha256
 CHUNK = 1 << 20

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 INT8_HOWTO = ("convert with converter.optimizations = [tf.lite.Optimize.DEFAULT], a representative_dataset, "
               "target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] and "
@@ -51,7 +51,7 @@ def inspect_tflite(path: Path) -> Inspection:
         raise BuildError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier)")
     from ethosu.vela.tflite.Model import Model
 
-    from .assets import TENSOR_TYPES as _TYPES
+    from npubuild.assets import TENSOR_TYPES as _TYPES
 
     try:
         model = Model.GetRootAsModel(data, 0)
@@ -85,8 +85,8 @@ def check_full_int8(path: Path, info: Inspection) -> None:
 def host_golden(int8: Path, io_in, log: Callable[[str], None], name: str) -> tuple[dict | None, tuple[str, ...]]:
     """Golden vectors from LiteRT's reference kernels; from TFLM's interpreter when LiteRT cannot load
     or run the file; else none, said in one line. Returns (golden, notes for integration.md)."""
-    from . import firmware_kit
-    from .int8_runner import run_tflm
+    from npubuild import firmware_kit
+    from npubuild.int8_runner import run_tflm
 
     try:
         golden = firmware_kit.random_golden(int8, io_in)
@@ -119,9 +119,9 @@ class DeployRecipe:
 
 def deploy(root: Path, *, tflite: Path, target: str, name: str | None = None, assets_dir: Path | None = None,
            build_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
-    from . import assets, report, stages, vela
-    from .config import resolve_targets
-    from .pipeline import Layout, _check_writable
+    from npubuild import assets, report, stages, vela
+    from npubuild.config import resolve_targets
+    from npubuild.pipeline import Layout, _check_writable
 
     layout = Layout.for_project(root, build_dir, assets_dir)
     info = inspect_tflite(tflite)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe
-from .stages import say, write_json
+from npubuild.config import Recipe
+from npubuild.stages import say, write_json
 
 
 def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
     """INT8 model outputs (dequantised) for float inputs, with the reference kernels (int8_runner)."""
-    from .int8_runner import dequantize, run_float
+    from npubuild.int8_runner import dequantize, run_float
 
     out = run_float(tflite_path, x)[0]
-    from .tflite_file import io_tensors
+    from npubuild.tflite_file import io_tensors
 
     info = io_tensors(tflite_path)[1][0]
     return dequantize(out, info.scale, info.zero_point).reshape(len(x), -1)
@@ -38,7 +38,7 @@ def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.nda
 
 def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: Path, out: Path) -> None:
     """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    from .kws_data import load_split
+    from npubuild.kinds.kws.data import load_split
 
     x_test, y_test = load_split(features, "test")
     fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
@@ -58,7 +58,7 @@ def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: P
 def evaluate_model(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
     """The evaluate stage: `model` is the Keras model the INT8 file came from."""
     if recipe.task == "image_quality":
-        from .quality_eval import evaluate_heads
+        from npubuild.kinds.quality.evaluate import evaluate_heads
 
         evaluate_heads(recipe, model, tflite, features, out)
         return

@@ -21,7 +21,7 @@ Import only where TensorFlow is already wanted: it imports tfmot.
 from __future__ import annotations
 
 # ruff: noqa: E402
-from .tfenv import import_tf
+from npubuild.tfenv import import_tf
 
 tf, _ = import_tf()  # Keras 2 must be selected before tfmot is imported
 

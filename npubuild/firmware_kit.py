@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe
-from .errors import BuildError
+from npubuild.config import Recipe
+from npubuild.errors import BuildError
 
 GOLDEN_COUNT = 3
 
@@ -61,9 +61,9 @@ def _test_indices(n: int, count: int) -> list[int]:
 
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
-    from . import task
-    from .int8_runner import quantize
-    from .tflite_file import io_tensors
+    from npubuild import task
+    from npubuild.int8_runner import quantize
+    from npubuild.tflite_file import io_tensors
 
     x, _ = task.load_split(recipe, features, "test")
     inp = io_tensors(int8)[0]
@@ -74,7 +74,7 @@ def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndar
 def run_litert(int8: Path, inputs: np.ndarray) -> np.ndarray:
     """Integer outputs of the quantized model for integer inputs, every output flattened in the
     file's order, one row per input: `int8_runner` (the reference kernels TFLM computes)."""
-    from .int8_runner import run_int8
+    from npubuild.int8_runner import run_int8
 
     outputs = run_int8(int8, inputs)
     return np.concatenate([o.reshape(len(inputs), -1) for o in outputs], axis=1)

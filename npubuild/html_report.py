@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 PAGE = "index.html"
 LAST_BUILD = "last_build.json"
@@ -36,7 +36,7 @@ SET_NAMES = {"test": "test split", "test_rec": "recording-like test set", "folde
 
 def write_last_build(assets_dir: Path, results, seconds: float) -> Path:
     """last_build.json: every stage of the last build (ran or up to date, why, seconds)."""
-    from .stages import write_json
+    from npubuild.stages import write_json
 
     path = assets_dir / LAST_BUILD
     write_json(path, {"seconds": round(seconds, 3),
@@ -49,7 +49,7 @@ def write_build_evaluations(assets_dir: Path, shipped: list[dict]) -> None:
     """evaluation/<model>.json: the build's evaluation of each shipped model, copied out of build/
     so the page can be made from firmware_assets/ alone. `shipped`: model, recipe, profile,
     dataset and the path of its evaluation.json."""
-    from .stages import write_json
+    from npubuild.stages import write_json
 
     for entry in shipped:
         evaluation = json.loads(Path(entry["evaluation"]).read_text())
@@ -59,7 +59,7 @@ def write_build_evaluations(assets_dir: Path, shipped: list[dict]) -> None:
 
 def write_page(assets_dir: Path) -> Path:
     """Read firmware_assets/, write firmware_assets/index.html; return its path."""
-    from .stages import write_text
+    from npubuild.stages import write_text
 
     path = assets_dir / PAGE
     write_text(path, render_page(shape_page(read_assets(assets_dir))))

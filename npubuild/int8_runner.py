@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 # Below this many samples a worker process costs more (start-up, imports) than it saves.
 MIN_SAMPLES_PER_PROCESS = 64
@@ -172,7 +172,7 @@ def _in_workers(run, tflite: Path | str, chunks: list[np.ndarray], broken: str) 
 def _run_tflm_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:
     from tflite_micro import runtime
 
-    from .tflite_file import io_tensors
+    from npubuild.tflite_file import io_tensors
 
     inp, outs = io_tensors(Path(path))
     results = [np.empty((len(q), *o.shape[1:]), o.dtype) for o in outs]
@@ -218,7 +218,7 @@ def run_tflm(tflite: Path | str, q: np.ndarray) -> list[np.ndarray]:
 
 def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
     """Float inputs quantized with the input tensor's parameters, then `run_int8`."""
-    from .tflite_file import io_tensors
+    from npubuild.tflite_file import io_tensors
 
     inp = io_tensors(Path(tflite))[0]
     return run_int8(tflite, quantize(x, inp.scale, inp.zero_point, inp.dtype if inp.dtype in ("int8", "int16")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import OptimizeSettings, Profile, Recipe
-from .errors import BuildError
-from .stages import atomic_path, epoch_logger, say, write_json
-from .techniques import RECIPES, STEPS
-from .weights import PRUNABLE_OPS
+from npubuild.config import OptimizeSettings, Profile, Recipe
+from npubuild.errors import BuildError
+from npubuild.stages import atomic_path, epoch_logger, say, write_json
+from npubuild.techniques import RECIPES, STEPS
+from npubuild.weights import PRUNABLE_OPS
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def apply_qat(model, scheme: str, stock_cqat: bool = False):
         collaborative = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
             preserve_sparsity=scheme == "pcqat")
     else:
-        from .fast_cqat import FastClusterPreserveQuantizeScheme
+        from npubuild.fast_cqat import FastClusterPreserveQuantizeScheme
 
         collaborative = FastClusterPreserveQuantizeScheme(preserve_sparsity=scheme == "pcqat")
     return qk.quantize_apply(qk.quantize_annotate_model(model), collaborative)
@@ -80,7 +80,7 @@ def apply_qat(model, scheme: str, stock_cqat: bool = False):
 def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path | None = None):
     """The Keras model at the end of `steps`; after a QAT step, rebuilt from the model
     before it with the same scheme, then given the fine-tuned weights."""
-    from .train import load_keras_model
+    from npubuild.train import load_keras_model
 
     if not steps or steps[-1] != "qat":
         return load_keras_model(model_path)
@@ -92,7 +92,7 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
 def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int, learning_rate: float,
                callbacks=()) -> dict:
     """Fit and report the history with the throughput of the fit itself (samples per second)."""
-    from . import task
+    from npubuild import task
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **task.compile_args(recipe, keras))
     start = time.perf_counter()
@@ -154,9 +154,9 @@ def wrap_for_step(model, plan: StepPlan, settings: OptimizeSettings, steps: int)
 def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, features: Path,
              out_model: Path, out_log: Path) -> None:
     """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
-    from . import task
-    from .tfenv import import_tf
-    from .train import load_keras_model
+    from npubuild import task
+    from npubuild.tfenv import import_tf
+    from npubuild.train import load_keras_model
 
     _, keras = import_tf(seed=recipe.seed)
     x, y = task.load_split(recipe, features, "train")
@@ -217,7 +217,7 @@ def verify_int8(layers: list, expect: dict, tflite_name: str) -> list[str]:
 
 
 def verify_recipe(recipe: Recipe, recipe_name: str, tflite: Path, out: Path) -> None:
-    from .weights import WEIGHTED_OPS, measure_weights, overall_sparsity
+    from npubuild.weights import WEIGHTED_OPS, measure_weights, overall_sparsity
 
     layers = measure_weights(tflite)
     expect = expectations(recipe, recipe_name)

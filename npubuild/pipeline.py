@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Recipe, Target, resolve_models, resolve_targets
-from .errors import BuildError, OverBudget
-from .stages import BuildLock, Cache, Stage, StageResult
-from .techniques import RECIPES, chain_name
+from npubuild.config import Recipe, Target, resolve_models, resolve_targets
+from npubuild.errors import BuildError, OverBudget
+from npubuild.stages import BuildLock, Cache, Stage, StageResult
+from npubuild.techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
 LITERT = ("ai-edge-litert",)
@@ -124,7 +124,7 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
                log: Callable[[str], None] = print) -> Stage:
     prof = recipe.profile(profile)
     if recipe.task == "image_quality":
-        from . import quality_data
+        from npubuild.kinds.quality import data as quality_data
 
         im = recipe.image
         params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
@@ -142,7 +142,7 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
         return Stage(name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,),
                      tools=tools, action=action, code=("quality_data",))
 
-    from . import kws_data
+    from npubuild.kinds.kws import data as kws_data
 
     params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
               "seed": recipe.seed}
@@ -161,7 +161,7 @@ def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: Model
 
 
 def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
-    from . import train
+    from npubuild import train
 
     prof = recipe.profile(profile)
     return Stage(
@@ -176,7 +176,7 @@ def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
 
 
 def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
-    from . import optimize
+    from npubuild import optimize
 
     prof = recipe.profile(profile)
     epochs = prof.step_epochs(plan.step)
@@ -193,7 +193,7 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
 
 def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Stage]:
     """convert -> evaluate -> verify for one recipe, after its chain was trained."""
-    from . import convert, evaluate, optimize
+    from npubuild import convert, evaluate, optimize
 
     steps = RECIPES[technique]
     qat = bool(steps) and steps[-1] == "qat"
@@ -233,7 +233,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
 
 def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, techniques: list[str]) -> list[Stage]:
     """Every stage from features to verified INT8 files for `techniques`, each shared chain once."""
-    from .optimize import plan_recipe
+    from npubuild.optimize import plan_recipe
 
     stages, seen = [train_stage(recipe, profile, paths)], set()
     for technique in techniques:
@@ -249,7 +249,8 @@ def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, techniques: li
 def detector_stage(recipe: Recipe, profile: str, paths: ModelPaths, technique: str, data_dir: Path | None,
                    log: Callable[[str], None] = print) -> Stage:
     """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
-    from . import detector, kws_data
+    from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws import detector
 
     prof = recipe.profile(profile)
     return Stage(
@@ -267,7 +268,7 @@ def detector_stage(recipe: Recipe, profile: str, paths: ModelPaths, technique: s
 
 
 def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: str) -> Stage:
-    from . import vela
+    from npubuild import vela
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     return Stage(
@@ -288,7 +289,7 @@ def figures_file(assets_dir: Path, target: str, model: str) -> Path:
 
 def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: ModelPaths, technique: str,
                  assets_dir: Path, provenance: dict[str, str]) -> Stage:
-    from . import assets, stages, vela
+    from npubuild import assets, stages, vela
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
@@ -297,7 +298,7 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
     tuned = paths.detector(technique) if recipe.detector is not None else None
 
     def action() -> None:
-        from .detector import tuned_settings
+        from npubuild.kinds.kws.detector import tuned_settings
 
         figures = vela.read_vela_figures(out)
         evaluation = json.loads(paths.evaluation(technique).read_text()) if quality else None
@@ -327,8 +328,8 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
 
 
 def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str, provenance: dict[str, str]):
-    from . import assets, vela
-    from .report import ModelFigures
+    from npubuild import assets, vela
+    from npubuild.report import ModelFigures
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     v = vela.read_vela_figures(out)
@@ -351,7 +352,7 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 def report_stage(target: Target, target_file: Path, assets_dir: Path, models: list[str]) -> Stage:
     """The memory report of every model whose assets are in the target's folder (`models`: this
     build's and any others there), from their figures files."""
-    from . import report, stages
+    from npubuild import report, stages
 
     folder = assets_dir / target.name
     json_path, md_path = folder / "memory_report.json", folder / "memory_report.md"
@@ -457,7 +458,7 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
            assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
            log: Callable[[str], None]) -> BuildSummary:
-    from .report import check_budget
+    from npubuild.report import check_budget
 
     start = time.perf_counter()
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
@@ -488,7 +489,7 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     summary.results = cache.results
     summary.seconds = time.perf_counter() - start
     if not dry_run:  # firmware_assets/index.html, the page a person reads (html_report.py)
-        from .html_report import write_after_build
+        from npubuild.html_report import write_after_build
 
         write_after_build(layout.assets_dir, summary, [{"model": r.name, "recipe": t, "profile": profile,
                                                         "dataset": dataset_id(data_dir), "evaluation": p.evaluation(t)}
@@ -529,7 +530,7 @@ def _written_reports(assets_dir: Path) -> dict[str, dict]:
 
 def write_assets_summary(assets_dir: Path) -> Path:
     """firmware_assets/summary.md: every target x model built so far."""
-    from . import report, stages
+    from npubuild import report, stages
 
     path = assets_dir / "summary.md"
     stages.write_text(path, report.render_summary(_written_reports(assets_dir)))
@@ -540,7 +541,7 @@ def check_reports(root: Path, *, target: str = "all", assets_dir: Path | None = 
                   log: Callable[[str], None] = print) -> dict[str, dict]:
     """Re-check written memory reports against the targets as they are now (budgets may have been
     edited); print the table; raise naming model, memory and bytes over when a budget is exceeded."""
-    from . import report
+    from npubuild import report
 
     layout = Layout.for_project(root, None, assets_dir)
     written = _written_reports(layout.assets_dir)
@@ -562,7 +563,7 @@ def check_reports(root: Path, *, target: str = "all", assets_dir: Path | None = 
 
 def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targets: list[Target],
                   assets_dir: Path) -> Stage:
-    from . import compare, stages, vela
+    from npubuild import compare, stages, vela
 
     folder = assets_dir / "compare"
     json_path, md_path = folder / f"{recipe.name}.json", folder / f"{recipe.name}.md"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from .config import Target
-from .errors import BuildError, OverBudget
-from .stages import atomic_path
+from npubuild.config import Target
+from npubuild.errors import BuildError, OverBudget
+from npubuild.stages import atomic_path
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 _hash_memo: dict[tuple[str, int, int], str] = {}
 

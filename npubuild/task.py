@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe
+from npubuild.config import Recipe
 
 
 def load_split(recipe: Recipe, features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs (float32) and labels of one split."""
     if recipe.task == "image_quality":
-        from .quality_data import load_images, to_model_input
+        from npubuild.kinds.quality.data import load_images, to_model_input
 
         images, labels = load_images(features, split)
         return to_model_input(images), labels.astype(np.float32)
-    from .kws_data import load_split as load_mfcc
+    from npubuild.kinds.kws.data import load_split as load_mfcc
 
     return load_mfcc(features, split)
 
@@ -32,7 +32,7 @@ def representative(recipe: Recipe, features: Path, count: int, seed: int) -> np.
     pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:count])
     rows = x[pick]
     if recipe.task == "image_quality":
-        from .quality_data import full_range_image, to_model_input
+        from npubuild.kinds.quality.data import full_range_image, to_model_input
 
         ramp = to_model_input(full_range_image(recipe.image.height, recipe.image.width))
         rows = np.concatenate([ramp[None], rows])

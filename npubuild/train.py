@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Profile, Recipe
-from .stages import atomic_path, epoch_logger, say, write_json
+from npubuild.config import Profile, Recipe
+from npubuild.stages import atomic_path, epoch_logger, say, write_json
 
 
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
-    from . import task
-    from .architectures import build_model
-    from .tfenv import import_tf
+    from npubuild import task
+    from npubuild.architectures import build_model
+    from npubuild.tfenv import import_tf
 
     _, keras = import_tf(seed=recipe.seed)
     x_train, y_train = task.load_split(recipe, features, "train")
@@ -42,7 +42,7 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
 
 def load_keras_model(path: Path):
     """Load a model saved by any stage, QAT wrappers and quantizers included."""
-    from .tfenv import import_tf
+    from npubuild.tfenv import import_tf
 
     _, keras = import_tf()
     import tensorflow_model_optimization as tfmot

@@ -17,9 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Target
-from .errors import BuildError
-from .vela_ini import ARM_CONFIG
+from npubuild.config import Target
+from npubuild.errors import BuildError
+from npubuild.vela_ini import ARM_CONFIG
 
 
 @dataclass(frozen=True)

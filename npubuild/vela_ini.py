@@ -13,7 +13,7 @@ import configparser
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuildError
+from npubuild.errors import BuildError
 
 ARM_CONFIG = "Arm/vela.ini"  # as Vela names its bundled file on the command line
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npubuild import datasets, kws_data
+from npubuild import datasets
 from npubuild.errors import BuildError
+from npubuild.kinds.kws import data as kws_data
 
 from .conftest import ROOT
 from .test_kws_data import RECIPE, write_wav

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npubuild import kws_data
 from npubuild.dataset_eval import evaluate_dataset
 from npubuild.errors import BuildError
+from npubuild.kinds.kws import data as kws_data
 
 from .conftest import TARGET, report_model
 from .test_kws_data import RECIPE, write_wav

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npubuild.config import load_recipe
-from npubuild.frontend import LOG_FLOOR, _tables, mfcc, mfcc_batched, standardise
+from npubuild.kinds.kws.frontend import LOG_FLOOR, _tables, mfcc, mfcc_batched, standardise
 
 from .conftest import ROOT
 

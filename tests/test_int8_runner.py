@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from npubuild import quality_data
 from npubuild.int8_runner import Int8Runner, quantize, run_int8
-from npubuild.predictor import ImageQualityPredictor
+from npubuild.kinds.quality import data as quality_data
+from npubuild.kinds.quality.predictor import ImageQualityPredictor
 from npubuild.stages import CODE_ROOT
 
 from .conftest import TARGET
@@ -18,7 +18,7 @@ from .conftest import TARGET
 
 def test_no_other_module_runs_a_tflite_interpreter():
     """Only int8_runner invokes a model; elsewhere an interpreter may only be asked about the file."""
-    for path in sorted(CODE_ROOT.glob("*.py")):
+    for path in sorted(CODE_ROOT.rglob("*.py")):
         if path.name == "int8_runner.py":
             continue
         source = path.read_text()
@@ -51,7 +51,7 @@ def test_thresholds_and_predictor_use_the_reference_bits(smoke_project):
     """The quality evaluation's int8 thresholds were chosen on reference-kernel outputs: recomputing the
     validation scores with the runner gives the F1-best threshold it stored; the predictor's raw outputs
     are the runner's."""
-    from npubuild.quality_eval import choose_threshold, run_int8_heads, threshold_q
+    from npubuild.kinds.quality.evaluate import choose_threshold, run_int8_heads, threshold_q
 
     root, _, _ = smoke_project
     base = root / "build" / "smoke" / "quality" / "builtin"

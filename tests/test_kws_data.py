@@ -8,9 +8,9 @@ import wave
 import numpy as np
 import pytest
 
-from npubuild import kws_data
 from npubuild.config import load_recipe
 from npubuild.errors import BuildError
+from npubuild.kinds.kws import data as kws_data
 
 from .conftest import ROOT
 

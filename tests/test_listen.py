@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from npubuild import kws_data, listen
 from npubuild.config import DetectorSettings, DetectorTuning, load_recipe
 from npubuild.errors import BuildError
-from npubuild.frontend import mfcc
+from npubuild.kinds.kws import data as kws_data
+from npubuild.kinds.kws import listen
+from npubuild.kinds.kws.frontend import mfcc
 
 from .conftest import ROOT, TARGET, make_project
 

@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from npubuild import quality_data
-from npubuild.predictor import ImageQualityPredictor
+from npubuild.kinds.quality import data as quality_data
+from npubuild.kinds.quality.predictor import ImageQualityPredictor
 
 from .conftest import TARGET, report_model
 

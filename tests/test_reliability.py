@@ -337,7 +337,7 @@ def test_unknown_target_missing_data_dir_not_a_tflite_unwritable_output(smoke_pr
 
 
 def test_stereo_other_rates_and_lengths_are_converted_and_said_once(tmp_path):
-    from npubuild import kws_data
+    from npubuild.kinds.kws import data as kws_data
 
     folder = speech_commands_folder(tmp_path / "data")
     rng = np.random.default_rng(3)

@@ -206,8 +206,9 @@ def test_changed_code_reruns_the_stage_and_names_the_file(tmp_path, monkeypatch)
         "would run: changed code npubuild/templates/meta.h.j2"
     template.write_text(original)
     assert Cache(tmp_path, lines.append).run(stage).reason == "up to date"
-    (package / "frontend.py").write_text((package / "frontend.py").read_text() + "\n# edited\n")
-    assert Cache(tmp_path, lines.append).run(stage).reason == "changed code npubuild/frontend.py"
+    frontend = package / "kinds" / "kws" / "frontend.py"
+    frontend.write_text(frontend.read_text() + "\n# edited\n")
+    assert Cache(tmp_path, lines.append).run(stage).reason == "changed code npubuild/kinds/kws/frontend.py"
 
 
 def test_no_import_cycles_in_the_package():
@@ -215,9 +216,11 @@ def test_no_import_cycles_in_the_package():
     from npubuild.stages import CODE_ROOT, _imported_modules, _module_file
 
     graph = {}
-    for path in sorted(CODE_ROOT.glob("*.py")):
-        module = "npubuild" if path.stem == "__init__" else f"npubuild.{path.stem}"
-        graph[module] = {m for m in _imported_modules(module, path) if _module_file(m) and m != "npubuild"}
+    for path in sorted(CODE_ROOT.rglob("*.py")):
+        parts = path.relative_to(CODE_ROOT.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[module] = {m for m in _imported_modules(module, path)
+                         if _module_file(m) and m != module and not module.startswith(m + ".")}
     state: dict[str, int] = {}
     cycles = []
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .config import FrontEnd
+from npubuild.config import FrontEnd
 
 LOG_FLOOR = 1e-6
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Recipe
-from .int8_runner import dequantize
-from .stages import say, write_json
+from npubuild.config import Recipe
+from npubuild.int8_runner import dequantize
+from npubuild.stages import say, write_json
 
 
 def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
@@ -32,8 +32,8 @@ def threshold_q(threshold: float, scale: float, zero_point: int) -> int:
 def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[float, int]]]:
     """Raw int8 outputs [N, heads] in head order, and each head's (scale, zero point), from the
     reference kernels (`int8_runner`): the bits firmware sees, so thresholds are chosen on them."""
-    from .int8_runner import run_float
-    from .tflite_file import io_tensors, output_order
+    from npubuild.int8_runner import run_float
+    from npubuild.tflite_file import io_tensors, output_order
 
     outputs = run_float(tflite, x)
     order = output_order(tflite)
@@ -103,7 +103,7 @@ def fp32_scores(model, x: np.ndarray) -> np.ndarray:
 
 def evaluate_heads(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
     """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    from . import task
+    from npubuild import task
 
     heads = list(recipe.heads)
     x_val, y_val = task.load_split(recipe, features, "val")

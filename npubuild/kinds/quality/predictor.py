@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BuildError
-from .int8_runner import Int8Runner, dequantize
-from .quality_data import prepare, to_model_input
+from npubuild.errors import BuildError
+from npubuild.int8_runner import Int8Runner, dequantize
+from npubuild.kinds.quality.data import prepare, to_model_input
 
 
 @dataclass(frozen=True)

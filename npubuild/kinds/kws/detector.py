@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import (
+from npubuild.config import (
     DETECTOR_FIELDS,
     DetectorSettings,
     DetectorTuning,
@@ -41,8 +41,8 @@ from .config import (
     Recipe,
     detector_problem,
 )
-from .errors import BuildError
-from .frontend import mfcc, standardise
+from npubuild.errors import BuildError
+from npubuild.kinds.kws.frontend import mfcc, standardise
 
 MODEL_BATCH = 1024  # windows per model call (bounds the memory of a long recording)
 
@@ -95,7 +95,7 @@ class KwsModel:
     """The INT8 model with its input standardisation: window features -> int8 outputs."""
 
     def __init__(self, int8: Path, labels: Sequence[str], mean: np.ndarray, std: np.ndarray) -> None:
-        from .tflite_file import io_tensors
+        from npubuild.tflite_file import io_tensors
 
         self.int8, self.labels = Path(int8), tuple(labels)
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
@@ -113,7 +113,7 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
-        from .int8_runner import quantize, run_int8
+        from npubuild.int8_runner import quantize, run_int8
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
@@ -236,7 +236,7 @@ def noise_segments(rng: np.random.Generator, count: int, seconds: float, sample_
                    level_db: tuple[float, float] = (-60.0, -20.0)) -> list[np.ndarray]:
     """Background noise (`kws_data.make_noise`: white, pink, brown or hum), each segment at an RMS level
     in dBFS drawn from `level_db`."""
-    from .kws_data import make_noise
+    from npubuild.kinds.kws.data import make_noise
 
     n = int(seconds * sample_rate)
     return [make_noise(rng, n, sample_rate) * np.float32(10 ** (rng.uniform(*level_db) / 20)) for _ in range(count)]
@@ -444,7 +444,7 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
     """Validation speech for the tuning streams: `profile.detector_clips_per_keyword` clips of each keyword
     and `detector_unknown_clips` of other words, from the validation voices of the built-in data
     (`kws_data.plan_clips(..., "val")`) or the validation clips of a Speech Commands folder."""
-    from . import kws_data
+    from npubuild.kinds.kws import data as kws_data
 
     fe = recipe.frontend
     per_keyword, unknown = profile.detector_clips_per_keyword, profile.detector_unknown_clips
@@ -466,7 +466,7 @@ def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, 
                   log: Callable[[str], None] | None = None) -> dict:
     """The build's detector stage: tune on validation speech in streams and on noise alone, write `out`
     (every setting scored, and the chosen one with the recipe's fixed settings kept)."""
-    from .stages import write_json
+    from npubuild.stages import write_json
 
     fe = recipe.frontend
     clips, labels, source = tuning_clips(recipe, profile, data_dir)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BuildError
-from .stages import atomic_output, say
+from npubuild.errors import BuildError
+from npubuild.stages import atomic_output, say
 
 # Photos bundled in scikit-image 0.26's wheel (skimage/data/*.png|jpg), by loader name.
 # clock_motion is left out: it is motion-blurred already.

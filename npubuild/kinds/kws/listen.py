@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DETECTOR_FIELDS, DetectorSettings, Recipe, detector_problem
-from .detector import (  # noqa: F401 (the streaming pieces, also used from here)
+from npubuild.config import DETECTOR_FIELDS, DetectorSettings, Recipe, detector_problem
+from npubuild.errors import BuildError
+from npubuild.kinds.kws.detector import (  # noqa: F401 (the streaming pieces, also used from here)
     Decider,
     Detection,
     Detector,
@@ -22,7 +23,6 @@ from .detector import (  # noqa: F401 (the streaming pieces, also used from here
     threshold_q,
     tuned_settings,
 )
-from .errors import BuildError
 
 # --------------------------------------------------------------------------- the timeline chart
 
@@ -36,7 +36,7 @@ def plot_timeline(times: np.ndarray, scores: np.ndarray, keywords: Sequence[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .stages import atomic_path
+    from npubuild.stages import atomic_path
 
     palette = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
@@ -129,9 +129,9 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
 
     import scipy.io.wavfile
 
-    from . import kws_data
-    from .config import resolve_models, resolve_targets
-    from .pipeline import shipped_paths
+    from npubuild.config import resolve_models, resolve_targets
+    from npubuild.kinds.kws import data as kws_data
+    from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, model)[0]
     if recipe.task != "keyword_spotting":
@@ -158,7 +158,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
     if len(audio) < fe.clip_samples:
         result.notes.append(f"shorter than one window ({fe.clip_samples / fe.sample_rate:g} s): nothing to run")
     if target is not None:
-        from . import vela
+        from npubuild import vela
 
         tgt = resolve_targets(Path(root), target)[0]
         out = vela.VelaOutputs(paths.vela_dir(recipe.ship, tgt.name), recipe.name)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Profile, Recipe
-from .errors import BuildError
+from npubuild.config import Profile, Recipe
+from npubuild.errors import BuildError
 
 SPLITS = ("train", "val", "test")
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
@@ -232,7 +232,7 @@ def recording_like(rng: np.random.Generator, clip: np.ndarray, sample_rate: int)
 def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
     from scipy.signal import resample_poly
 
-    from .espeak import Synthesizer, Voice
+    from npubuild.kinds.kws.espeak import Synthesizer, Voice
 
     specs, sample_rate, clip_samples = args
     synth = Synthesizer()
@@ -540,8 +540,8 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
                    log: Callable[[str], None] = print) -> None:
     """The data stage: clips -> MFCC features per split, with the training split's statistics.
     For a folder of recordings, says once what the read policy converted."""
-    from .frontend import mfcc_batched
-    from .stages import atomic_output
+    from npubuild.kinds.kws.frontend import mfcc_batched
+    from npubuild.stages import atomic_output
 
     if data_dir:
         notes = WavNotes()
@@ -563,7 +563,7 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
 
 def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Standardised, flattened features and labels of one split, as the model takes them."""
-    from .frontend import standardise
+    from npubuild.kinds.kws.frontend import standardise
 
     with np.load(features) as d:
         x = standardise(d[f"x_{split}"], d["mean"], d["std"])

@@ -8,68 +8,25 @@ or an absolute path.
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
 
+from npubuild.c_text import (  # noqa: F401 (also used through assets)
+    _float,
+    c_comment,
+    c_identifier,
+    c_string,
+    canonical_text,
+    float_literal,
+    unique_c_identifiers,
+)
 from npubuild.config import Recipe, Target
 from npubuild.stages import write_text
 from npubuild.tflite_file import TENSOR_TYPES, TensorInfo, io_tensors, output_order  # noqa: F401 (used by deploy)
 
 ALIGNMENT = 16
 BYTES_PER_ROW = 16
-
-
-C_KEYWORDS = frozenset((
-    "auto break case char const continue default do double else enum extern float for goto if inline int long "
-    "register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while "
-    "_Alignas _Alignof _Atomic _Bool _Complex _Generic _Imaginary _Noreturn _Static_assert _Thread_local "
-    "bool true false alignas alignof static_assert thread_local nullptr typeof").split())
-
-
-def c_identifier(name: str) -> str:
-    """A valid, unreserved C identifier from any name: other characters become '_'; a leading
-    digit or underscore (reserved at file scope) gets an 'm' in front; a keyword gets a '_' after."""
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
-    if not ident or ident[0].isdigit() or ident[0] == "_":
-        ident = "m" + ident
-    return ident + "_" if ident in C_KEYWORDS else ident
-
-
-def unique_c_identifiers(names: list[str]) -> list[str]:
-    """c_identifier of each name, made unique even when upper-cased (macro names): names that
-    collide get a suffix from a hash of the original name (stable across builds)."""
-    import hashlib
-
-    base = [c_identifier(n) for n in names]
-    counts: dict[str, int] = {}
-    for b in base:
-        counts[b.upper()] = counts.get(b.upper(), 0) + 1
-    out = [b if counts[b.upper()] == 1 else f"{b}_{hashlib.sha256(n.encode()).hexdigest()[:8]}"
-           for b, n in zip(base, names, strict=True)]
-    if len({o.upper() for o in out}) != len(out):  # only with identical names, which recipes reject
-        raise ValueError(f"names do not give unique C identifiers: {names}")
-    return out
-
-
-def c_comment(text: str) -> str:
-    """Text safe inside a /* */ comment."""
-    return text.replace("*/", "* /").replace("/*", "/ *")
-
-
-def c_string(text: str) -> str:
-    """A C string literal for any text (non-ASCII as UTF-8 octal escapes)."""
-    out = []
-    for byte in text.encode("utf-8"):
-        ch = chr(byte)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= byte < 0x7F and ch != "?":  # '?' escaped: no trigraphs
-            out.append(ch)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
 
 
 _CELLS = np.array([f"0x{b:02x}, ".encode() for b in range(256)], dtype="S6")
@@ -133,38 +90,14 @@ def arena_size(scratch_bytes: int, target: Target) -> int:
     return padded_size(scratch_bytes + target.tflm_overhead_bytes)
 
 
-def _float(x: float) -> str:
-    return repr(float(np.float32(x)))
-
-
-def quality_metadata(recipe: Recipe, int8: Path, evaluation: dict) -> dict:
-    """What the predictor and the firmware header both use: input policy, heads, thresholds."""
-    input_info, outputs = io_tensors(int8)
-    order = output_order(int8)
-    heads = []
-    for i, head in enumerate(recipe.heads):
-        out = outputs[order[i]]
-        heads.append({"name": head, "output_index": order[i], "scale": out.scale, "zero_point": out.zero_point,
-                      "threshold": evaluation["thresholds"]["int8"][head],
-                      "threshold_q": evaluation["threshold_q"][head]})
-    exact = input_info.scale == 1.0 / 128.0 and input_info.zero_point == 0
-    return {
-        "model": recipe.name, "heads": heads,
-        "input": {"height": recipe.image.height, "width": recipe.image.width, "channels": 3, "layout": "HWC RGB",
-                  "scale": input_info.scale, "zero_point": input_info.zero_point,
-                  "normalisation": "x = (pixel - 128) / 128",
-                  "quantization": "q = pixel - 128" if exact else "q = round(x / scale) + zero_point",
-                  "resize": "centre square crop, then resize to height x width (area averaging when shrinking)"},
-    }
-
-
 def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compiled: Path, int8: Path,
                        features: Path | None, scratch_bytes: int, fast_scratch_bytes: int, out_dir: Path,
-                       evaluation: dict | None = None, golden: dict | None = None,
-                       detector=None, provenance: dict[str, str] | None = None,
+                       golden: dict | None = None, extras: tuple[dict, dict[str, str]] = ({}, {}),
+                       provenance: dict[str, str] | None = None,
                        notes: tuple[str, ...] = ()) -> list[Path]:
     """`golden` defaults to vectors from the dataset's test split (see `invoke deploy` for models
-    that come without one). `detector`: the streaming detector's settings (keyword spotting).
+    that come without one). `extras`: what the model's kind adds (`ModelKind.asset_extras`: template
+    context, and {suffix: text} of files of its own).
     `provenance`: the build profile and dataset that made the model (named in the header). `notes`:
     lines for the end of integration.md (e.g. why there are no golden vectors)."""
     env = _environment()
@@ -182,26 +115,10 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
         "frontend": None, "quality": None, "golden": None, "detector": None, "provenance": provenance,
         "notes": list(notes),
     }
-    if detector is not None:  # the settings the build's detector stage chose (config.DetectorSettings)
-        from npubuild.kinds.kws.detector import threshold_q
-
-        context["detector"] = {**vars(detector), "threshold_literal": _float(detector.threshold) + "f",
-                               "threshold_q": threshold_q(detector, outputs[0].scale, outputs[0].zero_point)}
     paths = {}
-    if recipe.task == "keyword_spotting" and features is not None:
-        from npubuild.kinds.kws.frontend import LOG_FLOOR
-
-        with np.load(features) as d:
-            context.update(frontend=recipe.frontend, log_floor=repr(float(LOG_FLOOR)),
-                           mfcc_mean=[_float(v) + "f" for v in d["mean"]],
-                           mfcc_std=[_float(v) + "f" for v in d["std"]])
-    if recipe.task == "image_quality":
-        meta = quality_metadata(recipe, int8, evaluation)
-        head_macros = unique_c_identifiers([h["name"] for h in meta["heads"]])
-        context["quality"] = {**meta, "head_macros": [m.upper() for m in head_macros],
-                              "threshold_literals": [_float(h["threshold"]) + "f" for h in meta["heads"]],
-                              "scale_literals": [_float(h["scale"]) + "f" for h in meta["heads"]]}
-        paths[out_dir / f"{name}_meta.json"] = canonical_text(meta)
+    context.update(extras[0])
+    for suffix, text in extras[1].items():
+        paths[out_dir / f"{name}{suffix}"] = text
     from npubuild import firmware_kit
 
     entries = firmware_kit.resolver_entries(compiled)
@@ -227,9 +144,3 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
     for path, text in paths.items():
         write_text(path, text)
     return list(paths)
-
-
-def canonical_text(data: dict) -> str:
-    import json
-
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"

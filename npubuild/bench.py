@@ -165,33 +165,34 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
     """
     import numpy as np
 
-    from npubuild import task
-    from npubuild.architectures import build_model
     from npubuild.config import load_recipe
+    from npubuild.kinds import get_kind
     from npubuild.optimize import apply_qat, plan_recipe, wrap_for_step
     from npubuild.techniques import RECIPES, chain_name
     from npubuild.tfenv import import_tf
-    from npubuild.train import load_keras_model
+    from npubuild.train import build_model, load_keras_model
 
     _, keras = import_tf(seed=0)
     recipe = load_recipe(root / "models" / f"{model}.toml")
     recipes = tuple(recipes or RECIPES)
     rng = np.random.default_rng(0)
-    if recipe.task == "image_quality":
-        x = rng.uniform(-1, 1, (samples, recipe.image.height, recipe.image.width, 3)).astype(np.float32)
-        y = rng.integers(0, 2, (samples, len(recipe.heads))).astype(np.float32)
+    kind = get_kind(recipe.kind)
+    net0 = build_model(recipe)
+    # random data of the model's own shapes: one 0/1 column per output (heads), or class indices
+    x = rng.uniform(-1, 1, (samples, *net0.input_shape[1:])).astype(np.float32)
+    if len(net0.outputs) > 1:
+        y = rng.integers(0, 2, (samples, len(net0.outputs))).astype(np.float32)
     else:
-        x = rng.standard_normal((samples, recipe.frontend.num_frames * recipe.frontend.num_mfcc)).astype(np.float32)
-        y = rng.integers(0, len(recipe.labels), samples)
-    targets = task.fit_targets(recipe, y)
+        y = rng.integers(0, int(net0.outputs[0].shape[-1]), samples)
+    targets = kind.fit_targets(recipe, y)
     steps = 2 * samples // batch_size
     results = {}
     with tempfile.TemporaryDirectory(prefix="npubuild-tput-") as scratch:
         saved = {(): Path(scratch) / "fp32.h5"}
-        build_model(recipe).save(saved[()])
+        net0.save(saved[()])
 
         def measure(name, net, callbacks=()):
-            net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=task.compile_args(recipe, keras)["loss"])
+            net.compile(optimizer=keras.optimizers.Adam(1e-4), loss=kind.compile_args(recipe, keras)["loss"])
             t0 = time.perf_counter()
             net.fit(x, targets, epochs=1, batch_size=batch_size, verbose=0, callbacks=list(callbacks))
             t1 = time.perf_counter()

@@ -51,19 +51,13 @@ def compare_rows(records: list[dict]) -> dict:
     return {"baseline": BASELINE, "recipes": records}
 
 
-METRICS = {
-    "keyword_spotting": "Accuracy is top-1",
-    "image_quality": "Accuracy is macro-F1 over the heads (each head's threshold chosen on the validation split)",
-}
-
-
-def render_markdown(model: str, result: dict, shipped: str, task: str = "keyword_spotting") -> str:
+def render_markdown(model: str, result: dict, shipped: str, metric_note: str = "Accuracy is top-1") -> str:
     records = result["recipes"]
     lines = [
         f"# Collaborative optimization: {model}",
         "",
         f"Every recipe of the deployment tree, measured in its INT8 TFLite file. The build ships `{shipped}`.",
-        f"{METRICS[task]} on the held-out test split (FP32 of QAT recipes: the fake-quantized Keras model).",
+        f"{metric_note} on the held-out test split (FP32 of QAT recipes: the fake-quantized Keras model).",
         "Zipped: the INT8 file deflate-compressed in a zip archive. Sparsity: share of exactly-zero weights in the",
         "layers tfmot prunes (Conv2D, Dense; DepthwiseConv2D is never pruned or clustered by tfmot 0.8.1).",
         "",

@@ -321,7 +321,13 @@ class ImageSettings:
     alpha: float  # MobileNetV2 width multiplier
 
 
-TASKS = ("keyword_spotting", "image_quality")
+@dataclass(frozen=True)
+class KerasSettings:
+    """`[keras]` of a recipe of kind "keras": your own model and data (paths relative to the recipe)."""
+
+    model: str  # a saved tf_keras model (.h5 or .keras), or "file.py:function" returning an uncompiled one
+    data: str  # an .npz with x_/y_ train, val, test; a folder with one subfolder per class; or "file.py:function"
+    image_size: int = 0  # for a folder of images: the square size they are resized to (centre crop first)
 
 
 @dataclass(frozen=True)
@@ -361,7 +367,7 @@ class DetectorTuning:
 class Recipe:
     name: str
     description: str
-    task: str
+    kind: str  # "keyword_spotting", "image_quality", "keras" or "module:Class" (kinds.get_kind)
     architecture: str
     labels: tuple[str, ...]  # output names: classes (keyword spotting) or heads (image quality)
     unknown_words: tuple[str, ...]
@@ -373,6 +379,12 @@ class Recipe:
     profiles: dict[str, Profile]
     source: Path
     detector: DetectorTuning | None = None  # keyword spotting only; None: no streaming detector
+    keras: KerasSettings | None = None  # kind "keras": the user's model and data
+
+    @property
+    def task(self) -> str:
+        """The recipe's kind (the field's earlier name)."""
+        return self.kind
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -392,43 +404,45 @@ class Recipe:
 class _RecipeTop:
     name: str
     description: str
-    architecture: str
     ship: str
     seed: int
-    task: str = "keyword_spotting"
+    architecture: str = ""
+    kind: str = ""
+    task: str = ""  # the earlier name of `kind`
     labels: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
     unknown_words: tuple[str, ...] = ()
 
 
-ARCHITECTURES = {"ds_cnn_l": "keyword_spotting", "mobilenet_v2_heads": "image_quality"}
-_PROFILE_SIZES = {"keyword_spotting": ("train_per_class", "val_per_class", "test_per_class"),
-                  "image_quality": ("train_images", "val_images", "test_images")}
 
 
 def load_recipe(path: Path) -> Recipe:
+    """Load and check a model recipe; what its kind needs is asked of the kind (`kinds.get_kind`)."""
+    from npubuild.kinds import get_kind
+
     table = dict(read_toml(path))
-    frontend_table = table.pop("frontend", None)
-    image_table = table.pop("image", None)
-    optimize_table = table.pop("optimize", None)
-    profiles_table = table.pop("profiles", None)
-    detector_table = table.pop("detector", None)
+    subtables = {name: table.pop(name, None) for name in ("frontend", "image", "optimize", "profiles", "detector",
+                                                           "keras")}
     top = _take(path, table, _RecipeTop)
-    if top.task not in TASKS:
-        raise BuildError(f"{path}: field 'task' {top.task!r} is unknown (known: {', '.join(TASKS)})")
-    needs = {"keyword_spotting": ("frontend", frontend_table, "labels"),
-             "image_quality": ("image", image_table, "heads")}[top.task]
-    for name, sub in ((needs[0], needs[1]), ("optimize", optimize_table)):
-        if sub is None:
-            raise BuildError(f"{path}: missing table '[{name}]'")
-    if not profiles_table:
+    if top.kind and top.task and top.kind != top.task:
+        raise BuildError(f"{path}: field 'task' {top.task!r} contradicts field 'kind' {top.kind!r} (give 'kind')")
+    kind_name = top.kind or top.task or "keyword_spotting"
+    try:
+        kind = get_kind(kind_name)
+    except BuildError as e:
+        raise BuildError(f"{path}: field 'kind': {e}") from None
+    for name in (*kind.tables, "optimize"):
+        if subtables[name] is None:
+            raise BuildError(f"{path}: missing table '[{name}]' (kind {kind_name} needs it)")
+    if not subtables["profiles"]:
         raise BuildError(f"{path}: missing table '[profiles.<name>]'")
-    labels = top.labels if top.task == "keyword_spotting" else top.heads
+    labels = getattr(top, kind.label_field)
     if not labels:
-        raise BuildError(f"{path}: missing field '{needs[2]}'")
-    frontend = _take(path, frontend_table, FrontEnd, prefix="frontend.") if frontend_table is not None else None
-    image = _take(path, image_table, ImageSettings, prefix="image.") if image_table is not None else None
-    optimize = _take(path, optimize_table, OptimizeSettings, prefix="optimize.")
+        raise BuildError(f"{path}: missing field '{kind.label_field}'")
+    frontend = _take(path, subtables["frontend"], FrontEnd, prefix="frontend.") if subtables["frontend"] else None
+    image = _take(path, subtables["image"], ImageSettings, prefix="image.") if subtables["image"] else None
+    keras = _take(path, subtables["keras"], KerasSettings, prefix="keras.") if subtables["keras"] else None
+    optimize = _take(path, subtables["optimize"], OptimizeSettings, prefix="optimize.")
     if not 0.0 < optimize.target_sparsity < 1.0:
         raise BuildError(f"{path}: field 'optimize.target_sparsity' must be between 0 and 1")
     if optimize.clusters < 2:
@@ -437,24 +451,23 @@ def load_recipe(path: Path) -> Recipe:
         raise BuildError(f"{path}: field 'optimize.centroid_init' {optimize.centroid_init!r} is unknown "
                          f"(known: {', '.join(CENTROID_INITS)})")
     profiles = {}
-    for pname, ptable in profiles_table.items():
+    for pname, ptable in subtables["profiles"].items():
         if pname not in PROFILES:
             raise BuildError(f"{path}: unknown profile 'profiles.{pname}' (known: {', '.join(PROFILES)})")
         profiles[pname] = _take(path, ptable, Profile, prefix=f"profiles.{pname}.", name=pname)
-        for size in _PROFILE_SIZES[top.task]:
+        for size in kind.profile_sizes:
             if getattr(profiles[pname], size) <= 0:
                 raise BuildError(f"{path}: field 'profiles.{pname}.{size}' must be given and positive")
     if top.name != path.stem:
         raise BuildError(f"{path}: field 'name' is {top.name!r} but the file is named {path.stem!r}")
-    if ARCHITECTURES.get(top.architecture) != top.task:
-        known = ", ".join(a for a, t in ARCHITECTURES.items() if t == top.task)
-        raise BuildError(f"{path}: field 'architecture' {top.architecture!r} is unknown for task {top.task} "
-                         f"(known: {known})")
+    if kind.architectures and top.architecture not in kind.architectures:
+        raise BuildError(f"{path}: field 'architecture' {top.architecture!r} is unknown for kind {kind_name} "
+                         f"(known: {', '.join(kind.architectures)})")
     if top.ship not in RECIPES:
         raise BuildError(f"{path}: field 'ship' names unknown technique {top.ship!r} "
                          f"(known: {', '.join(RECIPES)})")
     if len(set(labels)) != len(labels):
-        raise BuildError(f"{path}: field '{needs[2]}' has duplicates")
+        raise BuildError(f"{path}: field '{kind.label_field}' has duplicates")
     if frontend is not None and (frontend.num_frames <= 0 or frontend.fft_size < frontend.window_samples):
         raise BuildError(f"{path}: table 'frontend' gives no frames (window longer than clip or FFT)")
     if image is not None:
@@ -465,11 +478,16 @@ def load_recipe(path: Path) -> Recipe:
                              f"centre-cropped to a square)")
         if not 0.0 < image.alpha <= 1.4:
             raise BuildError(f"{path}: field 'image.alpha' must be in (0, 1.4]")
-    detector = _load_detector(path, detector_table, frontend) if detector_table is not None else None
-    return Recipe(name=top.name, description=top.description, task=top.task, architecture=top.architecture,
-                  labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
-                  frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
-                  detector=detector)
+    detector = (_load_detector(path, subtables["detector"], frontend) if subtables["detector"] is not None
+                else None)
+    recipe = Recipe(name=top.name, description=top.description, kind=kind_name, architecture=top.architecture,
+                    labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
+                    frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
+                    detector=detector, keras=keras)
+    problem = kind.check_recipe(recipe)
+    if problem:
+        raise BuildError(f"{path}: field '{problem[0]}' {problem[1]}")
+    return recipe
 
 
 def _load_detector(path: Path, table: Any, frontend: FrontEnd | None) -> DetectorTuning:

@@ -22,11 +22,11 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
 
     A model with several outputs (one per head) keeps them; the TFLite file may order
     them differently, see `output_order`."""
-    from npubuild import task
+    from npubuild.kinds import get_kind
     from npubuild.tfenv import import_tf
 
     tf, _ = import_tf(seed=seed)
-    representative = task.representative(recipe, features, REPRESENTATIVE_SAMPLES, seed)
+    representative = get_kind(recipe.kind).representative(recipe, features, REPRESENTATIVE_SAMPLES, seed)
 
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)

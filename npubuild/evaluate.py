@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.config import Recipe
 from npubuild.stages import say, write_json
 
 
@@ -36,11 +35,9 @@ def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.nda
     }
 
 
-def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: Path, out: Path) -> None:
+def evaluate_classifier(labels: list[str], model, tflite_path: Path, x_test: np.ndarray, y_test: np.ndarray,
+                        out: Path) -> None:
     """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    from npubuild.kinds.kws.data import load_split
-
-    x_test, y_test = load_split(features, "test")
     fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
     int8 = run_int8(tflite_path, x_test).argmax(axis=1)
     result = {
@@ -52,14 +49,4 @@ def evaluate_classifier(labels: list[str], model, tflite_path: Path, features: P
     }
     write_json(out, result)
     say(f"  test accuracy: FP32 {result['fp32']['accuracy']:.4f}, INT8 {result['int8']['accuracy']:.4f} "
-          f"({len(y_test)} clips)")
-
-
-def evaluate_model(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
-    """The evaluate stage: `model` is the Keras model the INT8 file came from."""
-    if recipe.task == "image_quality":
-        from npubuild.kinds.quality.evaluate import evaluate_heads
-
-        evaluate_heads(recipe, model, tflite, features, out)
-        return
-    evaluate_classifier(list(recipe.labels), model, tflite, features, out)
+        f"({len(y_test)} samples)")

@@ -61,11 +61,11 @@ def _test_indices(n: int, count: int) -> list[int]:
 
 def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndarray:
     """The whole test split as the INT8 model's int8 inputs (as firmware feeds them)."""
-    from npubuild import task
     from npubuild.int8_runner import quantize
+    from npubuild.kinds import get_kind
     from npubuild.tflite_file import io_tensors
 
-    x, _ = task.load_split(recipe, features, "test")
+    x, _ = get_kind(recipe.kind).load_split(recipe, features, "test")
     inp = io_tensors(int8)[0]
     q = quantize(x, inp.scale, inp.zero_point)
     return q.reshape(len(x), -1)

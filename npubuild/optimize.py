@@ -92,11 +92,11 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
 def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int, learning_rate: float,
                callbacks=()) -> dict:
     """Fit and report the history with the throughput of the fit itself (samples per second)."""
-    from npubuild import task
+    from npubuild.kinds import get_kind
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **task.compile_args(recipe, keras))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **get_kind(recipe.kind).compile_args(recipe, keras))
     start = time.perf_counter()
-    history = model.fit(x, task.fit_targets(recipe, y), epochs=epochs, batch_size=batch_size, shuffle=True,
+    history = model.fit(x, get_kind(recipe.kind).fit_targets(recipe, y), epochs=epochs, batch_size=batch_size, shuffle=True,
                         verbose=0, callbacks=[*callbacks, epoch_logger(keras, epochs, "fine-tuning")])
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
@@ -154,12 +154,12 @@ def wrap_for_step(model, plan: StepPlan, settings: OptimizeSettings, steps: int)
 def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, features: Path,
              out_model: Path, out_log: Path) -> None:
     """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
-    from npubuild import task
+    from npubuild.kinds import get_kind
     from npubuild.tfenv import import_tf
     from npubuild.train import load_keras_model
 
     _, keras = import_tf(seed=recipe.seed)
-    x, y = task.load_split(recipe, features, "train")
+    x, y = get_kind(recipe.kind).load_split(recipe, features, "train")
     if profile.finetune_samples and len(x) > profile.finetune_samples:
         pick = np.sort(np.random.default_rng([recipe.seed, STEPS.index(plan.step)]).permutation(len(x))
                        [:profile.finetune_samples])

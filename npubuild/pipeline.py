@@ -16,6 +16,7 @@ from pathlib import Path
 
 from npubuild.config import Recipe, Target, resolve_models, resolve_targets
 from npubuild.errors import BuildError, OverBudget
+from npubuild.kinds import get_kind
 from npubuild.stages import BuildLock, Cache, Stage, StageResult
 from npubuild.techniques import RECIPES, chain_name
 
@@ -81,9 +82,6 @@ class ModelPaths:
     def weights(self, recipe: str) -> Path:
         return self.recipe_dir(recipe) / "weights.json"
 
-    def detector(self, recipe: str) -> Path:
-        return self.recipe_dir(recipe) / "detector.json"
-
     def vela_dir(self, recipe: str, target: str) -> Path:
         return self.recipe_dir(recipe) / "vela" / target
 
@@ -122,42 +120,10 @@ def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | No
 
 def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
                log: Callable[[str], None] = print) -> Stage:
-    prof = recipe.profile(profile)
-    if recipe.task == "image_quality":
-        from npubuild.kinds.quality import data as quality_data
 
-        im = recipe.image
-        params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
-        if data_dir is None:
-            counts = {"train": prof.train_images, "val": prof.val_images, "test": prof.test_images}
-            params.update(counts=counts, source="builtin")
-            action = lambda: quality_data.build_builtin(recipe.heads, im.height, counts, recipe.seed,  # noqa: E731
-                                                        paths.features)
-            tools = ("scikit-image", "scipy", "numpy")
-        else:
-            params.update(source="labels_csv", fingerprint=quality_data.fingerprint(data_dir))
-            action = lambda: quality_data.build_from_dir(data_dir, recipe.heads, im.height,  # noqa: E731
-                                                         paths.features)
-            tools = ("pillow", "scikit-image", "numpy")
-        return Stage(name=f"data {recipe.name}", version=1, inputs=(), params=params, outputs=(paths.features,),
-                     tools=tools, action=action, code=("quality_data",))
-
-    from npubuild.kinds.kws import data as kws_data
-
-    params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
-              "seed": recipe.seed}
-    if data_dir is None:
-        params.update(profile={k: getattr(prof, k) for k in ("train_per_class", "val_per_class", "test_per_class")},
-                      unknown_words=recipe.unknown_words, source="builtin")
-        tools = ("espeakng-loader", "scipy", "numpy")
-    else:
-        params.update(source="speech_commands", fingerprint=kws_data.fingerprint_dir(data_dir))
-        tools = ("scipy", "numpy")
-    return Stage(
-        name=f"data {recipe.name}", version=2, inputs=(), params=params, outputs=(paths.features,), tools=tools,
-        action=lambda: kws_data.build_features(recipe, prof, data_dir, paths.features, log),
-        code=("kws_data",),
-    )
+    plan = get_kind(recipe.kind).data_plan(recipe, recipe.profile(profile), data_dir, paths.features, log)
+    return Stage(name=f"data {recipe.name}", version=3, inputs=(), params=plan.params, outputs=(paths.features,),
+                 tools=plan.tools, action=plan.action, code=(*plan.code, *_kind_module(recipe)))
 
 
 def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
@@ -171,7 +137,7 @@ def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
                 **({"image": vars(recipe.image)} if recipe.image else {})},
         outputs=(paths.keras(()), paths.keras_log(())), tools=TF_TOOLS,
         action=lambda: train.train_fp32(recipe, prof, paths.features, paths.keras(()), paths.keras_log(())),
-        code=("train",),
+        code=("train", *_kind_module(recipe)),
     )
 
 
@@ -187,13 +153,13 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
         outputs=(paths.keras(plan.chain), paths.keras_log(plan.chain)), tools=TF_TOOLS,
         action=lambda: optimize.run_step(recipe, prof, plan, paths.keras(plan.before), paths.features,
                                          paths.keras(plan.chain), paths.keras_log(plan.chain)),
-        code=("optimize",),
+        code=("optimize", *_kind_module(recipe)),
     )
 
 
 def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Stage]:
     """convert -> evaluate -> verify for one recipe, after its chain was trained."""
-    from npubuild import convert, evaluate, optimize
+    from npubuild import convert, optimize
 
     steps = RECIPES[technique]
     qat = bool(steps) and steps[-1] == "qat"
@@ -211,14 +177,14 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             outputs=(paths.int8(technique),), tools=TF_TOOLS,
             action=lambda: convert.convert_to_int8(recipe, keras_model(), paths.features, paths.int8(technique),
                                                    recipe.seed, quantization_aware=qat),
-            code=("convert", "optimize"),
+            code=("convert", "optimize", *_kind_module(recipe)),
         ),
         Stage(
             name=f"evaluate {label}", version=2, inputs=(*keras_files, paths.int8(technique), paths.features),
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
-            action=lambda: evaluate.evaluate_model(recipe, keras_model(), paths.int8(technique), paths.features,
-                                                   paths.evaluation(technique)),
-            code=("evaluate", "optimize"),
+            action=lambda: get_kind(recipe.kind).evaluate(recipe, keras_model(), paths.int8(technique),
+                                                          paths.features, paths.evaluation(technique)),
+            code=("evaluate", "optimize", *_kind_module(recipe)),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
@@ -246,27 +212,6 @@ def model_stages(recipe: Recipe, profile: str, paths: ModelPaths, techniques: li
     return stages
 
 
-def detector_stage(recipe: Recipe, profile: str, paths: ModelPaths, technique: str, data_dir: Path | None,
-                   log: Callable[[str], None] = print) -> Stage:
-    """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
-    from npubuild.kinds.kws import data as kws_data
-    from npubuild.kinds.kws import detector
-
-    prof = recipe.profile(profile)
-    return Stage(
-        name=f"detector {recipe.name} {technique}", version=1, inputs=(paths.int8(technique), paths.features),
-        params={"tuning": vars(recipe.detector), "grid": {k: list(v) for k, v in detector.tuning_grid(recipe.detector).items()},
-                "clips_per_keyword": prof.detector_clips_per_keyword, "unknown_clips": prof.detector_unknown_clips,
-                "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
-                "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
-                "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir)},
-        outputs=(paths.detector(technique),), tools=LITERT + ("espeakng-loader",),
-        action=lambda: detector.tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,
-                                              paths.detector(technique), log),
-        code=("detector",),
-    )
-
-
 def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: str) -> Stage:
     from npubuild import vela
 
@@ -279,6 +224,12 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
         action=lambda: vela.compile_with_vela(paths.int8(technique), target, out),
         code=("vela",),
     )
+
+
+def _kind_module(recipe: Recipe) -> tuple[str, ...]:
+    """The module of the recipe's kind (its code is part of the stages that call it)."""
+
+    return (type(get_kind(recipe.kind)).__module__,)
 
 
 def figures_file(assets_dir: Path, target: str, model: str) -> Path:
@@ -294,36 +245,33 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
 
-    quality = recipe.task == "image_quality"
-    tuned = paths.detector(technique) if recipe.detector is not None else None
+    kind = get_kind(recipe.kind)
 
     def action() -> None:
-        from npubuild.kinds.kws.detector import tuned_settings
-
         figures = vela.read_vela_figures(out)
-        evaluation = json.loads(paths.evaluation(technique).read_text()) if quality else None
+        extras = kind.asset_extras(recipe, int8=paths.int8(technique), features=paths.features, paths=paths,
+                                   technique=technique, outputs=assets.io_tensors(paths.int8(technique))[1])
         assets.write_model_assets(recipe=recipe, target=target, technique=technique, compiled=out.tflite,
                                   int8=paths.int8(technique), features=paths.features,
                                   scratch_bytes=figures["scratch_bytes"],
                                   fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
-                                  evaluation=evaluation, detector=tuned_settings(tuned) if tuned else None,
-                                  provenance=provenance)
+                                  extras=extras, provenance=provenance)
         stages.write_json(figures_file(assets_dir, target.name, recipe.name),
                           asdict(model_figures(recipe, target, paths, technique, provenance)))
 
     return Stage(
         name=f"assets {recipe.name} for {target.name}", version=6,
         inputs=(out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique), paths.features, target_file,
-                paths.evaluation(technique), *([tuned] if tuned else [])),
+                paths.evaluation(technique), *kind.asset_inputs(recipe, paths, technique)),
         params={"technique": technique, "labels": recipe.labels, **provenance,
                 "frontend": vars(recipe.frontend) if recipe.frontend else None},
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
                       for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",
-                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",
+                                     *kind.asset_suffixes(recipe))) + (folder / "integration.md",
                                                                                  figures_file(assets_dir, target.name,
                                                                                               recipe.name)),
-        action=action, code=("assets", "detector", "vela", "report"),
+        action=action, code=("assets", "vela", "report", *_kind_module(recipe)),
     )
 
 
@@ -469,8 +417,8 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     entries = []
     for recipe in recipes:
         paths = _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship])
-        if recipe.detector is not None:
-            cache.run(detector_stage(recipe, profile, paths, recipe.ship, data_dir, log))
+        for stage in get_kind(recipe.kind).extra_stages(recipe, profile, paths, recipe.ship, data_dir, log):
+            cache.run(stage)
         entries.append((recipe, paths, recipe.ship))
     # Vela for every target and model at once (independent subprocesses), then assets and reports.
     cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
@@ -590,7 +538,8 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
             })
         result = {"model": recipe.name, "shipped": recipe.ship, **compare.compare_rows(records)}
         stages.write_json(json_path, result)
-        stages.write_text(md_path, compare.render_markdown(recipe.name, result, recipe.ship, recipe.task))
+        stages.write_text(md_path, compare.render_markdown(recipe.name, result, recipe.ship,
+                                                           get_kind(recipe.kind).metric_note))
 
     inputs = []
     for technique in techniques:

@@ -71,7 +71,7 @@ IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(min_size=0, max_size=12), min_size=1, max_size=8, unique=True))
 def test_any_names_give_valid_unique_identifiers_and_literals(names):
-    from npubuild.assets import C_KEYWORDS, unique_c_identifiers
+    from npubuild.c_text import C_KEYWORDS, unique_c_identifiers
 
     idents = unique_c_identifiers(names)
     assert len({i.upper() for i in idents}) == len(names)

@@ -195,7 +195,7 @@ def test_changed_code_reruns_the_stage_and_names_the_file(tmp_path, monkeypatch)
     (tmp_path / "in.txt").write_text("hello")
     out = tmp_path / "out.txt"
     stage = Stage(name="render", version=1, inputs=(tmp_path / "in.txt",), params={}, outputs=(out,),
-                  action=lambda: write_text(out, "x"), code=("assets",))
+                  action=lambda: write_text(out, "x"), code=("assets", "kinds.kws.kind"))
     lines: list[str] = []
     Cache(tmp_path, lines.append).run(stage)
     assert Cache(tmp_path, lines.append).run(stage).reason == "up to date"

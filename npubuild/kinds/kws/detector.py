@@ -489,14 +489,40 @@ def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, 
     return result
 
 
-def tuned_settings(detector_json: Path) -> DetectorSettings:
+def tuned_settings(path: Path) -> DetectorSettings:
     """The settings the build's detector stage chose (`tune_detector`'s output)."""
     import json
 
     try:
-        chosen = json.loads(detector_json.read_text())["chosen"]
+        chosen = json.loads(path.read_text())["chosen"]
     except FileNotFoundError:
-        raise BuildError(f"{detector_json}: not found; run invoke build first") from None
+        raise BuildError(f"{path}: not found; run invoke build first") from None
     except (ValueError, KeyError) as e:
-        raise BuildError(f"{detector_json}: not a detector tuning result ({e})") from None
+        raise BuildError(f"{path}: not a detector tuning result ({e})") from None
     return DetectorSettings(**{name: chosen[name] for name in DETECTOR_FIELDS})
+
+
+def detector_json(paths, technique: str) -> Path:
+    """Where the detector stage writes its result: beside the recipe's INT8 file."""
+    return paths.recipe_dir(technique) / "detector.json"
+
+
+def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir: Path | None,
+                   log: Callable[[str], None] = print):
+    """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
+    from npubuild.kinds.kws import data as kws_data
+    from npubuild.stages import Stage
+
+    prof = recipe.profile(profile)
+    return Stage(
+        name=f"detector {recipe.name} {technique}", version=1, inputs=(paths.int8(technique), paths.features),
+        params={"tuning": vars(recipe.detector), "grid": {k: list(v) for k, v in tuning_grid(recipe.detector).items()},
+                "clips_per_keyword": prof.detector_clips_per_keyword, "unknown_clips": prof.detector_unknown_clips,
+                "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
+                "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
+                "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir)},
+        outputs=(detector_json(paths, technique),), tools=("ai-edge-litert", "espeakng-loader"),
+        action=lambda: tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,
+                                     detector_json(paths, technique), log),
+        code=("kinds.kws.detector",),
+    )

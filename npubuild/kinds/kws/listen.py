@@ -134,8 +134,8 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
     from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, model)[0]
-    if recipe.task != "keyword_spotting":
-        raise BuildError(f"{recipe.source}: listen is for keyword spotting; {recipe.name} is {recipe.task}")
+    if recipe.kind != "keyword_spotting":
+        raise BuildError(f"{recipe.source}: listen is for keyword spotting; {recipe.name} is {recipe.kind}")
     fe = recipe.frontend
     overrides = {"stride_ms": stride_ms, "average_windows": average_windows, "threshold": threshold,
                  "refractory_ms": refractory_ms}

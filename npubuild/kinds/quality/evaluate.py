@@ -101,13 +101,12 @@ def fp32_scores(model, x: np.ndarray) -> np.ndarray:
                           axis=1).astype(np.float32)
 
 
-def evaluate_heads(recipe: Recipe, model, tflite: Path, features: Path, out: Path) -> None:
-    """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    from npubuild import task
-
+def evaluate_heads(recipe: Recipe, model, tflite: Path, val: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray], out: Path) -> None:
+    """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized); `val` and
+    `test`: (inputs, 0/1 labels per head) of the two splits."""
     heads = list(recipe.heads)
-    x_val, y_val = task.load_split(recipe, features, "val")
-    x_test, y_test = task.load_split(recipe, features, "test")
+    (x_val, y_val), (x_test, y_test) = val, test
     fp32_val, fp32_test = fp32_scores(model, x_val), fp32_scores(model, x_test)
     raw_val, quant = run_int8_heads(tflite, x_val)
     raw_test, _ = run_int8_heads(tflite, x_test)

@@ -1,0 +1,149 @@
+"""Keyword spotting as a model kind: MFCC features of 1 s clips (built-in eSpeak NG speech or a Speech
+Commands folder), a softmax over the labels, a recording-like test set, and a streaming detector the
+build tunes (an extra stage) and exports with the front end's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from npubuild.kinds.base import DataPlan, ModelKind
+
+SIZES = ("train_per_class", "val_per_class", "test_per_class")
+
+
+class KeywordSpotting(ModelKind):
+    name = "keyword_spotting"
+    label_field = "labels"
+    tables = ("frontend",)
+    profile_sizes = SIZES
+    architectures = ("ds_cnn_l",)
+    metric_note = "Accuracy is top-1"
+    folder_help = "Speech Commands layout: one folder per word, _background_noise_/, optional testing_list.txt"
+
+    def check_recipe(self, recipe):
+        for label in ("_silence_", "_unknown_"):
+            if label not in recipe.labels:
+                return "labels", f"must include {label!r} (the built-in data and the detector use it)"
+        return None
+
+    def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:
+        from npubuild.kinds.kws import data
+
+        params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
+                  "seed": recipe.seed}
+        if data_dir is None:
+            params.update(profile={k: getattr(profile, k) for k in SIZES}, unknown_words=recipe.unknown_words,
+                          source="builtin")
+            tools = ("espeakng-loader", "scipy", "numpy")
+        else:
+            params.update(source="speech_commands", fingerprint=data.fingerprint_dir(data_dir))
+            tools = ("scipy", "numpy")
+        return DataPlan(params, tools, lambda: data.build_features(recipe, profile, data_dir, out, log),
+                        ("kinds.kws.data",))
+
+    def load_split(self, recipe, features, split):
+        from npubuild.kinds.kws.data import load_split
+
+        return load_split(features, split)
+
+    def build_model(self, recipe):
+        from npubuild.kinds.kws.model import ds_cnn_l
+
+        fe = recipe.frontend
+        return ds_cnn_l(fe.num_frames, fe.num_mfcc, len(recipe.labels))
+
+    # ------------------------------------------------------------------ invoke evaluate
+
+    def builtin_sets(self, recipe, features):
+        with np.load(features) as d:
+            available = [s for s in ("test", "test_rec") if f"y_{s}" in d.files]
+        names = {"test": "test split (voices held out of training)",
+                 "test_rec": "recording-like test set (the same held-out voices through rooms, microphones, "
+                             "clipping, DC offset and other noise)"}
+        return {s: names[s] for s in available}
+
+    def read_folder(self, recipe, data_dir, features):
+        from npubuild.kinds.kws.folder import read_kws_folder
+
+        with np.load(features) as d:
+            return read_kws_folder(recipe, data_dir, d["mean"], d["std"])
+
+    def summarize(self, recipe, result, paths, technique):
+        from npubuild.config import DETECTOR_FIELDS
+
+        sets = result["sets"]
+        if {"test", "test_rec"} <= set(sets):
+            result["gap_int8_points"] = round(100 * (sets["test"]["int8"]["accuracy"]
+                                                     - sets["test_rec"]["int8"]["accuracy"]), 2)
+        if recipe.detector is not None:
+            from npubuild.kinds.kws.detector import detector_json
+
+            sweep = _sweep_summary(detector_json(paths, technique))
+            settings = {k: sweep["chosen"][k] for k in DETECTOR_FIELDS} if sweep else None
+            result["detector"] = {"settings": settings, "sweep": sweep}
+
+    def render_scores(self, recipe, result):
+        lines = super().render_scores(recipe, result)
+        if "gap_int8_points" in result:
+            at = lines.index("INT8 accuracy per class:") - 1
+            lines[at:at] = ["", f"Gap, INT8 test - recording-like: {result['gap_int8_points']:.2f} points."]
+        detector = result.get("detector")
+        if detector and detector["settings"]:
+            d = detector["settings"]
+            lines += ["", f"Streaming detector (tuned by the build, in kws_meta.h): every {d['stride_ms']} ms, "
+                          f"average of {d['average_windows']} window(s), threshold {d['threshold']:g}, refractory "
+                          f"{d['refractory_ms']} ms."]
+            sweep = detector["sweep"]
+            c = sweep["chosen"]
+            rate = "-" if c.get("detection_rate") is None else f"{100 * c['detection_rate']:.1f}%"
+            lines += [f"Chosen by the build's detector stage on {sweep.get('clips_from')} "
+                      f"({sweep.get('keyword_clips')} keyword clips in streams, {sweep.get('noise_seconds')} s of "
+                      f"noise): detection rate {rate}, {c.get('false_alarms_per_hour')} false alarms per hour "
+                      f"of noise, {c.get('wrong_word')} wrong-word detections. Rule: {sweep.get('rule')}"]
+        return lines
+
+    # ------------------------------------------------------------------ build extras and assets
+
+    def extra_stages(self, recipe, profile, paths, technique, data_dir, log):
+        if recipe.detector is None:
+            return []
+        from npubuild.kinds.kws.detector import detector_stage
+
+        return [detector_stage(recipe, profile, paths, technique, data_dir, log)]
+
+    def asset_inputs(self, recipe, paths, technique):
+        from npubuild.kinds.kws.detector import detector_json
+
+        return [detector_json(paths, technique)] if recipe.detector is not None else []
+
+    def asset_extras(self, recipe, *, int8, features, paths, technique, outputs):
+        from npubuild.c_text import float_literal
+        from npubuild.kinds.kws.detector import detector_json, threshold_q, tuned_settings
+        from npubuild.kinds.kws.frontend import LOG_FLOOR
+
+        context = {}
+        if features is not None:
+            with np.load(features) as d:
+                context.update(frontend=recipe.frontend, log_floor=repr(float(LOG_FLOOR)),
+                               mfcc_mean=[float_literal(v) for v in d["mean"]],
+                               mfcc_std=[float_literal(v) for v in d["std"]])
+        if recipe.detector is not None and paths is not None:
+            d = tuned_settings(detector_json(paths, technique))
+            context["detector"] = {**vars(d), "threshold_literal": float_literal(d.threshold),
+                                   "threshold_q": threshold_q(d, outputs[0].scale, outputs[0].zero_point)}
+        return context, {}
+
+
+def _sweep_summary(path: Path) -> dict | None:
+    """The build's detector stage (`detector.tune_detector`): its rule and the chosen setting's figures;
+    None when the build has not tuned one."""
+    import json
+
+    if not path.is_file():
+        return None
+    sweep = json.loads(path.read_text())
+    keep = ("rule", "false_alarm_limit_per_hour", "keyword_clips", "unknown_clips", "keyword_stream_seconds",
+            "noise_seconds", "chosen", "grid", "fixed", "clips_from")
+    return {k: sweep[k] for k in keep if k in sweep}

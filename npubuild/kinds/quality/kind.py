@@ -1,0 +1,157 @@
+"""Image quality as a model kind (DermAssist's shape): images (built-in degraded photos and textures, or
+a folder with labels.csv), one sigmoid output per head, per-head thresholds chosen on validation and
+exported in the int8 output domain, and the predictor's metadata beside the header."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from npubuild.kinds.base import DataPlan, ModelKind
+
+
+class ImageQuality(ModelKind):
+    name = "image_quality"
+    label_field = "heads"
+    tables = ("image",)
+    profile_sizes = ("train_images", "val_images", "test_images")
+    architectures = ("mobilenet_v2_heads",)
+    metric_note = "Accuracy is macro-F1 over the heads (each head's threshold chosen on the validation split)"
+    folder_help = "images and a labels.csv (file, one 0/1 column per head)"
+
+    def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:
+        from npubuild.kinds.quality import data
+
+        im = recipe.image
+        params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
+        if data_dir is None:
+            counts = {"train": profile.train_images, "val": profile.val_images, "test": profile.test_images}
+            params.update(counts=counts, source="builtin")
+            return DataPlan(params, ("scikit-image", "scipy", "numpy"),
+                            lambda: data.build_builtin(recipe.heads, im.height, counts, recipe.seed, out),
+                            ("kinds.quality.data",))
+        params.update(source="labels_csv", fingerprint=data.fingerprint(data_dir))
+        return DataPlan(params, ("pillow", "scikit-image", "numpy"),
+                        lambda: data.build_from_dir(data_dir, recipe.heads, im.height, out), ("kinds.quality.data",))
+
+    def load_split(self, recipe, features, split):
+        from npubuild.kinds.quality.data import load_images, to_model_input
+
+        images, labels = load_images(features, split)
+        return to_model_input(images), labels.astype(np.float32)
+
+    def representative(self, recipe, features, count, seed):
+        """The training split's images, and a ramp covering every pixel value (the input range is the
+        full 0..255, whatever the sample happens to hold)."""
+        from npubuild.kinds.quality.data import full_range_image, to_model_input
+
+        rows = super().representative(recipe, features, count, seed)
+        ramp = to_model_input(full_range_image(recipe.image.height, recipe.image.width))
+        return np.concatenate([ramp[None], rows])
+
+    def build_model(self, recipe):
+        from npubuild.kinds.quality.model import mobilenet_v2_heads
+
+        im = recipe.image
+        return mobilenet_v2_heads(im.height, im.width, im.alpha, recipe.heads)
+
+    def compile_args(self, recipe, keras):
+        n = len(recipe.heads)
+        return {"loss": [keras.losses.BinaryCrossentropy()] * n,
+                "metrics": [[keras.metrics.BinaryAccuracy(name="acc")] for _ in range(n)]}
+
+    def fit_targets(self, recipe, y):
+        """One 0/1 column per head, positionally: tfmot's wrappers rename the outputs."""
+        return [y[:, i:i + 1] for i in range(y.shape[1])]
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, recipe, model, tflite, features, out):
+        from npubuild.kinds.quality.evaluate import evaluate_heads
+
+        evaluate_heads(recipe, model, tflite, self.load_split(recipe, features, "val"),
+                       self.load_split(recipe, features, "test"), out)
+
+    def read_folder(self, recipe, data_dir, features):
+        from npubuild.kinds.quality.folder import read_quality_folder
+
+        return read_quality_folder(recipe, data_dir)
+
+    def score(self, recipe, model, tflite, x, y, evaluation):
+        """Per head, at the thresholds the build chose on its validation split."""
+        from npubuild.int8_runner import dequantize
+        from npubuild.kinds.quality.evaluate import fp32_scores, run_int8_heads, score_set
+
+        heads = list(recipe.heads)
+        raw, quant = run_int8_heads(tflite, x)
+        int8 = np.stack([dequantize(raw[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+        scored = {"count": int(len(y)),
+                  "fp32": score_set(heads, y, fp32_scores(model, x), evaluation["thresholds"]["fp32"]),
+                  "int8": score_set(heads, y, int8, evaluation["thresholds"]["int8"])}
+        for i, h in enumerate(heads):  # 2x2 per head: rows true (ok, issue), columns predicted
+            pred = int8[:, i] >= np.float32(evaluation["thresholds"]["int8"][h])
+            m = np.zeros((2, 2), np.int64)
+            np.add.at(m, (y[:, i].astype(np.int64), pred.astype(np.int64)), 1)
+            scored["int8"]["per_head"][h]["confusion"] = m.tolist()
+        return scored
+
+    def render_scores(self, recipe, result):
+        lines = []
+        for n, s in result["sets"].items():
+            lines += [f"## {n}: {s['count']} images, macro-F1 FP32 {s['fp32']['macro_f1']:.4f}, "
+                      f"INT8 {s['int8']['macro_f1']:.4f}", "",
+                      "| head | precision FP32 | recall FP32 | F1 FP32 | precision INT8 | recall INT8 | F1 INT8 |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for h in recipe.heads:
+                a, b = s["fp32"]["per_head"][h], s["int8"]["per_head"][h]
+                lines.append(f"| {h} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
+                             f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")
+            lines.append("")
+        return lines
+
+    def confusion_matrices(self, recipe, scored):
+        return [(h, np.array(m["confusion"]), ["ok", h]) for h, m in scored["int8"]["per_head"].items()]
+
+    # ------------------------------------------------------------------ assets
+
+    def asset_inputs(self, recipe, paths, technique):
+        return [paths.evaluation(technique)]
+
+    def asset_suffixes(self, recipe):
+        return ("_meta.json",)
+
+    def asset_extras(self, recipe, *, int8, features, paths, technique, outputs):
+        import json
+
+        from npubuild.c_text import canonical_text, float_literal, unique_c_identifiers
+
+        meta = quality_metadata(recipe, int8, json.loads(paths.evaluation(technique).read_text()))
+        head_macros = unique_c_identifiers([h["name"] for h in meta["heads"]])
+        context = {"quality": {**meta, "head_macros": [m.upper() for m in head_macros],
+                               "threshold_literals": [float_literal(h["threshold"]) for h in meta["heads"]],
+                               "scale_literals": [float_literal(h["scale"]) for h in meta["heads"]]}}
+        return context, {"_meta.json": canonical_text(meta)}
+
+
+def quality_metadata(recipe, int8: Path, evaluation: dict) -> dict:
+    """What the predictor and the firmware header both use: input policy, heads, thresholds."""
+    from npubuild.tflite_file import io_tensors, output_order
+
+    input_info, outputs = io_tensors(int8)
+    order = output_order(int8)
+    heads = []
+    for i, head in enumerate(recipe.heads):
+        out = outputs[order[i]]
+        heads.append({"name": head, "output_index": order[i], "scale": out.scale, "zero_point": out.zero_point,
+                      "threshold": evaluation["thresholds"]["int8"][head],
+                      "threshold_q": evaluation["threshold_q"][head]})
+    exact = input_info.scale == 1.0 / 128.0 and input_info.zero_point == 0
+    return {
+        "model": recipe.name, "heads": heads,
+        "input": {"height": recipe.image.height, "width": recipe.image.width, "channels": 3, "layout": "HWC RGB",
+                  "scale": input_info.scale, "zero_point": input_info.zero_point,
+                  "normalisation": "x = (pixel - 128) / 128",
+                  "quantization": "q = pixel - 128" if exact else "q = round(x / scale) + zero_point",
+                  "resize": "centre square crop, then resize to height x width (area averaging when shrinking)"},
+    }

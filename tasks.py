@@ -24,7 +24,7 @@ def _fail_cleanly(fn, *args, **kwargs):
 
 
 @task(help={
-    "model": "kws, quality or all (default: config build.model)",
+    "model": "a model name (models/<name>.toml), several separated by commas, or all (default: kws,quality)",
     "target": "a target name from targets/, or all (default: config build.target)",
     "profile": "smoke (tiny, for tests) or default",
     "data-dir": "real data instead of the built-in dataset (Speech Commands v2 layout for kws)",
@@ -207,4 +207,4 @@ def clean(c, all=False, build_dir=None, assets_dir=None):
 
 
 ns = Collection(build, data, report, compare, deploy, evaluate, listen, test, bench, clean)
-ns.configure({"build": {"model": "all", "target": "corstone-300-u55-128", "profile": "default"}})
+ns.configure({"build": {"model": "kws,quality", "target": "corstone-300-u55-128", "profile": "default"}})

@@ -532,10 +532,13 @@ def detector_problem(d: DetectorSettings, frontend: FrontEnd) -> tuple[str, str]
 
 
 def resolve_models(root: Path, name: str) -> list[Recipe]:
-    """`name` is a model name or "all"."""
+    """`name` is a model name, several separated by commas, or "all" (every recipe in models/)."""
     paths = sorted((root / "models").glob("*.toml"))
     if name != "all":
-        paths = [p for p in paths if p.stem == name]
-        if not paths:
-            raise BuildError(f"{root / 'models' / (name + '.toml')}: no such model recipe")
+        known = {p.stem: p for p in paths}
+        wanted = [n.strip() for n in name.split(",") if n.strip()]
+        for n in wanted:
+            if n not in known:
+                raise BuildError(f"{root / 'models' / (n + '.toml')}: no such model recipe")
+        paths = [known[n] for n in dict.fromkeys(wanted)]
     return [load_recipe(p) for p in paths]

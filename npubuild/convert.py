@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from npubuild.config import Recipe
+from npubuild.errors import BuildError
 from npubuild.stages import atomic_output
 
 REPRESENTATIVE_SAMPLES = 500
@@ -37,6 +38,20 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    flatbuffer = converter.convert()
+    try:
+        flatbuffer = converter.convert()
+    except Exception as e:  # the converter's errors are long MLIR dumps: keep the line naming the op
+        raise BuildError(f"{out.name}: the model cannot be made full INT8: {conversion_problem(str(e))}") from None
     with atomic_output(out) as f:
         f.write(flatbuffer)
+
+
+def conversion_problem(message: str) -> str:
+    """The line of a converter error that names the operator (and, in its location, the layer)."""
+    import re
+
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"'[\w.]+' op|op is neither|is not supported|failed to legalize|unsupported", line, re.I):
+            return line[:300]
+    return lines[0][:300] if lines else "conversion failed"

@@ -126,28 +126,62 @@ class Wrapped:
     details: dict
 
 
+def _wrap(model, wrap, supports, what: str) -> tuple[object, list[str]]:
+    """`wrap(model)`, or, when tfmot refuses a layer of it, each layer tfmot supports wrapped on its own
+    (tfmot's per-layer pattern, the other layers kept as they are) and the others named: a model of
+    your own with a layer tfmot cannot handle is optimized where it can be, and says where not."""
+    try:
+        return wrap(model), []
+    except ValueError:
+        from npubuild.tfenv import import_tf
+
+        _, keras = import_tf()
+    skipped = []
+
+    def clone(layer):
+        if supports(layer):
+            return wrap(layer)
+        if layer.trainable_weights:
+            skipped.append(f"{layer.name} ({type(layer).__name__})")
+        return layer
+
+    wrapped = keras.models.clone_model(model, clone_function=clone)
+    for name in skipped:
+        say(f"  {what}: layer {name} is not supported by tfmot; left as it is")
+    return wrapped, skipped
+
+
 def wrap_for_step(model, plan: StepPlan, settings: OptimizeSettings, steps: int) -> Wrapped:
     """Wrap `model` (a fresh object, never reused) for the step in `plan`."""
     import tensorflow_model_optimization as tfmot
 
     s = settings
     if plan.step == "prune":
+        from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
         schedule = pruning_schedule(s, steps)
-        return Wrapped(tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule),
-                       s.prune_learning_rate, [tfmot.sparsity.keras.UpdatePruningStep()],
+        wrapped, skipped = _wrap(model, lambda m: tfmot.sparsity.keras.prune_low_magnitude(m, pruning_schedule=schedule),
+                                 PruneRegistry.supports, "pruning")
+        return Wrapped(wrapped, s.prune_learning_rate, [tfmot.sparsity.keras.UpdatePruningStep()],
                        tfmot.sparsity.keras.strip_pruning,
                        {"target_sparsity": s.target_sparsity, "end_step": int(schedule.end_step),
-                        "frequency": int(schedule.frequency), "steps": steps})
+                        "frequency": int(schedule.frequency), "steps": steps, "not_optimized": skipped})
     if plan.step == "cluster":
         cluster = tfmot.clustering.keras
         init = {"kmeans_plus_plus": cluster.CentroidInitialization.KMEANS_PLUS_PLUS,
                 "linear": cluster.CentroidInitialization.LINEAR,
                 "density_based": cluster.CentroidInitialization.DENSITY_BASED}[s.centroid_init]
+        from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
+            ClusteringRegistry,
+        )
+
         preserve = "prune" in plan.before
-        return Wrapped(cluster.cluster_weights(model, number_of_clusters=s.clusters, cluster_centroids_init=init,
-                                               preserve_sparsity=preserve),
-                       s.cluster_learning_rate, [], cluster.strip_clustering,
-                       {"clusters": s.clusters, "centroid_init": s.centroid_init, "preserve_sparsity": preserve})
+        wrapped, skipped = _wrap(model, lambda m: cluster.cluster_weights(
+            m, number_of_clusters=s.clusters, cluster_centroids_init=init, preserve_sparsity=preserve),
+            ClusteringRegistry.supports, "clustering")
+        return Wrapped(wrapped, s.cluster_learning_rate, [], cluster.strip_clustering,
+                       {"clusters": s.clusters, "centroid_init": s.centroid_init, "preserve_sparsity": preserve,
+                        "not_optimized": skipped})
     return Wrapped(apply_qat(model, plan.scheme), s.qat_learning_rate, [], lambda m: m, {"scheme": plan.scheme})
 
 

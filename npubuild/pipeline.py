@@ -354,7 +354,7 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
     targets = resolve_targets(layout.root, target)
     for recipe in recipes:
         recipe.profile(profile)  # fail early on an unknown profile
-    if data_dir is not None and not data_dir.is_dir():
+    if data_dir is not None and not data_dir.exists():
         raise BuildError(f"{data_dir}: data directory does not exist")
     if not dry_run:
         _check_writable(layout.assets_dir)

@@ -25,11 +25,13 @@ def tree_hashes(folder: Path, skip: tuple[str, ...] = (".lock", "last_build.json
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
 
 
-def make_project(dest: Path) -> Path:
-    """A project folder with this repository's recipes and targets, and nothing built."""
+def make_project(dest: Path, examples: bool = False) -> Path:
+    """A project folder with this repository's recipes and targets, and nothing built; the worked
+    example of a model of your own (models/digits.*) only with `examples`."""
     dest.mkdir(parents=True, exist_ok=True)
-    for sub in ("models", "targets"):
-        shutil.copytree(ROOT / sub, dest / sub)
+    skip = () if examples else ("digits.*",)
+    shutil.copytree(ROOT / "models", dest / "models", ignore=shutil.ignore_patterns(*skip))
+    shutil.copytree(ROOT / "targets", dest / "targets")
     return dest
 
 

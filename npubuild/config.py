@@ -367,7 +367,7 @@ class DetectorTuning:
 class Recipe:
     name: str
     description: str
-    kind: str  # "keyword_spotting", "image_quality", "keras" or "module:Class" (kinds.get_kind)
+    kind: str  # a registered kind (kinds.KINDS) or "module:Class" (kinds.get_kind)
     architecture: str
     labels: tuple[str, ...]  # output names: classes (keyword spotting) or heads (image quality)
     unknown_words: tuple[str, ...]
@@ -418,7 +418,7 @@ class _RecipeTop:
 
 def load_recipe(path: Path) -> Recipe:
     """Load and check a model recipe; what its kind needs is asked of the kind (`kinds.get_kind`)."""
-    from npubuild.kinds import get_kind
+    from npubuild.kinds import DEFAULT, get_kind
 
     table = dict(read_toml(path))
     subtables = {name: table.pop(name, None) for name in ("frontend", "image", "optimize", "profiles", "detector",
@@ -426,7 +426,7 @@ def load_recipe(path: Path) -> Recipe:
     top = _take(path, table, _RecipeTop)
     if top.kind and top.task and top.kind != top.task:
         raise BuildError(f"{path}: field 'task' {top.task!r} contradicts field 'kind' {top.kind!r} (give 'kind')")
-    kind_name = top.kind or top.task or "keyword_spotting"
+    kind_name = top.kind or top.task or DEFAULT
     try:
         kind = get_kind(kind_name)
     except BuildError as e:

@@ -12,6 +12,7 @@ from functools import cache
 
 from npubuild.errors import BuildError
 
+DEFAULT = "keyword_spotting"  # a recipe that names no kind
 KINDS = {
     "keyword_spotting": "npubuild.kinds.kws.kind:KeywordSpotting",
     "image_quality": "npubuild.kinds.quality.kind:ImageQuality",

@@ -290,8 +290,11 @@ def test_bad_data_is_one_line_and_leaves_earlier_artifacts(smoke_project, tmp_pa
     model, make = DATA_FAULTS[fault]
     where, problem = make(tmp_path / "data")
     root, _, _ = smoke_project
+    # --replace-assets: the user lets real data replace the built-in model's assets; the bad file must
+    # still stop the build before anything is touched
     _expect_clean_failure(smoke_project, problem, where, lambda: build(
-        root, model=model, target=TARGET, profile="smoke", data_dir=tmp_path / "data", log=lambda s: None))
+        root, model=model, target=TARGET, profile="smoke", data_dir=tmp_path / "data", replace_assets=True,
+        log=lambda s: None))
 
 
 def _edited_copy(tmp_path: Path, file: str, old: str, new: str) -> Path:

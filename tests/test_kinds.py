@@ -155,8 +155,10 @@ def _arrays(n=(20, 6, 6), shape=(8, 8, 1), classes=10, seed=0) -> dict:
 BAD = {
     "model file that does not load": ("model", "broken.h5", lambda d: (d / "broken.h5").write_bytes(b"not a model"),
                                       "broken.h5: not a loadable tf_keras model"),
-    "missing model file": ("model", "nothere.h5", lambda d: None, "field 'keras.model' names 'nothere.h5'"),
-    "missing data file": ("data", "nothere.npz", lambda d: None, "'nothere.npz' names 'nothere.npz', which does not exist"),
+    "missing model file": ("model", "nothere.h5", lambda d: None,
+                           "field 'keras.model' names 'nothere.h5', which does not exist"),
+    "missing data file": ("data", "nothere.npz", lambda d: None,
+                          "field 'keras.data' names 'nothere.npz', which does not exist"),
     "x and y lengths differ": ("data", "bad.npz", lambda d: np.savez(d / "bad.npz", **{**_arrays(), "y_val": np.zeros(5, np.int32)}),
                                "bad.npz: x_val has 6 samples but y_val has 5"),
     "labels out of range": ("data", "bad.npz", lambda d: np.savez(d / "bad.npz", **{**_arrays(), "y_test": np.full(6, 12, np.int32)}),

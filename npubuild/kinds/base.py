@@ -90,6 +90,10 @@ class ModelKind:
     def build_model(self, recipe):
         raise NotImplementedError
 
+    def model_params(self, recipe) -> dict:
+        """What the untrained model depends on beyond the recipe's fields (part of the train stage's key)."""
+        return {}
+
     def compile_args(self, recipe, keras) -> dict:
         return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 

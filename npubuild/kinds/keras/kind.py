@@ -28,7 +28,7 @@ class KerasClassifier(ModelKind):
         from npubuild.kinds.keras import user
 
         source = data_dir if data_dir is not None else recipe.keras.data
-        digest = (user.source_digest(recipe, str(source)) if data_dir is None
+        digest = (user.source_digest(recipe, str(source), "data") if data_dir is None
                   else user.source_digest(recipe, str(Path(data_dir).resolve())))
         params = {"recipe": recipe.name, "labels": recipe.labels, "data": "builtin" if data_dir is None else "dir",
                   "digest": digest, "image_size": recipe.keras.image_size}
@@ -43,6 +43,11 @@ class KerasClassifier(ModelKind):
                 np.savez(f, **arrays)
 
         return DataPlan(params, ("numpy", "pillow"), action, ("kinds.keras.user",))
+
+    def model_params(self, recipe):
+        from npubuild.kinds.keras.user import source_digest
+
+        return {"keras_model": recipe.keras.model, "keras_model_digest": source_digest(recipe, recipe.keras.model, "model")}
 
     def build_model(self, recipe):
         from npubuild.kinds.keras.user import load_model

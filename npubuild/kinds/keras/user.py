@@ -53,8 +53,9 @@ def call_function(recipe, spec: str, what: str):
         raise BuildError(f"{path}: {name}() failed ({type(e).__name__}: {e})") from None
 
 
-def source_digest(recipe, spec: str) -> str:
-    """What the data or model depends on: the file's sha256 (for a folder: names, sizes, times)."""
+def source_digest(recipe, spec: str, field: str = "") -> str:
+    """What the data or model depends on: the file's sha256 (for a folder: names, sizes, times).
+    `field`: the recipe field that names `spec` (for the error), empty for a --data-dir path."""
     path = resolve(recipe, spec.rpartition(":")[0] if ".py:" in spec else spec)
     if path.is_dir():
         h = hashlib.sha256()
@@ -63,7 +64,9 @@ def source_digest(recipe, spec: str) -> str:
             h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
     if not path.is_file():
-        raise BuildError(f"{recipe.source}: '{spec}' names {path.name!r}, which does not exist")
+        if field:
+            raise BuildError(f"{recipe.source}: field 'keras.{field}' names {spec!r}, which does not exist")
+        raise BuildError(f"{path}: does not exist")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

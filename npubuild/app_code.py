@@ -78,6 +78,9 @@ def app_context(context: dict) -> dict:
                                 if not label.startswith("_")]  # the rule of listen.Decider
     quality = context.get("quality")
     if quality is not None:
+        if quality["input"]["height"] != quality["input"]["width"]:
+            raise ValueError("image preprocessing: quality_data.prepare resizes to a square; "
+                             f"got {quality['input']['height']} x {quality['input']['width']}")
         extra["input_scale_literal"] = _f(context["input"].scale)
         extra["input_exact"] = quality["input"]["quantization"] == "q = pixel - 128"
     return {**context, **extra}
@@ -99,8 +102,20 @@ def render_app_code(env, context: dict, out_dir: Path) -> dict[Path, str]:
             for part in files for ext in ("h", "c")}
 
 
+def app_files(env, context: dict, out_dir: Path) -> dict[Path, str]:
+    """The hook of `assets.write_model_assets`: the application C (`render_app_code`) and, beside it,
+    `<model>_app_sizes.json` (`app_sizes`: its cost on a Cortex-M55). Nothing for other models."""
+    files = render_app_code(env, context, out_dir)
+    if not files:
+        return {}
+    import json
+
+    sizes = app_sizes_of_texts({p.name: text for p, text in files.items()})
+    return {**files, out_dir / f"{context['name']}{SIZES_SUFFIX}": json.dumps(sizes, indent=2, sort_keys=True) + "\n"}
+
+
 def app_file_names(recipe) -> list[str]:
-    """The file names `render_app_code` gives for a recipe (for the assets stage's outputs)."""
+    """The file names `app_files` gives for a recipe (for the assets stage's outputs)."""
     parts = []
     if recipe.task == "keyword_spotting" and recipe.frontend is not None:
         parts.append("frontend")
@@ -108,7 +123,8 @@ def app_file_names(recipe) -> list[str]:
             parts.append("detector")
     if recipe.task == "image_quality":
         parts.append("preprocess")
-    return [f"{recipe.name}_{p}.{ext}" for p in parts for ext in ("h", "c")]
+    names = [f"{recipe.name}_{p}.{ext}" for p in parts for ext in ("h", "c")]
+    return names + [f"{recipe.name}{SIZES_SUFFIX}"] if names else []
 
 
 # --------------------------------------------------------------------------- sizes on the target
@@ -116,6 +132,14 @@ def app_file_names(recipe) -> list[str]:
 
 def _tool(name: str) -> str | None:
     return shutil.which(f"arm-none-eabi-{name}")
+
+
+def app_sizes_of_texts(files: dict[str, str]) -> dict:
+    """`app_sizes` of generated files not yet written ({file name: text}; headers beside the sources)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        return app_sizes([Path(tmp) / name for name in sorted(files) if name.endswith(".c")])
 
 
 def app_sizes(sources: list[Path]) -> dict:
@@ -159,3 +183,25 @@ def _sections(size_output: str) -> dict[str, int]:
         if len(parts) >= 2 and parts[0].startswith((".", "COMMON")) and parts[1].isdigit():
             out[parts[0]] = out.get(parts[0], 0) + int(parts[1])
     return out
+
+
+# --------------------------------------------------------------------------- the memory report
+
+
+def sizes_path(recipe, folder: Path) -> Path | None:
+    """Where the assets stage writes the recipe's `<model>_app_sizes.json` (None: it has no app code)."""
+    return folder / f"{recipe.name}{SIZES_SUFFIX}" if app_file_names(recipe) else None
+
+
+def with_app_sizes(figures, path: Path | None):
+    """`report.ModelFigures` with the application code's flash and SRAM from `path` (unchanged when
+    there is none, or the sizes were not measured)."""
+    import json
+    from dataclasses import replace
+
+    if path is None or not path.is_file():
+        return figures
+    sizes = json.loads(path.read_text())
+    if sizes.get("code_flash_bytes") is None:
+        return figures
+    return replace(figures, code_flash_bytes=int(sizes["code_flash_bytes"]), app_sram_bytes=int(sizes["app_sram_bytes"]))

@@ -247,7 +247,7 @@ def compile_stage(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 
 def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: ModelPaths, technique: str,
                  assets_dir: Path) -> Stage:
-    from . import assets, vela
+    from . import app_code, assets, vela
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
@@ -264,7 +264,7 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   evaluation=evaluation)
 
     return Stage(
-        name=f"assets {recipe.name} for {target.name}", version=5,
+        name=f"assets {recipe.name} for {target.name}", version=6,
         inputs=(out.tflite, out.summary, out.log, paths.int8(technique), paths.features, target_file,
                 *([paths.evaluation(technique)] if quality else [])),
         params={"technique": technique, "labels": recipe.labels,
@@ -273,7 +273,8 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
         tools=LITERT + ("jinja2",),
         outputs=tuple(folder / f"{recipe.name}{suffix}"
                       for suffix in ("_model.h", "_model.c", "_meta.h", "_ops.h", "_golden.h", "_golden.c",
-                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",),
+                                     *(["_meta.json"] if quality else []))) + (folder / "integration.md",)
+        + tuple(folder / f for f in app_code.app_file_names(recipe)),  # issue #17: application C, its sizes
         action=action,
     )
 
@@ -302,14 +303,16 @@ def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: 
 
 def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, ModelPaths, str]],
                  assets_dir: Path) -> Stage:
-    from . import report, stages, vela
+    from . import app_code, report, stages, vela
 
     folder = assets_dir / target.name
     json_path, md_path = folder / "memory_report.json", folder / "memory_report.md"
+    app_sizes = {r.name: app_code.sizes_path(r, folder / r.name) for r, _, _ in entries}
     chart_path = folder / "memory_chart.png"
 
     def action() -> None:
         figures = [model_figures(r, target, p, t) for r, p, t in entries]
+        figures = [app_code.with_app_sizes(f, app_sizes[f.name]) for f in figures]  # issue #17
         rep = report.build_report(target, figures)
         stages.write_json(json_path, rep)
         report.render_chart(rep, chart_path)
@@ -320,7 +323,8 @@ def report_stage(target: Target, target_file: Path, entries: list[tuple[Recipe, 
         out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
         inputs += [out.tflite, out.summary, out.log, out.per_layer, paths.int8(technique),
                    paths.evaluation(technique)]
-    return Stage(name=f"report {target.name}", version=3, inputs=tuple(inputs),
+    inputs += [p for p in app_sizes.values() if p is not None]
+    return Stage(name=f"report {target.name}", version=4, inputs=tuple(inputs),
                  params={"models": [r.name for r, _, _ in entries]}, outputs=(json_path, md_path, chart_path),
                  tools=LITERT + ("matplotlib",), action=action)
 

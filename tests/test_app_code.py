@@ -524,9 +524,10 @@ def test_app_sizes_for_cortex_m55_and_without_the_compiler(tmp_path, monkeypatch
 
 
 def test_file_names_match_what_is_rendered():
-    assert app_code.app_file_names(KWS) == ["kws_frontend.h", "kws_frontend.c", "kws_detector.h", "kws_detector.c"]
-    assert app_code.app_file_names(QUALITY) == ["quality_preprocess.h", "quality_preprocess.c"]
-    assert app_code.app_file_names(replace(KWS, detector=None)) == ["kws_frontend.h", "kws_frontend.c"]
+    assert app_code.app_file_names(KWS) == ["kws_frontend.h", "kws_frontend.c", "kws_detector.h", "kws_detector.c",
+                                            "kws_app_sizes.json"]
+    assert app_code.app_file_names(QUALITY) == ["quality_preprocess.h", "quality_preprocess.c", "quality_app_sizes.json"]
+    assert app_code.app_file_names(replace(KWS, detector=None)) == ["kws_frontend.h", "kws_frontend.c", "kws_app_sizes.json"]
     assert c_identifier(KWS.name) == "kws"
 
 
@@ -537,3 +538,24 @@ def write_figures(tmp_path_factory):
         path = tmp_path_factory.getbasetemp() / "app_code_equality.json"
         path.write_text(json.dumps(FIGURES, indent=2, sort_keys=True))
         print(f"\nfigures: {path}")
+
+
+def test_report_adds_application_code_to_flash_and_buffers_to_sram(tmp_path):
+    from npubuild.config import load_target
+    from npubuild.report import ModelFigures, build_report
+
+    target = load_target(ROOT / "targets" / "corstone-300-u55-128.toml")
+    plain = ModelFigures(name="kws", technique="ptq", sram_bytes=1000, flash_bytes=5000, vela_sram_bytes=900,
+                         vela_flash_bytes=4000, arena_bytes=1000, npu_ops=1, cpu_ops=0, cpu_op_names=[], cycles=1,
+                         inference_ms=1.0, macs=1, tflite_bytes=1, accuracy={"fp32": 1.0, "int8": 1.0})
+    path = tmp_path / "kws_app_sizes.json"
+    path.write_text(json.dumps({"code_flash_bytes": 300, "app_sram_bytes": 40}))
+    with_code = app_code.with_app_sizes(plain, path)
+    before, after = build_report(target, [plain]), build_report(target, [with_code])
+    assert after["total"]["flash_bytes"] == before["total"]["flash_bytes"] + 300
+    assert after["total"]["sram_bytes"] == before["total"]["sram_bytes"] + 40
+    assert after["models"][0]["code_flash_bytes"] == 300 and after["models"][0]["flash_bytes"] == 5000
+    assert "kws application code" in [p["part"] for p in after["total"]["flash"]["parts"]]
+    path.write_text(json.dumps({"code_flash_bytes": None, "app_sram_bytes": None, "note": "not found"}))
+    assert app_code.with_app_sizes(plain, path) == plain  # not measured: nothing added
+    assert app_code.with_app_sizes(plain, None) == plain

@@ -439,9 +439,10 @@ def test_preprocess_within_one_step_of_prepare(preprocess_program):
             expected = prepare(reference, size).astype(np.int16) - 128  # q = pixel - 128 (meta.h)
             diff = np.abs(got.astype(np.int16) - expected)
             rows.append({"frame": f"{w}x{h}", "format": f"RGB{fmt}", "equal_fraction": round(float((diff == 0).mean()), 6),
-                         "max_step_difference": int(diff.max())})
+                         "max_step_difference": int(diff.max()), "values_differing": int((diff > 0).sum())})
             assert diff.max() <= 1, rows[-1]
     record("preprocess vs quality_data.prepare", frames=rows,
+           values=len(rows) * size * size * 3, values_differing=sum(r["values_differing"] for r in rows),
            equal_fraction_min=min(r["equal_fraction"] for r in rows),
            max_step_difference=max(r["max_step_difference"] for r in rows))
 

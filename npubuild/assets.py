@@ -134,6 +134,9 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
                        golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])
         paths[out_dir / f"{name}_golden.h"] = env.get_template("golden.h.j2").render(context)
         paths[out_dir / f"{name}_golden.c"] = env.get_template("golden.c.j2").render(context)
+    from npubuild import app_code  # issue #17: front end, preprocessing in C, and their Cortex-M55 sizes
+
+    paths.update(app_code.app_files(env, context, out_dir))
     paths.update({
         out_dir / f"{name}_ops.h": env.get_template("ops.h.j2").render(context),
         out_dir / "integration.md": env.get_template("integration.md.j2").render(context),

@@ -241,7 +241,7 @@ def figures_file(assets_dir: Path, target: str, model: str) -> Path:
 
 def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: ModelPaths, technique: str,
                  assets_dir: Path, provenance: dict[str, str]) -> Stage:
-    from npubuild import assets, stages, vela
+    from npubuild import app_code, assets, stages, vela
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
     folder = assets_dir / target.name / recipe.name
@@ -257,8 +257,10 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   scratch_bytes=figures["scratch_bytes"],
                                   fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
                                   extras=extras, provenance=provenance)
-        stages.write_json(figures_file(assets_dir, target.name, recipe.name),
-                          asdict(model_figures(recipe, target, paths, technique, provenance)))
+        model = model_figures(recipe, target, paths, technique, provenance)
+        # the application C beside the model (front end, detector, preprocessing) counts in its budget
+        model = app_code.with_app_sizes(model, app_code.sizes_path(folder, recipe.name))
+        stages.write_json(figures_file(assets_dir, target.name, recipe.name), asdict(model))
 
     return Stage(
         name=f"assets {recipe.name} for {target.name}", version=6,
@@ -272,7 +274,7 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                      *kind.asset_suffixes(recipe))) + (folder / "integration.md",
                                                                                  figures_file(assets_dir, target.name,
                                                                                               recipe.name)),
-        action=action, code=("assets", "vela", "report", *_kind_module(recipe)),
+        action=action, code=("assets", "vela", "report", "app_code", *_kind_module(recipe)),
     )
 
 

@@ -42,6 +42,8 @@ class ModelFigures:
     per_head: dict[str, dict] = field(default_factory=dict)  # image quality: INT8 metrics per head
     profile: str = ""  # the build profile that made the model
     dataset: str = ""  # the data it was trained on ("builtin", or a folder's name and id)
+    code_flash_bytes: int = 0  # application C beside the model (front end, detector, preprocessing): flash
+    app_sram_bytes: int = 0  # its static buffers and state: SRAM
 
 
 def _headroom(used: int, budget: int) -> dict:
@@ -82,6 +84,13 @@ def memory_use(target: Target, models: list[ModelFigures]) -> dict[str, list[dic
         if target.model_memory == "dram":
             use["dram"].append({"part": f"{m.name} model (weights read by the NPU)", "models": [m.name],
                                 "bytes": m.flash_bytes})
+    for m in models:  # the application C beside each model (app_code; zero when not measured)
+        if m.code_flash_bytes:
+            use["flash"].append({"part": f"{m.name} application code", "models": [m.name],
+                                 "bytes": m.code_flash_bytes})
+        if m.app_sram_bytes:
+            use["sram"].append({"part": f"{m.name} application buffers", "models": [m.name],
+                                "bytes": m.app_sram_bytes})
     return use
 
 

@@ -39,9 +39,13 @@ def test_build_writes_assets_and_report(smoke_project):
     assert model["sram_bytes"] == model["arena_bytes"] >= model["vela_sram_bytes"] + 2048
     # both models run one at a time on this target: one shared arena, the larger, plus both models' I/O
     quality = report_model(report, "quality")
+    # ... and the application C beside each model (app_code: front end, detector, preprocessing)
+    assert model["code_flash_bytes"] > 0 and model["app_sram_bytes"] > 0 and quality["code_flash_bytes"] > 0
     assert report["total"]["sram_bytes"] == (max(model["arena_bytes"], quality["arena_bytes"])
-                                             + model["io_bytes"] + quality["io_bytes"])
-    assert report["total"]["flash_bytes"] == model["flash_bytes"] + quality["flash_bytes"]
+                                             + model["io_bytes"] + quality["io_bytes"]
+                                             + model["app_sram_bytes"] + quality["app_sram_bytes"])
+    assert report["total"]["flash_bytes"] == (model["flash_bytes"] + quality["flash_bytes"]
+                                              + model["code_flash_bytes"] + quality["code_flash_bytes"])
     assert report["total"]["fits"] is True
     assert model["top_cycles"][0]["value"] >= model["top_cycles"][-1]["value"] > 0
     assert model["top_staging"][0]["value"] == max(layer["value"] for layer in model["top_staging"])

@@ -118,6 +118,11 @@ class KeywordSpotting(ModelKind):
 
         return [detector_json(paths, technique)] if recipe.detector is not None else []
 
+    def asset_suffixes(self, recipe):
+        """The application C (`app_code`): the front end, the detector when there is one, and their sizes."""
+        parts = ["frontend", *(["detector"] if recipe.detector is not None else [])]
+        return (*(f"_{p}.{ext}" for p in parts for ext in ("h", "c")), "_app_sizes.json")
+
     def asset_extras(self, recipe, *, int8, features, paths, technique, outputs):
         from npubuild.c_text import float_literal
         from npubuild.kinds.kws.detector import detector_json, threshold_q, tuned_settings

@@ -119,7 +119,8 @@ class ImageQuality(ModelKind):
         return [paths.evaluation(technique)]
 
     def asset_suffixes(self, recipe):
-        return ("_meta.json",)
+        """The predictor's metadata, and the application C (`app_code`: preprocessing, head decisions)."""
+        return ("_meta.json", "_preprocess.h", "_preprocess.c", "_app_sizes.json")
 
     def asset_extras(self, recipe, *, int8, features, paths, technique, outputs):
         import json

@@ -18,10 +18,10 @@ import pytest
 
 from npubuild import app_code
 from npubuild.assets import TensorInfo, _environment, c_identifier, unique_c_identifiers
+from npubuild.config import DetectorSettings, load_recipe
 from npubuild.int8_runner import dequantize
 from npubuild.int8_runner import quantize as quantize_int8
 from npubuild.kinds import get_kind
-from npubuild.config import DetectorSettings, load_recipe
 from npubuild.kinds.kws import data as kws_data
 from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npubuild import quality_data as q
+from npubuild.kinds.quality import data as q
 from npubuild.errors import BuildError
 
 HEADS = q.SUPPORTED_HEADS

@@ -251,6 +251,8 @@ def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
 def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, workers: int | None = None) -> np.ndarray:
     """Audio for `specs`, in chunks of CHUNK clips, each chunk in a fresh process."""
     chunks = [(specs[i:i + CHUNK], sample_rate, clip_samples) for i in range(0, len(specs), CHUNK)]
+    if not chunks:
+        return np.zeros((0, clip_samples), np.float32)
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, maxtasksperchild=1) as pool:

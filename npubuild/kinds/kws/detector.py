@@ -471,7 +471,7 @@ def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, 
     fe = recipe.frontend
     clips, labels, source = tuning_clips(recipe, profile, data_dir)
     if not len(clips):
-        raise BuildError(f"{data_dir}: no validation clips of the keywords to tune the detector on")
+        raise BuildError(f"{data_dir or recipe.source}: no validation clips of the keywords to tune the detector on")
     minutes = max(1, round(profile.detector_noise_seconds / 60))
     noise = noise_segments(np.random.default_rng([recipe.seed, 7]), minutes, profile.detector_noise_seconds / minutes,
                            fe.sample_rate)

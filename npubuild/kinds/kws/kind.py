@@ -26,6 +26,11 @@ class KeywordSpotting(ModelKind):
         for label in ("_silence_", "_unknown_"):
             if label not in recipe.labels:
                 return "labels", f"must include {label!r} (the built-in data and the detector use it)"
+        if recipe.detector is not None:  # the build tunes it: each profile says on how much speech and noise
+            for name, prof in recipe.profiles.items():
+                for size in ("detector_clips_per_keyword", "detector_noise_seconds"):
+                    if getattr(prof, size) <= 0:
+                        return f"profiles.{name}.{size}", "must be given and positive (the [detector] is tuned on it)"
         return None
 
     def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npubuild.kinds.quality import data as q
 from npubuild.errors import BuildError
+from npubuild.kinds.quality import data as q
 
 HEADS = q.SUPPORTED_HEADS
 

@@ -19,6 +19,7 @@ from npubuild.kinds.kws.detector import (  # noqa: F401 (the streaming pieces, a
     KwsModel,
     StreamingMfcc,
     compose_stream,
+    detector_json,
     noise_segments,
     threshold_q,
     tuned_settings,
@@ -145,7 +146,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
         warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
         audio = kws_data.read_wav(Path(wav), fe.sample_rate)
     paths = shipped_paths(root, recipe, profile, build_dir)
-    tuned = tuned_settings(paths.detector(recipe.ship)) if recipe.detector is not None else None
+    tuned = tuned_settings(detector_json(paths, recipe.ship)) if recipe.detector is not None else None
     settings = resolve_settings(recipe, tuned, **overrides)
     int8 = paths.int8(recipe.ship)
     detector = Detector(KwsModel.from_build(int8, paths.features, recipe.labels), settings, fe)

@@ -123,10 +123,21 @@ def _pool(processes: int):
     from concurrent.futures import ProcessPoolExecutor
 
     if processes not in _POOLS:
+        if not _POOLS:
+            import atexit
+
+            atexit.register(shutdown_workers)  # before the interpreter tears down what the pool's thread uses
         # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
         _POOLS[processes] = ProcessPoolExecutor(max_workers=processes,
                                                 mp_context=multiprocessing.get_context("spawn"))
     return _POOLS[processes]
+
+
+def shutdown_workers() -> None:
+    """Stop the worker processes `run_int8` keeps (they also end with this process)."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_processes() -> int:

@@ -557,16 +557,17 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
 
 def compare(root: Path, *, model: str, targets: str, profile: str = "default", data_dir: Path | None = None,
             techniques: list[str] | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
-            log: Callable[[str], None] = print) -> BuildSummary:
-    """Build every recipe of the deployment tree for `model` and compare them on `targets`."""
+            log: Callable[[str], None] = print, ray: str | None = None) -> BuildSummary:
+    """Build every recipe of the deployment tree for `model` and compare them on `targets` (their
+    stages on the Ray cluster at `ray` or $RAY_ADDRESS when given: npubuild.chains)."""
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
         return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
-                        techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log)
+                        techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log, ray=ray)
 
 
 def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Path | None,
              techniques: list[str] | None, build_dir: Path | None, assets_dir: Path | None,
-             log: Callable[[str], None]) -> BuildSummary:
+             log: Callable[[str], None], ray: str | None = None) -> BuildSummary:
     start = time.perf_counter()
     layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
                                                  False, log)
@@ -574,10 +575,18 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     unknown = [t for t in techniques if t not in RECIPES]
     if unknown:
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
+    from npubuild.fit import ray_address, run_candidates
+
     for recipe in recipes:
-        paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
-        cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
-                            for technique in techniques for tgt in target_list])
+        if ray_address(ray) and data_dir is None:  # the same stages, chain by chain on the cluster
+            run_candidates(cache, layout, recipe.name, profile, [{"technique": t, "settings": [], "changed": []}
+                                                                 for t in techniques],
+                           [t.name for t in target_list], validate=False, ray=ray)
+            paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+        else:
+            paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
+            cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
+                                for technique in techniques for tgt in target_list])
         cache.run(compare_stage(recipe, paths, techniques, target_list, layout.assets_dir))
     summary = BuildSummary(results=cache.results, seconds=time.perf_counter() - start)
     log(render_summary(summary))

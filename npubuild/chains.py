@@ -1,0 +1,106 @@
+"""Independent chains of stages, run here or on a Ray cluster.
+
+A chain is an ordered list of stages run on one worker, one after another; different chains may
+run at once. `plan_chains` splits the stages of several candidates (which share stages: the data,
+the FP32 model, a prune step shared by every recipe that starts by pruning) so that
+
+- every stage belongs to exactly one chain: no two workers ever write one artifact;
+- a stage joins the chain of the stage that makes its inputs when all its not-yet-made inputs come
+  from that chain, and that stage is the chain's last so far; otherwise it starts a new chain that
+  waits for the chains it reads from. A chain's waits are fixed when it starts and name only older
+  chains, so the plan has no cycle.
+
+On Ray, each chain is one task; the tasks of the chains it waits for are its arguments (Ray starts
+it when they are done). A worker rebuilds the stages from plain data (model, profile, candidates,
+targets) and runs them through its own `Cache` on the shared project folder: stamps are written
+last, so a stage a dead worker left half-done is not up to date and simply reruns when Ray retries
+the task. Assumption: the workers see the project folder at the same path (a shared filesystem),
+with the same Python environment (same TF, tfmot, Vela versions: they are part of every stage key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npubuild.errors import BuildError
+from npubuild.stages import CODE_ROOT, StageResult
+
+
+@dataclass
+class Chain:
+    stamps: list = field(default_factory=list)  # the stages' stamp paths, in order
+    waits: set = field(default_factory=set)  # indexes of the chains it reads from
+
+
+def plan_chains(per_candidate: list[list]) -> list[Chain]:
+    """Chains over the stages of every candidate (each candidate's list in running order)."""
+    chains: list[Chain] = []
+    chain_of: dict = {}  # stamp -> chain index
+    made_by: dict = {}  # output path -> stamp of the stage that writes it
+    for stages in per_candidate:
+        for stage in stages:
+            if stage.stamp in chain_of:
+                continue
+            producers = {made_by[p] for p in stage.inputs if p in made_by}
+            homes = {chain_of[s] for s in producers}
+            joined = None
+            if len(homes) == 1:
+                home = homes.pop()
+                if chains[home].stamps[-1] in producers:
+                    joined = home
+            if joined is None:
+                chains.append(Chain(waits={chain_of[s] for s in producers}))
+                joined = len(chains) - 1
+            chains[joined].stamps.append(stage.stamp)
+            chain_of[stage.stamp] = joined
+            for out in stage.outputs:
+                if out in made_by:
+                    raise BuildError(f"{out}: written by two stages ({made_by[out].name} and {stage.stamp.name})")
+                made_by[out] = stage.stamp
+    return chains
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address`; its workers import this package from where this process does."""
+    try:
+        import ray
+    except ImportError:
+        raise BuildError("--ray needs Ray: pip install 'npubuild[ray]'") from None
+    if ray.is_initialized():
+        return
+    code = str(CODE_ROOT.parent)
+    path = os.pathsep.join(p for p in (code, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False,
+             logging_level="ERROR")
+
+
+def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict) -> list[StageResult]:
+    """One Ray task per chain, each after the chains it waits for; results and logs in chain order."""
+    import ray
+
+    connect(address)
+
+    @ray.remote(num_cpus=1, max_retries=3)
+    def run_chain(job, stamps, *_waited):
+        from npubuild.fit import run_chain_job
+
+        return run_chain_job(job, stamps)
+
+    refs: list = []
+    for chain in chains:
+        refs.append(run_chain.remote(job, [str(s) for s in chain.stamps], *(refs[i] for i in sorted(chain.waits))))
+    results = []
+    for ref in refs:
+        rows, lines = ray.get(ref)
+        for line in lines:
+            cache.log(line)
+        for name, ran, reason, seconds in rows:
+            results.append(StageResult(name, ran, reason, seconds))
+    cache.results.extend(results)
+    return results
+
+
+def stamp_paths(chains: list[Chain]) -> list[Path]:
+    return [s for c in chains for s in c.stamps]

@@ -96,7 +96,7 @@ def test_candidates_share_what_their_settings_allow(tmp_path):
     assert default.int8("prune_cluster") == base / "prune_cluster" / "digits_int8.tflite"  # the build's own
     fewer = candidate_paths(base, "digits", found[5])
     assert fewer.keras(("prune",)) == base / "steps" / "prune" / "model.h5"  # clusters do not shape pruning
-    assert fewer.keras(("prune", "cluster")).parts[-4] == "fit"
+    assert fewer.keras(("prune", "cluster")).parts[-5] == "fit"
     assert fewer.recipe_dir("prune_cluster") != default.recipe_dir("prune_cluster")
     quality = load_recipe(ROOT / "models" / "quality.toml")
     assert candidates(quality, ["ptq"])[1].changed == (("image.alpha", 0.5),)  # the kind's width multiplier

@@ -101,9 +101,9 @@ def candidates(recipe, techniques: list[str] | None = None, sparsities=SPARSITIE
         space = search_space(recipe, technique, sparsities, clusters)
         names = sorted(space)
         combos = sorted(itertools.product(*(space[n] for n in names)),
-                        key=lambda c: [v != current_value(recipe, n) for n, v in zip(names, c)])
+                        key=lambda c: [v != current_value(recipe, n) for n, v in zip(names, c, strict=True)])
         for combo in combos:
-            settings = tuple(zip(names, combo))
+            settings = tuple(zip(names, combo, strict=True))
             changed = tuple((n, v) for n, v in settings if v != current_value(recipe, n))
             found.append(Candidate(technique, settings, changed))
     return found
@@ -358,7 +358,7 @@ def other_models(root: Path, layout, names: list[str], target, profile: str, log
     return found
 
 
-def fit(root: Path, *, model: str, target: str, bound: Bound = Bound(), objective: str = "flash",
+def fit(root: Path, *, model: str, target: str, bound: Bound | None = None, objective: str = "flash",
         with_models: list[str] | None = None, profile: str = "default", techniques: list[str] | None = None,
         sparsities=SPARSITIES, clusters=CLUSTERS, apply: bool = False, ray: str | None = None,
         build_dir: Path | None = None, assets_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
@@ -370,6 +370,7 @@ def fit(root: Path, *, model: str, target: str, bound: Bound = Bound(), objectiv
 
     if objective not in OBJECTIVES:
         raise BuildError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
+    bound = bound or Bound()
     layout = pipeline.Layout.for_project(root, build_dir, assets_dir)
     recipe = resolve_models(layout.root, model)[0]
     recipe.profile(profile)
@@ -484,7 +485,7 @@ def render_chart(result: dict, path: Path) -> None:
     records = result["candidates"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     for ax, (cost, label, scale) in zip(axes, (("flash_bytes", "flash KiB", 1 / 1024),
-                                               ("inference_ms", "inference ms", 1.0))):
+                                               ("inference_ms", "inference ms", 1.0)), strict=True):
         for r in records:
             x, y = r[cost] * scale, 100 * r["val_accuracy"]
             ax.scatter([x], [y], s=30, facecolors="tab:blue" if r["fits"] else "none", edgecolors="tab:blue")
@@ -503,7 +504,8 @@ def render_chart(result: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy %")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{result['model']} on {result['target']['name']}: {result['message'][:90]}", fontsize=9)
+    verdict = f"chose {result['chosen']}" if result["chosen"] else f"nothing fits (closest: {result['closest']})"
+    fig.suptitle(f"{result['model']} on {result['target']['name']} ({result['objective']}): {verdict}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})

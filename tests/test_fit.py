@@ -13,14 +13,26 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from npubuild.config import load_recipe
 from npubuild.errors import OverBudget
-from npubuild.fit import (Bound, Candidate, candidate_paths, candidate_stages, candidates, check_fits, choose,
-                          edit_recipe, fit, pareto_front)
+from npubuild.fit import (
+    Bound,
+    candidate_paths,
+    candidate_stages,
+    candidates,
+    check_fits,
+    choose,
+    edit_recipe,
+    figures_of,
+    fit,
+    pareto_front,
+)
+from npubuild.pipeline import figures_file
 from npubuild.stages import CODE_ROOT
 
 from .conftest import ROOT, make_project
@@ -74,7 +86,7 @@ def test_apply_edits_lines_and_keeps_the_rest(tmp_path):
     before = path.read_text()
     edit_recipe(path, "pcqat", {"optimize.clusters": 4, "optimize.target_sparsity": 0.75})
     after = path.read_text()
-    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
     assert changed == [('ship = "prune_cluster"', 'ship = "pcqat"'), ("target_sparsity = 0.5", "target_sparsity = 0.75"),
                        ("clusters = 8", "clusters = 4")]
     recipe = load_recipe(path)
@@ -161,6 +173,18 @@ def test_fit_digits_on_two_targets_then_nothing_reruns(tmp_path):
     assert not [r.name for r in again["results"] if r.ran]
     png = root / "firmware_assets" / "fit" / f"digits-{TINY}.png"
     assert again["candidates"] == tiny["candidates"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --with: another model's figures file on the target takes 4 KiB of its flash
+    other = figures_file(root / "firmware_assets", TINY, "other")
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(asdict(figures_of("other", {**tiny["candidates"][0]["memory"],
+                                                              "flash_bytes": 4096}))))
+    shared = fit(root, model="digits", target=TINY, with_models=["other"], log=lines.append, **SEARCH)
+    assert not [r.name for r in shared["results"] if r.ran]
+    for alone, together in zip(tiny["candidates"], shared["candidates"], strict=True):
+        assert together["total_flash_bytes"] == alone["total_flash_bytes"] + 4096
+        assert together["fits"] == (alone["total_flash_bytes"] + 4096 <= 20_480)
+    fit(root, model="digits", target=TINY, log=lines.append, **SEARCH)
 
     assert len(check_fits(root)) == 2  # report --check: both choices still fit
     target_file = root / "targets" / f"{TINY}.toml"

@@ -10,7 +10,6 @@ import numpy as np
 
 from npubuild.kinds.base import DataPlan, ModelKind
 
-
 WIDTHS = (0.35, 0.5)  # width multipliers `invoke fit` tries beside the recipe's
 
 

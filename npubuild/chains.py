@@ -1,14 +1,11 @@
 """Independent chains of stages, run here or on a Ray cluster.
 
 A chain is an ordered list of stages run on one worker, one after another; different chains may
-run at once. `plan_chains` splits the stages of several candidates (which share stages: the data,
-the FP32 model, a prune step shared by every recipe that starts by pruning) so that
-
-- every stage belongs to exactly one chain: no two workers ever write one artifact;
-- a stage joins the chain of the stage that makes its inputs when all its not-yet-made inputs come
-  from that chain, and that stage is the chain's last so far; otherwise it starts a new chain that
-  waits for the chains it reads from. A chain's waits are fixed when it starts and name only older
-  chains, so the plan has no cycle.
+run at once. Candidates share stages (the data, the FP32 model, a prune step shared by every recipe
+that starts by pruning with the same settings): `plan_chains` gives each stage to exactly one chain,
+the first candidate's that needs it, so no two workers ever write one artifact. A chain waits for the
+(older) chains owning the stages it reads from, so the plan has no cycle. The wait is for the whole
+owning chain (coarse: a few seconds of Vela and scoring), which keeps one chain one task.
 
 On Ray, each chain is one task; the tasks of the chains it waits for are its arguments (Ray starts
 it when they are done). A worker rebuilds the stages from plain data (model, profile, candidates,
@@ -35,30 +32,25 @@ class Chain:
 
 
 def plan_chains(per_candidate: list[list]) -> list[Chain]:
-    """Chains over the stages of every candidate (each candidate's list in running order)."""
+    """One chain per candidate (each candidate's stage list in running order): the stages no earlier
+    candidate has, in order; it waits for the chains that own the stages it reads from."""
     chains: list[Chain] = []
     chain_of: dict = {}  # stamp -> chain index
     made_by: dict = {}  # output path -> stamp of the stage that writes it
     for stages in per_candidate:
+        chain, index = Chain(), len(chains)
         for stage in stages:
             if stage.stamp in chain_of:
                 continue
-            producers = {made_by[p] for p in stage.inputs if p in made_by}
-            homes = {chain_of[s] for s in producers}
-            joined = None
-            if len(homes) == 1:
-                home = homes.pop()
-                if chains[home].stamps[-1] in producers:
-                    joined = home
-            if joined is None:
-                chains.append(Chain(waits={chain_of[s] for s in producers}))
-                joined = len(chains) - 1
-            chains[joined].stamps.append(stage.stamp)
-            chain_of[stage.stamp] = joined
+            chain.waits |= {chain_of[made_by[p]] for p in stage.inputs if p in made_by} - {index}
+            chain.stamps.append(stage.stamp)
+            chain_of[stage.stamp] = index
             for out in stage.outputs:
                 if out in made_by:
                     raise BuildError(f"{out}: written by two stages ({made_by[out].name} and {stage.stamp.name})")
                 made_by[out] = stage.stamp
+        if chain.stamps:
+            chains.append(chain)
     return chains
 
 

@@ -152,30 +152,19 @@ def validation_file(paths, technique: str) -> Path:
 
 def validate_stage(recipe, paths, technique: str):
     """The INT8 model scored on the validation split (what `fit` chooses by), with the kind's metric."""
-    from npubuild import optimize
     from npubuild.pipeline import LITERT, TF_TOOLS, _kind_module
     from npubuild.stages import Stage
+    from npubuild.validate import score_validation
 
     steps = RECIPES[technique]
     keras_files = paths.keras_files(technique)
     out = validation_file(paths, technique)
-
-    def action() -> None:
-        from npubuild.kinds import get_kind
-        from npubuild.stages import write_json
-
-        kind = get_kind(recipe.kind)
-        x, y = kind.load_split(recipe, paths.features, "val")
-        evaluation = json.loads(paths.evaluation(technique).read_text())
-        scored = kind.score(recipe, optimize.load_chain_model(steps, *keras_files), paths.int8(technique), x, y,
-                            evaluation)
-        write_json(out, {"split": "val", "count": scored["count"], "accuracy": scored["int8"]["accuracy"],
-                         "fp32_accuracy": scored["fp32"]["accuracy"]})
-
     return Stage(name=f"validate {recipe.name} {technique}", version=1,
                  inputs=(*keras_files, paths.int8(technique), paths.evaluation(technique), paths.features),
-                 params={"split": "val"}, outputs=(out,), tools=TF_TOOLS + LITERT, action=action,
-                 code=("fit", "optimize", *_kind_module(recipe)))
+                 params={"split": "val"}, outputs=(out,), tools=TF_TOOLS + LITERT,
+                 action=lambda: score_validation(recipe, steps, keras_files, paths.int8(technique), paths.features,
+                                                 paths.evaluation(technique), out),
+                 code=("validate", "optimize", *_kind_module(recipe)))
 
 
 def candidate_stages(recipe, profile: str, data_dir: Path | None, base: Path, candidate: Candidate, targets,

@@ -81,15 +81,20 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
     page = _fail_cleanly(write_page, Path(assets_dir) if assets_dir else ROOT / "firmware_assets")
     if open:
         open_page(page)
-    try:
-        check_fits(ROOT, assets_dir=Path(assets_dir) if assets_dir else None)  # firmware_assets/fit/*.json
-        check_reports(ROOT, target=target, assets_dir=Path(assets_dir) if assets_dir else None)
-    except OverBudget as e:
-        if check:
+    folder = Path(assets_dir) if assets_dir else None
+    problems = []
+    for check_one in (lambda: check_fits(ROOT, assets_dir=folder),  # fitted choices (firmware_assets/fit/)
+                      lambda: check_reports(ROOT, target=target, assets_dir=folder)):
+        try:
+            check_one()
+        except OverBudget as e:
+            problems.append(str(e))
+        except BuildError as e:
             raise Exit(f"error: {e}", code=1) from None
-        print(f"warning: {e}")
-    except BuildError as e:
-        raise Exit(f"error: {e}", code=1) from None
+    if problems and check:
+        raise Exit(f"error: {'; '.join(problems)}", code=1)
+    for problem in problems:
+        print(f"warning: {problem}")
 
 
 @task(help={

@@ -85,7 +85,12 @@ def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict) -> li
         refs.append(run_chain.remote(job, [str(s) for s in chain.stamps], *(refs[i] for i in sorted(chain.waits))))
     results = []
     for ref in refs:
-        rows, lines = ray.get(ref)
+        try:
+            rows, lines = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # a stage failed on a worker: its one-line error here
+            if isinstance(getattr(e, "cause", None), BuildError):
+                raise e.cause from None
+            raise
         for line in lines:
             cache.log(line)
         for name, ran, reason, seconds in rows:

@@ -54,6 +54,18 @@ def plan_chains(per_candidate: list[list]) -> list[Chain]:
     return chains
 
 
+def run_in_order(cache, stages) -> None:
+    """Run `stages` through `cache`, each with Keras's automatic layer names counted from zero (a Keras
+    file records names such as `quantize_layer_4`, numbered by what the process built before: without
+    this, the same stage writes other bytes on a worker that ran other chains first)."""
+    import sys
+
+    for stage in stages:
+        if "tf_keras" in sys.modules:
+            sys.modules["tf_keras"].backend.clear_session()
+        cache.run(stage)
+
+
 def connect(address: str) -> None:
     """Join the Ray cluster at `address`; its workers import this package from where this process does."""
     try:

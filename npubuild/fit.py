@@ -519,7 +519,7 @@ def stages_for(root: Path, build_dir: Path, model: str, profile: str, specs: lis
 def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], targets: list[str],
                    validate: bool, ray: str | None) -> None:
     """Run every candidate's stages: in this process, chain after chain, or on a Ray cluster."""
-    from npubuild.chains import plan_chains, run_chains_on_ray
+    from npubuild.chains import plan_chains, run_chains_on_ray, run_in_order
 
     per_candidate = stages_for(layout.root, layout.build_dir, model, profile, specs, targets, validate, cache.log)
     chains = plan_chains(per_candidate)
@@ -527,8 +527,7 @@ def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], t
     if address is None:
         by_stamp = {s.stamp: s for stages in per_candidate for s in stages}
         for chain in chains:
-            for stamp in chain.stamps:
-                cache.run(by_stamp[stamp])
+            run_in_order(cache, [by_stamp[stamp] for stamp in chain.stamps])
         return
     job = {"root": str(layout.root), "build_dir": str(layout.build_dir), "model": model, "profile": profile,
            "specs": specs, "targets": targets, "validate": validate}
@@ -537,6 +536,7 @@ def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], t
 
 def run_chain_job(job: dict, stamps: list[str]) -> tuple[list[tuple], list[str]]:
     """What a worker does: rebuild the stages, run those of its chain in order through a Cache."""
+    from npubuild.chains import run_in_order
     from npubuild.stages import Cache
 
     lines: list[str] = []
@@ -545,8 +545,7 @@ def run_chain_job(job: dict, stamps: list[str]) -> tuple[list[tuple], list[str]]
                                job["targets"], job["validate"], lines.append)
     by_stamp = {str(s.stamp): s for stages in per_candidate for s in stages}
     cache = Cache(root, lines.append)
-    for stamp in stamps:
-        cache.run(by_stamp[stamp])
+    run_in_order(cache, [by_stamp[stamp] for stamp in stamps])
     return [(r.name, r.ran, r.reason, r.seconds) for r in cache.results], lines
 
 

@@ -236,7 +236,7 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
                                                                        os.environ.get("PYTHONPATH", "")]))}
     cli = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--num-cpus=1", "--disable-usage-stats"]
-    search = {**SEARCH, "techniques": ["ptq", "prune_cluster"]}
+    search = {**SEARCH, "techniques": ["ptq", "pcqat"]}  # pcqat: QAT's Keras file names its layers
     try:
         subprocess.run([*cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                         "--include-dashboard=false", *common], env=env, check=True, capture_output=True)

@@ -314,8 +314,8 @@ def measure(recipe, target, base: Path, candidate: Candidate, provenance: dict, 
     memory = compact_memory(fig)
     val = json.loads(validation_file(paths, candidate.technique).read_text())
     return {"id": candidate.id, "recipe": candidate.technique, "settings": dict(candidate.settings),
-            "changed": dict(candidate.changed), "build_dir": paths.recipe_dir(candidate.technique).name
-            if not candidate.changed else f"fit/{settings_key(candidate.changed)}",
+            "changed": dict(candidate.changed),
+            "artifacts": paths.recipe_dir(candidate.technique).relative_to(base).as_posix(),
             "val_accuracy": val["accuracy"], "test_accuracy": fig.accuracy["int8"],
             "sram_bytes": fig.sram_bytes, "flash_bytes": fig.flash_bytes, "cycles": fig.cycles,
             "inference_ms": fig.inference_ms, "memory": memory, **budget_check(target, memory, recipe.name, others)}
@@ -363,7 +363,10 @@ def fit(root: Path, *, model: str, target: str, bound: Bound | None = None, obje
     layout = pipeline.Layout.for_project(root, build_dir, assets_dir)
     recipe = resolve_models(layout.root, model)[0]
     recipe.profile(profile)
-    tgt = resolve_targets(layout.root, target)[0]
+    targets = resolve_targets(layout.root, target)
+    if len(targets) != 1:
+        raise BuildError(f"fit takes one target (got {target!r}): run it once per target")
+    tgt = targets[0]
     others = other_models(root, layout, [m for m in (with_models or []) if m != recipe.name], tgt, profile, log)
     found = candidates(recipe, techniques, sparsities, clusters)
     base = layout.build_dir / profile / recipe.name / pipeline.dataset_id(None)

@@ -107,12 +107,13 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 })
 def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None, ray=None):
     """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
+    from npubuild.fit import compare_on_ray
     from npubuild.pipeline import compare as run_compare
 
     _fail_cleanly(
         run_compare, ROOT, model=model, targets=targets or c.config.build.target, profile=profile or c.config.build.profile,
         techniques=techniques.split(",") if techniques else None, data_dir=Path(data_dir) if data_dir else None,
-        ray=ray,
+        run_models=compare_on_ray(ray),
     )
 
 

@@ -80,17 +80,17 @@ def connect(address: str) -> None:
              logging_level="ERROR")
 
 
-def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict) -> list[StageResult]:
-    """One Ray task per chain, each after the chains it waits for; results and logs in chain order."""
+def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict, worker) -> list[StageResult]:
+    """One Ray task per chain, each after the chains it waits for; results and logs in chain order.
+    `worker(job, stamps)` (a module-level function: Ray sends it by name) rebuilds the stages from `job`
+    and runs those of `stamps` in order, returning ([(name, ran, reason, seconds)], log lines)."""
     import ray
 
     connect(address)
 
     @ray.remote(num_cpus=1, max_retries=3)
     def run_chain(job, stamps, *_waited):
-        from npubuild.fit import run_chain_job
-
-        return run_chain_job(job, stamps)
+        return worker(job, stamps)
 
     refs: list = []
     for chain in chains:

@@ -534,7 +534,23 @@ def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], t
         return
     job = {"root": str(layout.root), "build_dir": str(layout.build_dir), "model": model, "profile": profile,
            "specs": specs, "targets": targets, "validate": validate}
-    run_chains_on_ray(address, cache, chains, job)
+    run_chains_on_ray(address, cache, chains, job, run_chain_job)
+
+
+def compare_on_ray(ray: str | None):
+    """For `pipeline.compare(run_models=...)`: each recipe's stages (the build's own) as chains on the Ray
+    cluster at `ray` / $RAY_ADDRESS; None when there is none (compare then runs them itself)."""
+    from npubuild.pipeline import ModelPaths, dataset_id
+
+    if ray_address(ray) is None:
+        return None
+
+    def run_models(cache, layout, recipe, profile, techniques, targets):
+        run_candidates(cache, layout, recipe.name, profile, [Candidate(t).to_spec() for t in techniques],
+                       [t.name for t in targets], validate=False, ray=ray)
+        return ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+
+    return run_models
 
 
 def run_chain_job(job: dict, stamps: list[str]) -> tuple[list[tuple], list[str]]:

@@ -27,6 +27,7 @@ from npubuild.fit import (
     candidates,
     check_fits,
     choose,
+    compare_on_ray,
     edit_recipe,
     figures_of,
     fit,
@@ -249,7 +250,7 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
         ray_seconds = time.perf_counter() - start
         assert len(ray.nodes()) >= 2
         compare(on_ray, model="digits", targets="corstone-300-u55-128", profile="smoke",
-                techniques=["ptq", "prune_cluster"], ray=f"127.0.0.1:{port}", log=lambda line: None)
+                techniques=["ptq", "pcqat"], run_models=compare_on_ray(f"127.0.0.1:{port}"), log=lambda line: None)
     finally:
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
@@ -259,7 +260,7 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
     local = fit(here, model="digits", target="corstone-300-u55-128", log=lambda line: None, **search)
     local_seconds = time.perf_counter() - start
     compare(here, model="digits", targets="corstone-300-u55-128", profile="smoke",
-            techniques=["ptq", "prune_cluster"], log=lambda line: None)
+            techniques=["ptq", "pcqat"], log=lambda line: None)
     print(f"fit on Ray: {ray_seconds:.1f} s, locally: {local_seconds:.1f} s")
     assert remote["candidates"] == local["candidates"]
     assert sum(r.ran for r in remote["results"]) == sum(r.ran for r in local["results"]) > 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from npubuild.errors import BuildError, OverBudget
+from npubuild.pipeline import ModelPaths
 from npubuild.techniques import RECIPES
 
 OBJECTIVES = {"flash": "flash_bytes", "sram": "sram_bytes", "latency": "inference_ms"}
@@ -124,25 +125,24 @@ def settings_key(changed) -> str:
     return hashlib.sha256(canonical_json(dict(changed)).encode()).hexdigest()[:10] if changed else ""
 
 
-def candidate_paths(base: Path, model: str, candidate: Candidate):
-    from npubuild.pipeline import ModelPaths
+@dataclass(frozen=True)
+class CandidatePaths(ModelPaths):
+    """The build's paths, moved under fit/<hash>/ wherever a changed setting shapes the file."""
 
-    @dataclass(frozen=True)
-    class CandidatePaths(ModelPaths):
-        """The build's paths, moved under fit/<hash>/ wherever a changed setting shapes the file."""
+    changed: tuple = ()
 
-        changed: tuple = ()
+    def _under(self, steps: tuple[str, ...]) -> Path:
+        key = settings_key(tuple((n, v) for n, v in self.changed if relevant(n, steps)))
+        return self.base / "fit" / key if key else self.base
 
-        def _under(self, steps: tuple[str, ...]) -> Path:
-            key = settings_key(tuple((n, v) for n, v in self.changed if relevant(n, steps)))
-            return self.base / "fit" / key if key else self.base
+    def keras(self, steps: tuple[str, ...]) -> Path:
+        return ModelPaths(self._under(steps), self.model).keras(steps)
 
-        def keras(self, steps):
-            return ModelPaths(self._under(steps), self.model).keras(steps)
+    def recipe_dir(self, recipe: str) -> Path:
+        return self._under(RECIPES[recipe]) / recipe
 
-        def recipe_dir(self, recipe):
-            return self._under(RECIPES[recipe]) / recipe
 
+def candidate_paths(base: Path, model: str, candidate: Candidate) -> CandidatePaths:
     return CandidatePaths(base, model, candidate.changed)
 
 

@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -251,6 +253,18 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
         assert len(ray.nodes()) >= 2
         compare(on_ray, model="digits", targets="corstone-300-u55-128", profile="smoke",
                 techniques=["ptq", "pcqat"], run_models=compare_on_ray(f"127.0.0.1:{port}"), log=lambda line: None)
+        # a worker killed in the middle of a chain: Ray retries the chain, its unstamped stage reruns
+        killed_run = make_project(tmp_path / "killed", examples=True)
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=_kill_a_running_chain, args=(stop, killed), daemon=True)
+        killer.start()
+        try:
+            fit(killed_run, model="digits", target="corstone-300-u55-128", ray=f"127.0.0.1:{port}",
+                log=lambda line: None, **search)
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "no worker was running a chain long enough to be killed"
     finally:
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
@@ -266,3 +280,22 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
     assert sum(r.ran for r in remote["results"]) == sum(r.ran for r in local["results"]) > 0
     for folder in ("build", "firmware_assets"):
         assert _tree(on_ray / folder) == _tree(here / folder)
+    assert _tree(killed_run / "build") == _tree(here / "build")
+    assert _tree(killed_run / "firmware_assets") == {k: v for k, v in _tree(here / "firmware_assets").items()
+                                                     if k.startswith("fit/")}
+
+
+def _kill_a_running_chain(stop: threading.Event, killed: list) -> None:
+    """SIGKILL the first Ray worker seen running a chain for two seconds (Ray names it ray::run_chain)."""
+    seen: dict[int, float] = {}
+    while not stop.is_set() and not killed:
+        for proc in Path("/proc").iterdir():
+            try:
+                running = proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::run_chain")
+            except OSError:
+                continue
+            if running and time.monotonic() - seen.setdefault(int(proc.name), time.monotonic()) > 2.0:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+                break
+        time.sleep(0.2)

@@ -74,20 +74,27 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
     """Re-read the memory reports against the targets as they are now; print every target x model.
     Also rewrites the HTML report, firmware_assets/index.html, from the JSON files there."""
     from npubuild.errors import BuildError, OverBudget
+    from npubuild.fit import check_fits
     from npubuild.html_report import open_page, write_page
     from npubuild.pipeline import check_reports
 
     page = _fail_cleanly(write_page, Path(assets_dir) if assets_dir else ROOT / "firmware_assets")
     if open:
         open_page(page)
-    try:
-        check_reports(ROOT, target=target, assets_dir=Path(assets_dir) if assets_dir else None)
-    except OverBudget as e:
-        if check:
+    folder = Path(assets_dir) if assets_dir else None
+    problems = []
+    for check_one in (lambda: check_fits(ROOT, assets_dir=folder),  # fitted choices (firmware_assets/fit/)
+                      lambda: check_reports(ROOT, target=target, assets_dir=folder)):
+        try:
+            check_one()
+        except OverBudget as e:
+            problems.append(str(e))
+        except BuildError as e:
             raise Exit(f"error: {e}", code=1) from None
-        print(f"warning: {e}")
-    except BuildError as e:
-        raise Exit(f"error: {e}", code=1) from None
+    if problems and check:
+        raise Exit(f"error: {'; '.join(problems)}", code=1)
+    for problem in problems:
+        print(f"warning: {problem}")
 
 
 @task(help={
@@ -96,15 +103,53 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
     "profile": "smoke or default",
     "techniques": "comma-separated recipes (default: all eight: ptq,qat,prune,pqat,cluster,cqat,prune_cluster,pcqat)",
     "data-dir": "real data instead of the built-in dataset",
+    "ray": "run the recipes' stages on this Ray cluster (default: $RAY_ADDRESS; none: in this process)",
 })
-def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None):
+def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None, ray=None):
     """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
+    from npubuild.fit import compare_on_ray
     from npubuild.pipeline import compare as run_compare
 
     _fail_cleanly(
         run_compare, ROOT, model=model, targets=targets or c.config.build.target, profile=profile or c.config.build.profile,
         techniques=techniques.split(",") if techniques else None, data_dir=Path(data_dir) if data_dir else None,
+        run_models=compare_on_ray(ray),
     )
+
+
+@task(help={
+    "model": "the model to fit (a name from models/)",
+    "target": "the target whose budget it must fit (default: config build.target)",
+    "max-drop": "accuracy bound: at most this many points below the best candidate's validation accuracy "
+                "(default 1.0)",
+    "min-accuracy": "accuracy bound instead: at least this validation accuracy (a fraction, e.g. 0.92)",
+    "objective": "what the choice minimizes among candidates that fit: flash, sram or latency (default flash)",
+    "with": "other models (comma-separated) that share the target: their figures files, built when missing",
+    "profile": "smoke or default (default: config build.profile)",
+    "techniques": "comma-separated recipes to search (default: all eight)",
+    "sparsities": "target sparsities tried beside the recipe's (default 0.5,0.75)",
+    "clusters": "numbers of clusters tried beside the recipe's (default 4,8)",
+    "apply": "write the choice into models/<model>.toml (ship and the changed settings; the rest kept)",
+    "ray": "run the candidates on this Ray cluster (default: $RAY_ADDRESS; none: in this process)",
+})
+def fit(c, model, target=None, max_drop=None, min_accuracy=None, objective="flash", with_=None, profile=None,
+        techniques=None, sparsities=None, clusters=None, apply=False, ray=None):
+    """Search the deployment tree for the best model that fits a target; write firmware_assets/fit/."""
+    from npubuild.errors import OverBudget
+    from npubuild.fit import CLUSTERS, SPARSITIES, Bound
+    from npubuild.fit import fit as run_fit
+
+    bound = Bound(max_drop=float(max_drop) if max_drop is not None else 1.0,
+                  min_accuracy=float(min_accuracy) if min_accuracy is not None else None)
+    try:
+        _fail_cleanly(
+            run_fit, ROOT, model=model, target=target or c.config.build.target, bound=bound, objective=objective,
+            with_models=with_.split(",") if with_ else [], profile=profile or c.config.build.profile,
+            techniques=techniques.split(",") if techniques else None,
+            sparsities=tuple(float(v) for v in sparsities.split(",")) if sparsities else SPARSITIES,
+            clusters=tuple(int(v) for v in clusters.split(",")) if clusters else CLUSTERS, apply=apply, ray=ray)
+    except OverBudget as e:
+        raise Exit(f"error: {e}", code=1) from None
 
 
 @task(help={
@@ -206,5 +251,5 @@ def clean(c, all=False, build_dir=None, assets_dir=None):
                   assets_dir=Path(assets_dir) if assets_dir else None, assets=all)
 
 
-ns = Collection(build, data, report, compare, deploy, evaluate, listen, test, bench, clean)
+ns = Collection(build, data, report, compare, fit, deploy, evaluate, listen, test, bench, clean)
 ns.configure({"build": {"model": "kws,quality", "target": "corstone-300-u55-128", "profile": "default"}})

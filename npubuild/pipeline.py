@@ -557,16 +557,19 @@ def compare_stage(recipe: Recipe, paths: ModelPaths, techniques: list[str], targ
 
 def compare(root: Path, *, model: str, targets: str, profile: str = "default", data_dir: Path | None = None,
             techniques: list[str] | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
-            log: Callable[[str], None] = print) -> BuildSummary:
-    """Build every recipe of the deployment tree for `model` and compare them on `targets`."""
+            log: Callable[[str], None] = print, run_models: Callable | None = None) -> BuildSummary:
+    """Build every recipe of the deployment tree for `model` and compare them on `targets`. `run_models`
+    (cache, layout, recipe, profile, techniques, targets) -> ModelPaths runs the recipes' stages instead
+    of this process (on a Ray cluster: `fit.compare_on_ray`)."""
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
         return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
-                        techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log)
+                        techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log,
+                        run_models=run_models)
 
 
 def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Path | None,
              techniques: list[str] | None, build_dir: Path | None, assets_dir: Path | None,
-             log: Callable[[str], None]) -> BuildSummary:
+             log: Callable[[str], None], run_models: Callable | None = None) -> BuildSummary:
     start = time.perf_counter()
     layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
                                                  False, log)
@@ -575,9 +578,12 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     if unknown:
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
     for recipe in recipes:
-        paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
-        cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
-                            for technique in techniques for tgt in target_list])
+        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (fit.compare_on_ray)
+            paths = run_models(cache, layout, recipe, profile, techniques, target_list)
+        else:
+            paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
+            cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
+                                for technique in techniques for tgt in target_list])
         cache.run(compare_stage(recipe, paths, techniques, target_list, layout.assets_dir))
     summary = BuildSummary(results=cache.results, seconds=time.perf_counter() - start)
     log(render_summary(summary))

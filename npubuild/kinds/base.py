@@ -101,6 +101,13 @@ class ModelKind:
         """Labels as Keras wants them for the model's outputs."""
         return y
 
+    def search_space(self, recipe, technique: str) -> dict[str, tuple]:
+        """Extra settings `invoke fit` may search for `technique`, beyond the optimization steps' own:
+        {"<recipe table>.<field>": values}, the recipe's current value included (e.g. a width
+        multiplier, "image.alpha"). Such settings shape the FP32 model: a candidate with other values
+        trains its own. Empty: the kind has none."""
+        return {}
+
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, recipe, model, tflite: Path, features: Path, out: Path) -> None:

@@ -10,6 +10,8 @@ import numpy as np
 
 from npubuild.kinds.base import DataPlan, ModelKind
 
+WIDTHS = (0.35, 0.5)  # width multipliers `invoke fit` tries beside the recipe's
+
 
 class ImageQuality(ModelKind):
     name = "image_quality"
@@ -55,6 +57,10 @@ class ImageQuality(ModelKind):
 
         im = recipe.image
         return mobilenet_v2_heads(im.height, im.width, im.alpha, recipe.heads)
+
+    def search_space(self, recipe, technique):
+        """`invoke fit` may narrow or widen the backbone: MobileNetV2's width multiplier."""
+        return {"image.alpha": tuple(sorted({recipe.image.alpha, *WIDTHS}))}
 
     def compile_args(self, recipe, keras):
         n = len(recipe.heads)

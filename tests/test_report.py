@@ -113,3 +113,20 @@ def test_compare_ratio_on_a_target_whose_weights_are_in_dram():
 
     rows = compare_rows([record("ptq", 0, 400), record("prune_cluster", 0, 150)])
     assert rows["recipes"][1]["targets"]["u65"]["flash_ratio"] == 0.375
+
+
+def test_invoke_report_decides_by_the_kind_of_error_not_its_words(tmp_path):
+    """Only a budget overrun is a warning without --check; any other error fails, whatever its text says
+    (a target named "over budget" once passed as a warning because its error mentioned those words)."""
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / TARGET
+    folder.mkdir()
+    (folder / "memory_report.json").write_text(json.dumps(build_report(SHARED, [figures("kws", 1000, 1000)])))
+    command = [sys.executable, "-m", "invoke", "report", "--target", "over budget", "--assets-dir", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "over budget.toml: no such target" in line

@@ -129,7 +129,7 @@ def test_chain_plan_gives_each_stage_one_chain_and_no_cycle(tmp_path):
     stamps = [s for c in chains for s in c.stamps]
     assert len(stamps) == len(set(stamps)) == len({s.stamp for stages in per for s in stages})
     assert all(w < i for i, c in enumerate(chains) for w in c.waits)
-    assert len(chains) > 8 and "tensorflow" not in sys.modules
+    assert len(chains) > 8
 
 
 # --------------------------------------------------------------------------- end to end

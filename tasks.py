@@ -98,7 +98,7 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 
 
 @task(help={
-    "model": "the model whose recipes to compare (kws)",
+    "model": "the model whose recipes to compare: a name from models/ (kws, quality, digits, your own)",
     "targets": "comma-separated target names, or all (default: config build.target)",
     "profile": "smoke or default",
     "techniques": "comma-separated recipes (default: all eight: ptq,qat,prune,pqat,cluster,cqat,prune_cluster,pcqat)",
@@ -179,7 +179,7 @@ def test(c, k=None, fast=False):
 
 @task(help={
     "profile": "profile to time (default: default)",
-    "model": "the model whose clean build is timed: kws, quality or all (default: kws)",
+    "model": "the model whose clean build is timed: a name from models/, several with commas, or all (default: kws)",
     "output": "results file (default: benchmarks/results.json)",
     "part": "build (a clean build and the rest; default) or detector (time the detector stage's tuning on an "
             "existing build's kws model; merged into the results file)",
@@ -224,8 +224,9 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
 
 
 @task(help={
-    "model": "kws or quality",
-    "data-dir": "a labelled folder: Speech Commands layout (kws) or images with labels.csv (quality); "
+    "model": "a model name from models/ (kws, quality, digits, your own)",
+    "data-dir": "a labelled folder in the model kind's layout: Speech Commands (kws), images with labels.csv "
+                "(quality), an .npz or one folder per label (keras); "
                 "without it, the built-in test sets",
     "profile": "whose build to evaluate: build/<profile>/<model>/builtin/ (default: config build.profile)",
     "target": "also report the model's inference time and memory on this target (from its memory report)",

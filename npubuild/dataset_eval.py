@@ -57,7 +57,7 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     layout = Layout.for_project(root, build_dir, assets_dir)
     recipes = resolve_models(layout.root, model)
     if len(recipes) != 1:
-        raise BuildError(f"--model: evaluate one model at a time (kws or quality), not {model!r}")
+        raise BuildError(f"--model: evaluate one model at a time (a name from models/), not {model!r}")
     recipe = recipes[0]
     paths = shipped_paths(layout.root, recipe, profile, layout.build_dir, need=("int8", "evaluation", "features"))
     technique = recipe.ship

@@ -52,6 +52,25 @@ def say(message: str) -> None:
     _STAGE_LOG.get()(message)
 
 
+class Progress:
+    """Progress of a long loop through `say`: one line at most every `every_s` seconds, and one at the
+    end, with an estimate of the time left (plain lines: readable in CI logs too)."""
+
+    def __init__(self, total: int, what: str, every_s: float = 5.0) -> None:
+        self.total, self.what, self.every_s = total, what, every_s
+        self.done = 0
+        self._start = self._last = time.perf_counter()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.done >= self.total or now - self._last >= self.every_s:
+            self._last = now
+            left = (now - self._start) / self.done * (self.total - self.done) if self.done else 0.0
+            say(f"  {self.what}: {self.done:,}/{self.total:,}"
+                + (f", about {left:.0f} s left" if self.done < self.total else f" in {now - self._start:.0f} s"))
+
+
 def epoch_logger(keras, epochs: int, what: str):
     """A Keras callback that reports each epoch through `say` (loss, metrics, seconds)."""
 

@@ -253,10 +253,16 @@ def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, worke
     chunks = [(specs[i:i + CHUNK], sample_rate, clip_samples) for i in range(0, len(specs), CHUNK)]
     if not chunks:
         return np.zeros((0, clip_samples), np.float32)
+    from npubuild.stages import Progress
+
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")
+    progress = Progress(len(specs), "clips synthesised")
+    parts = []
     with ctx.Pool(workers, maxtasksperchild=1) as pool:
-        parts = pool.map(_synthesise_chunk, chunks, chunksize=1)
+        for part in pool.imap(_synthesise_chunk, chunks, chunksize=1):  # in order: the same array every time
+            parts.append(part)
+            progress.advance(len(part))
     return np.concatenate(parts) if parts else np.zeros((0, clip_samples), np.float32)
 
 

@@ -334,13 +334,21 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
     n_textures = max(4, count // 25)
     jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures)
             for c in range(-(-count // CHUNK))]
+    from npubuild.stages import Progress
+
+    progress = Progress(count, f"{split} images made")
+    parts = []
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_make_chunk, jobs)
+            for part in pool.imap(_make_chunk, jobs):  # in order: the same arrays every time
+                parts.append(part)
+                progress.advance(len(part[0]))
     else:
-        parts = [_make_chunk(job) for job in jobs]
+        for job in jobs:
+            parts.append(_make_chunk(job))
+            progress.advance(len(parts[-1][0]))
     if not parts:
         return np.empty((0, size, size, 3), np.uint8), np.empty((0, len(heads)), np.uint8)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

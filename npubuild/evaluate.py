@@ -12,10 +12,9 @@ from npubuild.stages import say, write_json
 def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
     """INT8 model outputs (dequantised) for float inputs, with the reference kernels (int8_runner)."""
     from npubuild.int8_runner import dequantize, run_float
-
-    out = run_float(tflite_path, x)[0]
     from npubuild.tflite_file import io_tensors
 
+    out = run_float(tflite_path, x)[0]
     info = io_tensors(tflite_path)[1][0]
     return dequantize(out, info.scale, info.zero_point).reshape(len(x), -1)
 

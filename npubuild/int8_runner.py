@@ -161,6 +161,11 @@ def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) ->
         _POOLS.pop(processes, None)
         raise BuildError(f"{tflite}: LiteRT's reference kernels stopped the process running it (an "
                          f"operator's quantization parameters are outside what the kernels support)") from None
+    return _joined(parts)
+
+
+def _joined(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each output's rows from every chunk, in chunk order."""
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
@@ -177,7 +182,7 @@ def _in_workers(run, tflite: Path | str, chunks: list[np.ndarray], broken: str) 
             parts = list(pool.map(run, [str(tflite)] * len(chunks), chunks))
     except BrokenProcessPool:
         raise BuildError(f"{tflite}: {broken}") from None
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return _joined(parts)
 
 
 def _run_tflm_chunk(path: str, q: np.ndarray) -> list[np.ndarray]:

@@ -257,7 +257,7 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
                                   scratch_bytes=figures["scratch_bytes"],
                                   fast_scratch_bytes=figures["fast_scratch_bytes"], out_dir=folder,
                                   extras=extras, provenance=provenance)
-        model = model_figures(recipe, target, paths, technique, provenance)
+        model = model_figures(recipe, target, paths, technique, provenance, vela_figures=figures)
         # the application C beside the model (front end, detector, preprocessing) counts in its budget
         model = app_code.with_app_sizes(model, app_code.sizes_path(folder, recipe.name))
         stages.write_json(figures_file(assets_dir, target.name, recipe.name), asdict(model))
@@ -278,12 +278,15 @@ def assets_stage(recipe: Recipe, target: Target, target_file: Path, paths: Model
     )
 
 
-def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str, provenance: dict[str, str]):
+def model_figures(recipe: Recipe, target: Target, paths: ModelPaths, technique: str, provenance: dict[str, str],
+                  vela_figures: dict | None = None):
+    """Everything the memory report says about one model on one target (`vela_figures`: Vela's figures
+    when the caller has read them already)."""
     from npubuild import assets, vela
     from npubuild.report import ModelFigures
 
     out = vela.VelaOutputs(paths.vela_dir(technique, target.name), recipe.name)
-    v = vela.read_vela_figures(out)
+    v = vela_figures or vela.read_vela_figures(out)
     evaluation = json.loads(paths.evaluation(technique).read_text())
     input_info, outputs = assets.io_tensors(paths.int8(technique))
     return ModelFigures(

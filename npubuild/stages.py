@@ -98,6 +98,15 @@ def sha256_file(path: Path) -> str:
     return _hash_memo[memo_key]
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap identity of a folder's contents: every file's relative path, size and modification time."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 

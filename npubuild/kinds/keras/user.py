@@ -56,18 +56,16 @@ def call_function(recipe, spec: str, what: str):
 def source_digest(recipe, spec: str, field: str = "") -> str:
     """What the data or model depends on: the file's sha256 (for a folder: names, sizes, times).
     `field`: the recipe field that names `spec` (for the error), empty for a --data-dir path."""
+    from npubuild.stages import folder_fingerprint, sha256_file
+
     path = resolve(recipe, spec.rpartition(":")[0] if ".py:" in spec else spec)
     if path.is_dir():
-        h = hashlib.sha256()
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            st = p.stat()
-            h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+        return folder_fingerprint(path)
     if not path.is_file():
         if field:
             raise BuildError(f"{recipe.source}: field 'keras.{field}' names {spec!r}, which does not exist")
         raise BuildError(f"{path}: does not exist")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def load_model(recipe):

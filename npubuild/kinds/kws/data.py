@@ -533,15 +533,11 @@ def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: 
 
 def fingerprint_dir(data_dir: Path) -> str:
     """A cheap identity of a data folder: every file's relative path, size and mtime."""
-    import hashlib
+    from npubuild.stages import folder_fingerprint
 
     if not data_dir.is_dir():
         raise BuildError(f"{data_dir}: data directory does not exist")
-    h = hashlib.sha256()
-    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
-        st = path.stat()
-        h.update(f"{path.relative_to(data_dir).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return folder_fingerprint(data_dir)
 
 
 def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path,

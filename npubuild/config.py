@@ -289,6 +289,8 @@ class Profile:
     detector_clips_per_keyword: int = 0
     detector_unknown_clips: int = 0
     detector_noise_seconds: int = 0
+    # Keyword spotting, built-in data: renderings of each training clip (one per epoch, cycling).
+    train_variants: int = 1
 
     def step_epochs(self, step: str) -> int:
         """Fine-tuning epochs of an optimization step ("prune", "cluster" or "qat")."""

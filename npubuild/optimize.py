@@ -90,14 +90,15 @@ def load_chain_model(steps: tuple[str, ...], model_path: Path, before_path: Path
 
 
 def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int, learning_rate: float,
-               callbacks=()) -> dict:
+               callbacks=(), *, features: Path, rows: np.ndarray | None, seed: list[int]) -> dict:
     """Fit and report the history with the throughput of the fit itself (samples per second)."""
     from npubuild.kinds import get_kind
+    from npubuild.train import fit_epochs
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **get_kind(recipe.kind).compile_args(recipe, keras))
     start = time.perf_counter()
-    history = model.fit(x, get_kind(recipe.kind).fit_targets(recipe, y), epochs=epochs, batch_size=batch_size, shuffle=True,
-                        verbose=0, callbacks=[*callbacks, epoch_logger(keras, epochs, "fine-tuning")])
+    history = fit_epochs(recipe, model, features, x, y, epochs=epochs, batch_size=batch_size, seed=seed, rows=rows,
+                         callbacks=[*callbacks, epoch_logger(keras, epochs, "fine-tuning")])
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
@@ -194,6 +195,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
 
     _, keras = import_tf(seed=recipe.seed)
     x, y = get_kind(recipe.kind).load_split(recipe, features, "train")
+    pick = None
     if profile.finetune_samples and len(x) > profile.finetune_samples:
         pick = np.sort(np.random.default_rng([recipe.seed, STEPS.index(plan.step)]).permutation(len(x))
                        [:profile.finetune_samples])
@@ -204,7 +206,8 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     say(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs")
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
     fit = _fine_tune(recipe, wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
-                     wrapped.callbacks)
+                     wrapped.callbacks, features=features, rows=pick,
+                     seed=[recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)])
     final = wrapped.strip(wrapped.model)
     with atomic_path(out_model) as tmp:
         if plan.step == "qat":

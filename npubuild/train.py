@@ -25,10 +25,10 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
     say(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
           f"{len(x_train)} samples, {profile.epochs} epochs")
     start = time.perf_counter()
-    history = model.fit(x_train, get_kind(recipe.kind).fit_targets(recipe, y_train),
-                        validation_data=(x_val, get_kind(recipe.kind).fit_targets(recipe, y_val)), epochs=profile.epochs,
-                        batch_size=profile.batch_size, shuffle=True, verbose=0,
-                        callbacks=[epoch_logger(keras, profile.epochs, "training")])
+    history = fit_epochs(recipe, model, features, x_train, y_train, epochs=profile.epochs,
+                         batch_size=profile.batch_size, seed=[recipe.seed, 0],
+                         validation_data=(x_val, get_kind(recipe.kind).fit_targets(recipe, y_val)),
+                         callbacks=[epoch_logger(keras, profile.epochs, "training")])
     seconds = time.perf_counter() - start
     with atomic_path(out_model) as tmp:
         model.save(tmp, include_optimizer=False)
@@ -37,6 +37,43 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
                          "epochs": profile.epochs, "seconds": round(seconds, 1),
                          "samples_per_second": round(len(x_train) * profile.epochs / seconds, 1),
                          "history": hist})
+
+
+def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarray, *, epochs: int,
+               batch_size: int, seed: list[int], rows: np.ndarray | None = None, validation_data=None,
+               callbacks=()):
+    """`model.fit` on the training split. When the kind redraws its inputs every epoch
+    (`ModelKind.epoch_inputs`), the epochs are fed from a generator: epoch e takes the kind's
+    inputs for e, in an order drawn from (seed, e), so the run is a function of the seed.
+    Otherwise a plain fit of `x` with Keras' shuffling. `rows` are the rows of the split that `x`
+    holds (None: all)."""
+    from npubuild.kinds import get_kind
+
+    kind = get_kind(recipe.kind)
+    targets = kind.fit_targets(recipe, y)
+    draw = kind.epoch_inputs(recipe, features, rows)
+    if draw is None:
+        return model.fit(x, targets, validation_data=validation_data, epochs=epochs, batch_size=batch_size,
+                         shuffle=True, verbose=0, callbacks=list(callbacks))
+    import tensorflow as tf
+
+    n = len(y)
+    batches = int(np.ceil(n / batch_size))
+
+    def batches_of_every_epoch():
+        for epoch in range(epochs):
+            rng = np.random.default_rng([*seed, epoch])
+            inputs = draw(epoch, rng)
+            order = rng.permutation(n)
+            for b in range(batches):
+                pick = np.sort(order[b * batch_size:(b + 1) * batch_size])
+                yield inputs[pick], targets[pick]
+
+    spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+            tf.TensorSpec((None, *np.asarray(targets).shape[1:]), tf.as_dtype(np.asarray(targets).dtype)))
+    data = tf.data.Dataset.from_generator(batches_of_every_epoch, output_signature=spec).prefetch(2)
+    return model.fit(data, steps_per_epoch=batches, validation_data=validation_data, epochs=epochs, verbose=0,
+                     callbacks=list(callbacks))
 
 
 def load_keras_model(path: Path):

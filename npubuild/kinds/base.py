@@ -101,6 +101,12 @@ class ModelKind:
         """Labels as Keras wants them for the model's outputs."""
         return y
 
+    def epoch_inputs(self, recipe, features: Path, rows: np.ndarray | None):
+        """None when training takes the training split's inputs as they are (Keras shuffles them);
+        otherwise a function (epoch, rng) -> the inputs of that epoch, row for row the training split
+        (`rows` of it when given): augmentation drawn afresh every epoch, with `rng` (seeded per epoch)."""
+        return None
+
     def search_space(self, recipe, technique: str) -> dict[str, tuple]:
         """Extra settings `invoke fit` may search for `technique`, beyond the optimization steps' own:
         {"<recipe table>.<field>": values}, the recipe's current value included (e.g. a width

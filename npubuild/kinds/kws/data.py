@@ -1,16 +1,26 @@
-"""Keyword-spotting data: the built-in eSpeak NG dataset, or a Speech Commands v2 folder.
+"""Keyword-spotting data: the built-in synthetic dataset, or a Speech Commands v2 folder.
 
 Both produce the same thing: 1 s clips of 16 kHz audio per split with integer
 labels in the recipe's label order, turned into MFCC features by the front end.
 
 Built-in dataset
 ----------------
-Each keyword and each `_unknown_` word is synthesised with eSpeak NG, with a
-voice (accent + variant), speed, pitch and pitch range drawn per clip; trimmed,
-resampled to 16 kHz, scaled to a random peak level, placed at a random offset
-in a 1 s clip, and mixed with generated noise (white, pink, brown, mains hum) at
-a random SNR. `_silence_` clips are noise alone. Voices are split between
-train/validation/test, so no split hears a voice another split was built with.
+A voice bank of three engines (`engines.py`): eSpeak NG (8 accents x its voice variants),
+Flite (kal16, awb, rms, slt) and Festival (ked). Half of the speech clips of each split
+(OTHER_SHARE) are spoken by the Flite/Festival voices, half by eSpeak NG. Each keyword and each
+`_unknown_` word is synthesised with a voice, speed, pitch and pitch range drawn per clip, then
+made into another speaker (`perturb_voice`: vocal-tract length and speed), trimmed, resampled to
+16 kHz, scaled to a random peak level, placed at a random offset in a 1 s clip, and mixed with
+generated noise (white, pink, brown, mains hum) at a random SNR. `_silence_` clips are noise alone.
+Whole voices are dealt to train/validation/test, so no split hears a voice another split was built
+with (eSpeak NG variants 70/15/15 in every accent; Flite awb, rms and kal16 train, Festival ked
+validation, Flite slt test).
+
+Training clips are rendered TRAIN_VARIANTS times (profile `train_variants`): each rendering draws
+its own speaker perturbation, placement, level, noise and, for half of them, a room, microphone
+and clipping; training takes one rendering per epoch, with time and MFCC masks drawn afresh
+(`kind.KwsEpochs`), so no epoch sees the same input twice.
+
 Audio is synthesised in fixed chunks, each in a fresh process, because eSpeak NG
 carries state from one utterance to the next: that makes the dataset a function
 of the seed alone, whatever the scheduling.
@@ -43,6 +53,11 @@ CHUNK = 400
 # The built-in data has a fourth split: the recording-like test set.
 BUILTIN_SPLITS = (*SPLITS, "test_rec")
 AUGMENT_SHARE = 0.5
+# Share of each split's speech clips spoken by the voices of other engines than eSpeak NG.
+OTHER_SHARE = 0.5
+# Voices of the other engines (`engines.py`), dealt whole to splits.
+OTHER_VOICES = {"train": ("flite:awb", "flite:rms", "flite:kal16"), "val": ("festival:ked",),
+                "test": ("flite:slt",)}
 
 
 def variant_names() -> list[str]:
@@ -58,19 +73,29 @@ def voice_name(accent: str, variant: str) -> str:
 
 
 def voice_names() -> list[str]:
-    """Every accent x variant combination, in a fixed order."""
-    return [voice_name(accent, v) for accent in ACCENTS for v in variant_names()]
+    """Every voice of the bank: eSpeak NG accent x variant combinations, then the other engines' voices."""
+    return [*(voice_name(accent, v) for accent in ACCENTS for v in variant_names()),
+            *(v for split in SPLITS for v in OTHER_VOICES[split])]
 
 
 def split_voices(seed: int) -> dict[str, list[str]]:
-    """Whole variants are dealt to train/val/test (70/15/15), each with every accent: a test
-    voice is a variant training never heard in any accent."""
+    """Whole eSpeak NG variants are dealt to train/val/test (70/15/15), each with every accent: a test
+    voice is a variant training never heard in any accent. The other engines' voices go whole to
+    the split OTHER_VOICES names."""
     variants = variant_names()
     order = np.random.default_rng([seed, 1]).permutation(len(variants))
     n_train = round(SPLIT_SHARES[0] * len(variants))
     n_val = round(SPLIT_SHARES[1] * len(variants))
     cut = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return {split: sorted(voice_name(a, variants[i]) for i in idx for a in ACCENTS) for split, idx in cut.items()}
+    return {split: [*sorted(voice_name(a, variants[i]) for i in idx for a in ACCENTS), *OTHER_VOICES[split]]
+            for split, idx in cut.items()}
+
+
+def engine_index(voice: str) -> int:
+    """The engine of a voice as an index into `engines.ENGINES` (stored per clip as `e_<split>`)."""
+    from npubuild.kinds.kws.engines import ENGINES, engine_of
+
+    return ENGINES.index(engine_of(voice))
 
 
 @dataclass(frozen=True)
@@ -93,7 +118,11 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
     AUGMENT_SHARE of the clips goes through it too (other draws of the same kinds)."""
     per_class = {"train": profile.train_per_class, "val": profile.val_per_class,
                  "test": profile.test_per_class, "test_rec": profile.test_per_class}[split]
+    from npubuild.kinds.kws.engines import ESPEAK, engine_of
+
     voices = split_voices(recipe.seed)["test" if split == "test_rec" else split]
+    espeak_voices = [v for v in voices if engine_of(v) == ESPEAK]
+    other_voices = [v for v in voices if engine_of(v) != ESPEAK]
     rng = np.random.default_rng([recipe.seed, BUILTIN_SPLITS.index(split), 2])
     specs = []
     for label, name in enumerate(recipe.labels):
@@ -104,8 +133,9 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
                 word = recipe.unknown_words[rng.integers(len(recipe.unknown_words))]
             else:
                 word = name
+            pool = other_voices if other_voices and rng.random() < OTHER_SHARE else espeak_voices
             specs.append(ClipSpec(
-                label=label, word=word, voice=voices[rng.integers(len(voices))],
+                label=label, word=word, voice=pool[rng.integers(len(pool))],
                 rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
                 pitch=int(rng.integers(15, 86)), pitch_range=int(rng.integers(10, 91)),
                 seed=int(rng.integers(2**31)),
@@ -138,6 +168,60 @@ def make_noise(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray
     return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
 
 
+def vtlp(audio: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float = 4800.0) -> np.ndarray:
+    """Vocal-tract-length perturbation: the short-time spectrum warped along frequency by `alpha`
+    (Jaitly & Hinton's piecewise-linear warp: f -> alpha*f up to a boundary, then a straight line to
+    Nyquist), so formants move as in a longer (alpha < 1) or shorter (alpha > 1) vocal tract. Magnitudes
+    are warped, each bin keeps its phase; the length is kept."""
+    from scipy.signal import istft, stft
+
+    if len(audio) < 64 or alpha == 1.0:
+        return audio
+    n_fft, hop = 512, 128
+    freqs, _, z = stft(audio, fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop, boundary="even")
+    nyquist = sample_rate / 2
+    knee = boundary_hz * min(alpha, 1.0) / alpha
+    # Source frequency of every output bin: the inverse of the warp.
+    out_knee = alpha * knee
+    src = np.where(freqs <= out_knee, freqs / alpha,
+                   knee + (freqs - out_knee) * (nyquist - knee) / (nyquist - out_knee))
+    position = np.clip(src / freqs[1], 0, len(freqs) - 1)  # fractional bin, the same for every frame
+    low = np.minimum(position.astype(int), len(freqs) - 2)
+    weight = (position - low)[:, None]
+    magnitude = np.abs(z)
+    warped = magnitude[low] * (1 - weight) + magnitude[low + 1] * weight
+    _, y = istft(warped * np.exp(1j * np.angle(z)), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop,
+                 boundary=True)
+    return y[:len(audio)].astype(np.float32)
+
+
+def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Play `factor` times faster (pitch, formants and tempo together, as a tape does): resampling."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    if factor == 1.0 or not len(audio):
+        return audio
+    ratio = Fraction(factor).limit_denominator(100)
+    return resample_poly(audio, ratio.denominator, ratio.numerator).astype(np.float32)
+
+
+# Per clip: how a voice becomes many speakers (`perturb_voice`).
+VTLP_RANGE = (0.85, 1.15)
+SPEED_RANGE = (0.9, 1.1)
+
+
+def perturb_voice(rng: np.random.Generator, speech: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Another speaker from the same voice: a vocal-tract length (VTLP factor in VTLP_RANGE, 80% of
+    clips) and a speed (SPEED_RANGE, 50%: pitch and tempo together), drawn per clip."""
+    if len(speech) and rng.random() < 0.8:
+        speech = vtlp(speech, float(rng.uniform(*VTLP_RANGE)), sample_rate)
+    if len(speech) and rng.random() < 0.5:
+        speech = change_speed(speech, float(rng.uniform(*SPEED_RANGE)))
+    return speech
+
+
 def _trim(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
     if not len(audio):
         return audio
@@ -149,7 +233,7 @@ def render_clip(spec: ClipSpec, speech: np.ndarray, sample_rate: int, clip_sampl
     """Place synthesised speech (already at `sample_rate`) in a noisy 1 s clip."""
     rng = np.random.default_rng(spec.seed)
     clip = np.zeros(clip_samples, np.float32)
-    speech = _trim(speech)[:clip_samples]
+    speech = _trim(perturb_voice(np.random.default_rng([spec.seed, 5]), speech, sample_rate))[:clip_samples]
     if len(speech):
         speech = speech / (np.abs(speech).max() + 1e-12) * 10 ** (rng.uniform(-20.0, -1.0) / 20)
         start = rng.integers(0, clip_samples - len(speech) + 1)
@@ -229,53 +313,96 @@ def recording_like(rng: np.random.Generator, clip: np.ndarray, sample_rate: int)
     return out.astype(np.float32)
 
 
-def _synthesise_chunk(args: tuple[list[ClipSpec], int, int]) -> np.ndarray:
+def variant_seed(seed: int, variant: int) -> int:
+    """The seed of a clip's `variant`-th rendering (the 0th is the clip's own)."""
+    return seed if variant == 0 else int(np.random.default_rng([seed, variant, 11]).integers(2**31))
+
+
+def _speech(engines, specs: list[ClipSpec], sample_rate: int) -> list[np.ndarray]:
+    """Dry speech of each spec at `sample_rate` (empty for silence); Festival's in one process."""
     from scipy.signal import resample_poly
 
-    from npubuild.kinds.kws.espeak import Synthesizer, Voice
+    from npubuild.kinds.kws.engines import FESTIVAL, Say, engine_of
 
-    specs, sample_rate, clip_samples = args
-    synth = Synthesizer()
-    g = math.gcd(sample_rate, synth.sample_rate)
-    out = np.empty((len(specs), clip_samples), np.float32)
+    def item(spec: ClipSpec) -> Say:
+        return Say(spec.word, spec.voice, spec.rate_wpm, spec.pitch, spec.pitch_range, spec.seed)
+
+    festival = [i for i, s in enumerate(specs) if s.word and engine_of(s.voice) == FESTIVAL]
+    said = dict(zip(festival, engines.say_festival([item(specs[i]) for i in festival]), strict=True))
+    out = []
     for i, spec in enumerate(specs):
-        if spec.word:
-            raw = synth.say(spec.word, Voice(spec.voice, spec.rate_wpm, spec.pitch, spec.pitch_range), spec.seed)
-            speech = resample_poly(raw, sample_rate // g, synth.sample_rate // g).astype(np.float32)
-        else:
-            speech = np.zeros(0, np.float32)
-        out[i] = render_clip(spec, speech, sample_rate, clip_samples)
+        if not spec.word:
+            out.append(np.zeros(0, np.float32))
+            continue
+        rate, raw = said[i] if i in said else engines.say(item(spec))
+        g = math.gcd(sample_rate, rate)
+        out.append(raw if rate == sample_rate else resample_poly(raw, sample_rate // g, rate // g).astype(np.float32))
     return out
 
 
-def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, workers: int | None = None) -> np.ndarray:
-    """Audio for `specs`, in chunks of CHUNK clips, each chunk in a fresh process."""
-    chunks = [(specs[i:i + CHUNK], sample_rate, clip_samples) for i in range(0, len(specs), CHUNK)]
+def _synthesise_chunk(args: tuple) -> np.ndarray:
+    """Renderings of a chunk of clips: audio (variants, n, clip_samples), or MFCC features when `fe`
+    is given (variants, n, frames, num_mfcc)."""
+    from dataclasses import replace
+
+    from npubuild.kinds.kws.engines import Engines
+
+    specs, sample_rate, clip_samples, variants, fe = args
+    engines = Engines()
+    try:
+        speech = _speech(engines, specs, sample_rate)
+    finally:
+        engines.close()
+    audio = np.empty((variants, len(specs), clip_samples), np.float32)
+    for i, spec in enumerate(specs):
+        for v in range(variants):
+            audio[v, i] = render_clip(replace(spec, seed=variant_seed(spec.seed, v)), speech[i], sample_rate,
+                                      clip_samples)
+    if fe is None:
+        return audio
+    from npubuild.kinds.kws.frontend import mfcc_batched
+
+    return mfcc_batched(audio.reshape(-1, clip_samples), fe).reshape(variants, len(specs), fe.num_frames,
+                                                                     fe.num_mfcc)
+
+
+def _run_chunks(specs: list[ClipSpec], sample_rate: int, clip_samples: int, variants: int, fe,
+                workers: int | None, what: str) -> np.ndarray:
+    chunks = [(specs[i:i + CHUNK], sample_rate, clip_samples, variants, fe) for i in range(0, len(specs), CHUNK)]
     if not chunks:
-        return np.zeros((0, clip_samples), np.float32)
+        return np.zeros((variants, 0, *((clip_samples,) if fe is None else (fe.num_frames, fe.num_mfcc))),
+                        np.float32)
     from npubuild.stages import Progress
 
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")
-    progress = Progress(len(specs), "clips synthesised")
+    progress = Progress(len(specs) * variants, what)
     parts = []
     with ctx.Pool(workers, maxtasksperchild=1) as pool:
         for part in pool.imap(_synthesise_chunk, chunks, chunksize=1):  # in order: the same array every time
             parts.append(part)
-            progress.advance(len(part))
-    return np.concatenate(parts) if parts else np.zeros((0, clip_samples), np.float32)
+            progress.advance(part.shape[0] * part.shape[1])
+    return np.concatenate(parts, axis=1)
 
 
-def builtin_dataset(recipe: Recipe, profile: Profile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (audio (N, clip_samples) float32, labels (N,) int32)}."""
+def synthesise(specs: list[ClipSpec], sample_rate: int, clip_samples: int, workers: int | None = None) -> np.ndarray:
+    """Audio (N, clip_samples) for `specs`, in chunks of CHUNK clips, each chunk in a fresh process."""
+    return _run_chunks(specs, sample_rate, clip_samples, 1, None, workers, "clips synthesised")[0]
+
+
+def builtin_features(recipe: Recipe, profile: Profile,
+                     workers: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{split: (MFCC features (variants, N, frames, num_mfcc), labels (N,) int32, engine index (N,) int8,
+    -1 for silence)}: `profile.train_variants` renderings of each training clip, one of the others."""
     fe = recipe.frontend
-    plans = {split: plan_clips(recipe, profile, split) for split in BUILTIN_SPLITS}
-    audio = synthesise([s for split in BUILTIN_SPLITS for s in plans[split]], fe.sample_rate, fe.clip_samples)
-    data, start = {}, 0
+    data = {}
     for split in BUILTIN_SPLITS:
-        n = len(plans[split])
-        data[split] = (audio[start:start + n], np.array([s.label for s in plans[split]], np.int32))
-        start += n
+        plan = plan_clips(recipe, profile, split)
+        variants = max(1, profile.train_variants) if split == "train" else 1
+        features = _run_chunks(plan, fe.sample_rate, fe.clip_samples, variants, fe, workers,
+                               f"{split} clips rendered")
+        engines = np.array([engine_index(s.voice) if s.word else -1 for s in plan], np.int8)
+        data[split] = (features, np.array([s.label for s in plan], np.int32), engines)
     return data
 
 
@@ -547,22 +674,65 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
     from npubuild.kinds.kws.frontend import mfcc_batched
     from npubuild.stages import atomic_output
 
+    arrays = {}
     if data_dir:
         notes = WavNotes()
         data = speech_commands_dataset(recipe, data_dir, notes)
         log(f"  {data_dir}: {notes.summary(recipe.frontend.sample_rate)}")
         if notes.split_rule:
             log(f"  {data_dir}: {notes.split_rule}")
+        for split, (audio, labels) in data.items():
+            arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)
+            arrays[f"y_{split}"] = labels
     else:
-        data = builtin_dataset(recipe, profile)
-    arrays = {}
-    for split, (audio, labels) in data.items():
-        arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)
-        arrays[f"y_{split}"] = labels
+        for split, (features, labels, engines) in builtin_features(recipe, profile).items():
+            arrays[f"x_{split}"] = features[0]
+            if len(features) > 1:  # further renderings of the training clips, one per epoch
+                arrays[f"x_{split}_variants"] = features[1:]
+            arrays[f"y_{split}"] = labels
+            arrays[f"e_{split}"] = engines
     arrays["mean"] = arrays["x_train"].mean(axis=(0, 1)).astype(np.float32)
     arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
     with atomic_output(out) as f:
         np.savez(f, **arrays)
+
+
+# SpecAugment-style masks drawn per clip and epoch: one span of up to TIME_MASK_FRAMES frames and one of
+# up to MFCC_MASK_COEFFS coefficients set to the training mean (0 once standardised).
+TIME_MASK_FRAMES = 8
+MFCC_MASK_COEFFS = 2
+
+
+def mask_features(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """`x` (N, frames, coefficients) with a time span and a coefficient span of each clip zeroed."""
+    n, frames, coeffs = x.shape
+    t_width = rng.integers(0, TIME_MASK_FRAMES + 1, n)
+    t_start = rng.integers(0, frames - t_width + 1)
+    c_width = rng.integers(0, MFCC_MASK_COEFFS + 1, n)
+    c_start = rng.integers(0, coeffs - c_width + 1)
+    t = np.arange(frames)[None, :]
+    c = np.arange(coeffs)[None, :]
+    in_time = (t >= t_start[:, None]) & (t < (t_start + t_width)[:, None])
+    in_coeff = (c >= c_start[:, None]) & (c < (c_start + c_width)[:, None])
+    return np.where(in_time[:, :, None] | in_coeff[:, None, :], np.float32(0), x).astype(np.float32)
+
+
+class EpochInputs:
+    """The training split as each epoch sees it: rendering `epoch mod renderings` (the data stage's
+    `x_train` and `x_train_variants`), standardised, with fresh masks (`mask_features`)."""
+
+    def __init__(self, features: Path, rows: np.ndarray | None) -> None:
+        from npubuild.kinds.kws.frontend import standardise
+
+        with np.load(features) as d:
+            renderings = [d["x_train"]]
+            if "x_train_variants" in d.files:
+                renderings += list(d["x_train_variants"])
+            self.renderings = [standardise(r if rows is None else r[rows], d["mean"], d["std"]) for r in renderings]
+
+    def __call__(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
+        x = mask_features(rng, self.renderings[epoch % len(self.renderings)])
+        return x.reshape(len(x), -1)
 
 
 def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -39,8 +39,11 @@ class KeywordSpotting(ModelKind):
         params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
                   "seed": recipe.seed}
         if data_dir is None:
-            params.update(profile={k: getattr(profile, k) for k in SIZES}, unknown_words=recipe.unknown_words,
-                          source="builtin")
+            from npubuild.kinds.kws.engines import FESTIVAL, FLITE, version
+
+            params.update(profile={k: getattr(profile, k) for k in (*SIZES, "train_variants")},
+                          unknown_words=recipe.unknown_words, source="builtin",
+                          engines={e: version(e) for e in (FLITE, FESTIVAL)})
             tools = ("espeakng-loader", "scipy", "numpy")
         else:
             params.update(source="speech_commands", fingerprint=data.fingerprint_dir(data_dir))
@@ -52,6 +55,13 @@ class KeywordSpotting(ModelKind):
         from npubuild.kinds.kws.data import load_split
 
         return load_split(features, split)
+
+    def epoch_inputs(self, recipe, features, rows):
+        """A rendering per epoch with fresh masks (`data.EpochInputs`); a folder of recordings has one
+        rendering, so its epochs differ by the masks."""
+        from npubuild.kinds.kws.data import EpochInputs
+
+        return EpochInputs(features, rows)
 
     def build_model(self, recipe):
         from npubuild.kinds.kws.model import ds_cnn_l

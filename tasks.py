@@ -35,16 +35,23 @@ def _fail_cleanly(fn, *args, **kwargs):
     "dry-run": "say which stages would run and why; run nothing",
     "jobs": "Vela compilations run at once (default: one per CPU)",
     "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
+    "base-images": "image models: a folder of your own clean photos, degraded into the training data in place "
+                   "of the built-in bases",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
-          dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None):
+          dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None, base_images=None):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.datasets import data_dir_for
+    from npubuild.kinds.base import BaseImagesDir
     from npubuild.pipeline import build as run_build
 
     cfg = c.config.build
+    if base_images and (data_dir or dataset):
+        raise Exit("error: --base-images: give it alone, not with --data-dir or --dataset", code=1)
     data_dir = _fail_cleanly(data_dir_for, dataset, Path(data_dir) if data_dir else None,
                              Path(cache_dir) if cache_dir else None, fetch_missing=not dry_run)
+    if base_images:
+        data_dir = BaseImagesDir(base_images)
     _fail_cleanly(
         run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
         data_dir=data_dir,
@@ -231,14 +238,16 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
     "profile": "whose build to evaluate: build/<profile>/<model>/builtin/ (default: config build.profile)",
     "target": "also report the model's inference time and memory on this target (from its memory report)",
     "assets-dir": "where firmware assets go (default: firmware_assets/): writes evaluate/<model>-<dataset>.*",
+    "build-dir": "the build folder holding the model (default: build/)",
 })
-def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None):
+def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
     from npubuild.dataset_eval import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,
-                  assets_dir=Path(assets_dir) if assets_dir else None)
+                  assets_dir=Path(assets_dir) if assets_dir else None,
+                  build_dir=Path(build_dir) if build_dir else None)
 
 
 @task(help={"all": "also remove the generated firmware assets (firmware_assets/README.md is kept)",

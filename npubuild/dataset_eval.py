@@ -83,6 +83,11 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
             x, y = kind.load_split(recipe, paths.features, split)
             sets[split] = kind.score(recipe, keras_model, tflite, x, y.astype(np.int64), evaluation)
         result["source"] = "built-in data: " + ", ".join(available.values())
+        from npubuild.stages import Cache
+
+        cache = Cache(layout.root, log)
+        for stage in kind.evaluation_stages(recipe, profile, paths, technique, log):
+            cache.run(stage)
     else:
         folder = kind.read_folder(recipe, data_dir, paths.features)
         sets["folder"] = kind.score(recipe, keras_model, tflite, folder.x, folder.y, evaluation)

@@ -94,9 +94,12 @@ class BuildSummary:
 
 
 def dataset_id(data_dir: Path | None) -> str:
+    from npubuild.kinds.base import BaseImagesDir
+
     if data_dir is None:
         return "builtin"
-    return "dir-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    prefix = "bases-" if isinstance(data_dir, BaseImagesDir) else "dir-"
+    return prefix + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def dataset_label(data_dir: Path | None) -> str:
@@ -362,6 +365,13 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
         recipe.profile(profile)  # fail early on an unknown profile
     if data_dir is not None and not data_dir.exists():
         raise BuildError(f"{data_dir}: data directory does not exist")
+    from npubuild.kinds.base import BaseImagesDir
+
+    if isinstance(data_dir, BaseImagesDir):
+        for recipe in recipes:
+            if not get_kind(recipe.kind).takes_base_images:
+                raise BuildError(f"--base-images: model {recipe.name} ({get_kind(recipe.kind).name}) does not build "
+                                 f"its data from base images; name an image model with --model")
     if not dry_run:
         _check_writable(layout.assets_dir)
     return layout, recipes, targets, Cache(layout.root, log, dry_run=dry_run)

@@ -52,18 +52,39 @@ def say(message: str) -> None:
     _STAGE_LOG.get()(message)
 
 
+def on_terminal() -> bool:
+    """True when progress bars can be drawn: standard error is a terminal (not CI's log, not a pipe)
+    and NPUBUILD_PLAIN is not set."""
+    import sys
+
+    return sys.stderr.isatty() and not os.environ.get("NPUBUILD_PLAIN")
+
+
+def _bar(total: int, what: str):
+    """A tqdm bar on standard error that vanishes when done (the final line goes through `say`)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"  {what}", leave=False, dynamic_ncols=True, unit_scale=True)
+
+
 class Progress:
-    """Progress of a long loop through `say`: one line at most every `every_s` seconds, and one at the
-    end, with an estimate of the time left (plain lines: readable in CI logs too)."""
+    """Progress of a long loop: on a terminal a tqdm bar (count, rate, time left); elsewhere one line
+    through `say` at most every `every_s` seconds (readable in CI logs). Always one line at the end."""
 
     def __init__(self, total: int, what: str, every_s: float = 5.0) -> None:
         self.total, self.what, self.every_s = total, what, every_s
         self.done = 0
         self._start = self._last = time.perf_counter()
+        self._bar = _bar(total, what) if on_terminal() else None
 
     def advance(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(n)
+            if self.done < self.total:
+                return
+            self._bar.close()
         if self.done >= self.total or now - self._last >= self.every_s:
             self._last = now
             left = (now - self._start) / self.done * (self.total - self.done) if self.done else 0.0
@@ -75,10 +96,22 @@ def epoch_logger(keras, epochs: int, what: str):
     """A Keras callback that reports each epoch through `say` (loss, metrics, seconds)."""
 
     class EpochLog(keras.callbacks.Callback):
+        _bar = None
+
         def on_epoch_begin(self, epoch, logs=None):
             self._start = time.perf_counter()
+            steps = (self.params or {}).get("steps")
+            if on_terminal() and steps:  # steps of this epoch, with rate and time left
+                self._bar = _bar(int(steps), f"{what} epoch {epoch + 1}/{epochs}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._bar is not None:
+                self._bar.update(1)
 
         def on_epoch_end(self, epoch, logs=None):
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             figures = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()) if not k.startswith("lr"))
             say(f"  {what} epoch {epoch + 1}/{epochs}: {figures} ({time.perf_counter() - self._start:.0f} s)")
 

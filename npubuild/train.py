@@ -11,12 +11,16 @@ from npubuild.config import Profile, Recipe
 from npubuild.stages import atomic_path, epoch_logger, say, write_json
 
 
-def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path) -> None:
+def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path,
+               rows: np.ndarray | None = None) -> None:
+    """The train stage; `rows`: train on those rows of the training split only (None: all)."""
     from npubuild.kinds import get_kind
     from npubuild.tfenv import import_tf
 
     _, keras = import_tf(seed=recipe.seed)
     x_train, y_train = get_kind(recipe.kind).load_split(recipe, features, "train")
+    if rows is not None:
+        x_train, y_train = x_train[rows], y_train[rows]
     x_val, y_val = get_kind(recipe.kind).load_split(recipe, features, "val")
     model = build_model(recipe)
     steps = profile.epochs * int(np.ceil(len(x_train) / profile.batch_size))
@@ -26,7 +30,7 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
           f"{len(x_train)} samples, {profile.epochs} epochs")
     start = time.perf_counter()
     history = fit_epochs(recipe, model, features, x_train, y_train, epochs=profile.epochs,
-                         batch_size=profile.batch_size, seed=[recipe.seed, 0],
+                         batch_size=profile.batch_size, seed=[recipe.seed, 0], rows=rows,
                          validation_data=(x_val, get_kind(recipe.kind).fit_targets(recipe, y_val)),
                          callbacks=[epoch_logger(keras, profile.epochs, "training")])
     seconds = time.perf_counter() - start

@@ -107,7 +107,22 @@ def test_kws_folder_every_file_is_used_or_counted_with_its_reason(smoke_project,
 def test_kws_on_the_builtin_test_sets(smoke_project):
     root, _, _ = smoke_project
     result = evaluate_dataset(root, model="kws", data_dir=None, profile="smoke", target=TARGET, log=lambda s: None)
-    assert set(result["sets"]) == {"test", "test_rec"}
+    assert list(result["sets"]) == ["test", "test_espeak", "test_flite", "test_rec"]
+    # the engines' subsets part the test split's speech (silence has no engine)
+    silence = result["sets"]["test"]["int8"]["confusion"][RECIPE.labels.index("_silence_")]
+    assert (result["sets"]["test_espeak"]["count"] + result["sets"]["test_flite"]["count"] + sum(silence)
+            == result["sets"]["test"]["count"])
+    # leave one engine out: a model trained without flite, scored on the flite and the other test clips
+    out = result["engine_out"]
+    with np.load(root / "build" / "smoke" / "kws" / "builtin" / "features.npz") as d:
+        flite = d["e_train"] == 1
+        assert out["train_clips"] == int((~flite).sum()) and flite.any()
+    assert out["test"]["flite"]["count"] == result["sets"]["test_flite"]["count"]
+    assert out["test"]["others"]["count"] == result["sets"]["test"]["count"] - out["test"]["flite"]["count"]
+    assert out["gap_fp32_points"] == pytest.approx(
+        100 * (out["test"]["others"]["fp32_accuracy"] - out["test"]["flite"]["fp32_accuracy"]), abs=0.01)
+    assert out["shipped_fp32_on_engine"] == result["sets"]["test_flite"]["fp32"]["accuracy"]
+    assert "Leave one engine out" in (root / "firmware_assets" / "evaluate" / "kws-builtin.md").read_text()
     report = json.loads((root / "firmware_assets" / TARGET / "memory_report.json").read_text())
     assert result["on_target"]["inference_ms"] == report_model(report, "kws")["inference_ms"]
     build = json.loads((root / "build" / "smoke" / "kws" / "builtin" / "prune_cluster" / "evaluation.json")

@@ -16,14 +16,14 @@ def test_same_seed_same_images_other_seed_other_images():
     a = q.make_split(5, "val", 12, 64, HEADS)
     b = q.make_split(5, "val", 12, 64, HEADS)
     c = q.make_split(6, "val", 12, 64, HEADS)
-    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
 
 
 def test_workers_do_not_change_the_data():
     one = q.make_split(3, "train", q.CHUNK + 5, 32, HEADS, workers=1)
     two = q.make_split(3, "train", q.CHUNK + 5, 32, HEADS, workers=2)
-    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    assert all(np.array_equal(u, v) for u, v in zip(one, two, strict=True))
 
 
 def test_splits_share_no_base_image():
@@ -35,42 +35,47 @@ def test_splits_share_no_base_image():
     assert not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
 
 
-def test_labels_follow_the_parameters_with_a_margin():
+def test_labels_follow_the_physical_parameters_with_a_margin():
+    from npubuild.kinds.quality.camera import TEST_CAMERA, TRAIN_CAMERA
+
     rng = np.random.default_rng(0)
-    for _ in range(400):
-        d = q.draw_degradation(rng)
-        labels = dict(zip(HEADS, d.labels(HEADS), strict=True))
-        if d.blur_kind == "gaussian":
-            low, high = q.BLUR_SIGMA
-            assert (high[0] <= d.blur_strength <= high[1]) if labels["blurry"] else d.blur_strength <= low[1]
-        else:
-            assert labels["blurry"]
-        low, high = q.NOISE_SIGMA
-        assert (high[0] <= d.noise_sigma <= high[1]) if labels["noisy"] else d.noise_sigma <= low[1]
-        assert not (labels["too_dark"] and labels["too_bright"])
-        if not (labels["too_dark"] or labels["too_bright"]):
-            assert 0.8 <= d.gain <= 1.25 and 0.85 <= d.gamma <= 1.15
+    for style in (TRAIN_CAMERA, TEST_CAMERA):
+        for _ in range(600):
+            shot, labels = q.draw_shot(rng, style)
+            if labels["blurry"]:
+                low, high = q.SHAKE_PX if shot.blur == "shake" else q.DEFOCUS_PX
+                assert low <= shot.blur_px <= high
+            else:
+                assert shot.blur_px <= (q.CLEAN_SHAKE_PX if shot.blur == "shake" else q.CLEAN_DEFOCUS_PX)
+            band = q.EV_DARK if labels["too_dark"] else q.EV_BRIGHT if labels["too_bright"] else q.EV_CLEAN
+            assert band[0] <= shot.ev <= band[1] and not (labels["too_dark"] and labels["too_bright"])
+            noise = q.NOISE_SIGMA if labels["noisy"] else style.clean_noise
+            assert noise[0] <= shot.noise <= noise[1]
+            assert shot.tone_curve in style.tone_curves
+            assert style.jpeg_quality[0] <= shot.jpeg_quality <= style.jpeg_quality[1]
+    # the camera-like test set's choices are none of training's
+    assert not set(TRAIN_CAMERA.tone_curves) & set(TEST_CAMERA.tone_curves)
+    assert TEST_CAMERA.jpeg_quality[1] < TRAIN_CAMERA.jpeg_quality[0]
 
 
-def test_degradations_do_what_their_labels_say():
-    rng = np.random.default_rng(1)
-    clean = q.random_view(rng, q.skin_texture(9), 96)
+def test_blur_hidden_by_clipping_or_darkness_is_drawn_again(monkeypatch):
+    from npubuild.kinds.quality.camera import TRAIN_CAMERA, Shot
 
-    def mean(image):
-        return image.astype(np.float32).mean() / 255
-
-    base = q.Degradation(False, "gaussian", 0.0, 0.0, "clean", 1.0, 1.0, False, 0.0)
-    ref = q.degrade(rng, clean, base)
-    dark = q.degrade(rng, clean, q.Degradation(False, "gaussian", 0.0, 0.0, "dark", 0.2, 1.0, False, 0.0))
-    bright = q.degrade(rng, clean, q.Degradation(False, "gaussian", 0.0, 0.0, "bright", 3.0, 1.0, False, 0.0))
-    blurred = q.degrade(rng, clean, q.Degradation(True, "defocus", 4.0, 0.0, "clean", 1.0, 1.0, False, 0.0))
-    noisy = q.degrade(rng, clean, q.Degradation(False, "gaussian", 0.0, 0.0, "clean", 1.0, 1.0, True, 0.12))
-    assert mean(dark) < 0.5 * mean(ref) and mean(bright) > 0.85 and (bright == 255).mean() > 0.3
-
-    def detail(image):
-        return float(np.abs(np.diff(image.astype(np.float32), axis=0)).mean())
-
-    assert detail(blurred) < 0.6 * detail(ref) < detail(noisy)
+    scene = np.full((48, 48, 3), 0.8, np.float32)  # bright: +2.5 EV saturates every pixel
+    draws = iter([
+        (Shot("shake", 8.0, 1, 2.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 1, "noisy": 0}),
+        (Shot("defocus", 3.0, 1, -3.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 1, "too_bright": 0, "noisy": 0}),
+        (Shot("shake", 8.0, 1, 0.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 0, "noisy": 0}),
+    ])
+    monkeypatch.setattr(q, "draw_shot", lambda rng, style: next(draws))
+    _, labels, params = q.picture(np.random.default_rng(0), scene, TRAIN_CAMERA, HEADS)
+    assert labels == [1, 0, 0, 0] and params[q.PARAMS.index("ev")] == 0.0  # the third draw: nothing hides it
+    # and over many real draws, no blurry picture is as dark as the hiding limit
+    rng = np.random.default_rng(3)
+    monkeypatch.undo()
+    rows = np.array([q.picture(rng, scene[:32, :32], TRAIN_CAMERA, HEADS)[2] for _ in range(200)])
+    blurry = rows[:, q.PARAMS.index("blur_px")] >= min(q.SHAKE_PX[0], q.DEFOCUS_PX[0])
+    assert blurry.any() and (rows[blurry, q.PARAMS.index("ev")] > q.HIDDEN_DARK_EV).all()
 
 
 def write_folder(tmp_path, rows, header="file,blurry,too_dark,too_bright,noisy,split"):
@@ -115,3 +120,65 @@ def test_input_quantization_is_pixel_minus_128():
     assert np.array_equal(np.round(x / (1 / 128)).astype(np.int64), pixels.astype(np.int64) - 128)
     ramp = q.full_range_image(16, 16)
     assert ramp.min() == 0 and ramp.max() == 255
+
+
+def write_bases(folder, count, size=160):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        image = (rng.uniform(0, 1, (size, size + 20, 3)) * 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"photo{i:02d}.png")
+
+
+def test_base_images_replace_the_builtin_bases(tmp_path):
+    bases = tmp_path / "bases"
+    write_bases(bases, 14)
+    (bases / "notes.txt").write_text("not an image: ignored, only image files are bases")
+    dealt = q.deal_base_images(bases, 64)
+    assert sorted(sum(dealt.values(), [])) == sorted(str(p) for p in bases.glob("*.png"))
+    assert all(dealt[s] for s in q.SPLITS)
+    out = tmp_path / "features.npz"
+    q.build_builtin(HEADS, 64, {"train": 6, "val": 3, "test": 3}, 7, out, bases)
+    builtin = tmp_path / "builtin.npz"
+    q.build_builtin(HEADS, 64, {"train": 6, "val": 3, "test": 3}, 7, builtin)
+    with np.load(out) as d, np.load(builtin) as b:
+        assert d["x_train"].shape == (6, 64, 64, 3) and d["x_test_cam"].shape == (3, 64, 64, 3)
+        assert not np.array_equal(d["x_train"], b["x_train"])
+        assert d["p_train"].shape == (6, len(q.PARAMS))
+
+
+@pytest.mark.parametrize(("setup", "problem"), [
+    (lambda d: (d / "photo03.png").write_bytes(b"not a png"), "photo03.png: not a readable image"),
+    (lambda d: Image.fromarray(np.zeros((40, 90, 3), np.uint8)).save(d / "photo05.png"),
+     "photo05.png: image is 90x40, smaller than the model's 64x64 input"),
+    (lambda d: [p.unlink() for p in sorted(d.glob("*.png"))[:6]], "8 images (.png"),
+])
+def test_bad_base_images_are_one_line(tmp_path, setup, problem):
+    bases = tmp_path / "bases"
+    write_bases(bases, 14)
+    setup(bases)
+    with pytest.raises(BuildError) as err:
+        q.build_builtin(HEADS, 64, {"train": 6, "val": 3, "test": 3}, 7, tmp_path / "features.npz", bases)
+    assert problem in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "features.npz").exists()
+
+
+def test_base_images_through_the_build_and_refused_for_kws(tmp_path):
+    """`--base-images` reaches the quality kind's data stage under a dataset id of its own; a model
+    that does not build from base images refuses it before any work."""
+    from npubuild.kinds.base import BaseImagesDir
+    from npubuild.pipeline import build, dataset_id
+
+    from .conftest import TARGET, make_project
+
+    root = make_project(tmp_path / "project")
+    bases = tmp_path / "bases"
+    write_bases(bases, 12)
+    lines: list[str] = []
+    build(root, model="quality", target=TARGET, profile="smoke", data_dir=BaseImagesDir(bases), dry_run=True,
+          log=lines.append)
+    assert dataset_id(BaseImagesDir(bases)).startswith("bases-") and dataset_id(bases).startswith("dir-")
+    assert "[data quality] would run: never built" in lines
+    with pytest.raises(BuildError, match=r"^--base-images: model kws \(keyword_spotting\) does not build"):
+        build(root, model="kws", target=TARGET, profile="smoke", data_dir=BaseImagesDir(bases), dry_run=True,
+              log=lines.append)

@@ -18,6 +18,11 @@ import numpy as np
 from npubuild.errors import BuildError
 
 
+class BaseImagesDir(type(Path())):
+    """A folder given with `--base-images`: clean photos a kind degrades into its training data, not a
+    labelled folder (`--data-dir`). A path like any other; its type tells the two apart."""
+
+
 @dataclass
 class DataPlan:
     """How a kind makes its data stage: what the features depend on, and the action writing them."""
@@ -61,6 +66,7 @@ class ModelKind:
     tables: tuple[str, ...] = ()  # recipe tables the kind needs (e.g. "frontend")
     profile_sizes: tuple[str, ...] = ()  # profile fields that size its dataset (must be positive)
     architectures: tuple[str, ...] = ()  # `architecture` values it builds; empty: the recipe names its model
+    takes_base_images = False  # builds its data from a folder of clean photos (`--base-images`)
     metric_note = "Accuracy is top-1"
     folder_help = "a labelled folder"
 
@@ -140,6 +146,11 @@ class ModelKind:
         return {"count": int(len(y)), "fp32": classification_metrics(labels, y, fp32),
                 "int8": classification_metrics(labels, y, int8),
                 "int8_fp32_agreement": round(float(np.mean(fp32 == int8)), 6) if len(y) else 0.0}
+
+    def evaluation_stages(self, recipe, profile: str, paths, technique: str, log) -> list:
+        """Cached stages `invoke evaluate` runs on the built-in data before `summarize` reads their
+        outputs (e.g. a model trained without one speech engine)."""
+        return []
 
     def summarize(self, recipe, result: dict, paths, technique: str) -> None:
         """Add kind-specific figures to an `invoke evaluate` result (gaps, streaming detector...)."""

@@ -345,8 +345,13 @@ def _synthesise_chunk(args: tuple) -> np.ndarray:
     is given (variants, n, frames, num_mfcc)."""
     from dataclasses import replace
 
+    from threadpoolctl import threadpool_limits
+
     from npubuild.kinds.kws.engines import Engines
 
+    # One BLAS thread per worker: the pool already runs a worker per core, and OpenBLAS threads
+    # competing for busy cores spin (the MFCC's matrix products ran several times slower).
+    threadpool_limits(1)
     specs, sample_rate, clip_samples, variants, fe = args
     engines = Engines()
     try:

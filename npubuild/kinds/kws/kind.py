@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.kinds.base import DataPlan, ModelKind
+from npubuild.kinds.base import DataPlan, ModelKind, _pct
 
 SIZES = ("train_per_class", "val_per_class", "test_per_class")
 
@@ -52,8 +52,17 @@ class KeywordSpotting(ModelKind):
                         ("kinds.kws.data",))
 
     def load_split(self, recipe, features, split):
+        """A split of the data stage's file, or `test_<engine>`: the test clips that engine spoke."""
         from npubuild.kinds.kws.data import load_split
+        from npubuild.kinds.kws.engines import ENGINES
 
+        engine = split.removeprefix("test_")
+        if engine in ENGINES:
+            from npubuild.kinds.kws.engine_out import engine_rows
+
+            x, y = load_split(features, "test")
+            rows = engine_rows(features, "test", engine, keep=True)
+            return x[rows], y[rows]
         return load_split(features, split)
 
     def epoch_inputs(self, recipe, features, rows):
@@ -72,12 +81,27 @@ class KeywordSpotting(ModelKind):
     # ------------------------------------------------------------------ invoke evaluate
 
     def builtin_sets(self, recipe, features):
+        from npubuild.kinds.kws.engines import ENGINES
+
         with np.load(features) as d:
-            available = [s for s in ("test", "test_rec") if f"y_{s}" in d.files]
-        names = {"test": "test split (voices held out of training)",
-                 "test_rec": "recording-like test set (the same held-out voices through rooms, microphones, "
-                             "clipping, DC offset and other noise)"}
-        return {s: names[s] for s in available}
+            sets = {"test": "test split (voices held out of training)"} if "y_test" in d.files else {}
+            if "e_test" in d.files:
+                for i, engine in enumerate(ENGINES):
+                    if np.any(d["e_test"] == i):
+                        sets[f"test_{engine}"] = f"its {engine} clips"
+            if "y_test_rec" in d.files:
+                sets["test_rec"] = ("recording-like test set (the same held-out voices through rooms, microphones, "
+                                    "clipping, DC offset and other noise)")
+        return sets
+
+    def evaluation_stages(self, recipe, profile, paths, technique, log):
+        """The leave-one-engine-out model (`engine_out`), on built-in data that has engines."""
+        from npubuild.kinds.kws.engine_out import engine_out_stage
+
+        with np.load(paths.features) as d:
+            if "e_train" not in d.files:
+                return []
+        return [engine_out_stage(recipe, profile, paths, log)]
 
     def read_folder(self, recipe, data_dir, features):
         from npubuild.kinds.kws.folder import read_kws_folder
@@ -92,6 +116,20 @@ class KeywordSpotting(ModelKind):
         if {"test", "test_rec"} <= set(sets):
             result["gap_int8_points"] = round(100 * (sets["test"]["int8"]["accuracy"]
                                                      - sets["test_rec"]["int8"]["accuracy"]), 2)
+        from npubuild.kinds.kws.engine_out import scores_json
+
+        path = scores_json(paths)
+        if path.is_file():
+            import json
+
+            left = json.loads(path.read_text())
+            engine = left["left_out"]
+            heard, unheard = left["test"]["others"]["fp32_accuracy"], left["test"][engine]["fp32_accuracy"]
+            shipped = sets.get(f"test_{engine}", {}).get("fp32", {}).get("accuracy")
+            result["engine_out"] = {
+                **left, "gap_fp32_points": round(100 * (heard - unheard), 2),
+                "shipped_fp32_on_engine": shipped,
+                "cost_of_not_hearing_points": None if shipped is None else round(100 * (shipped - unheard), 2)}
         if recipe.detector is not None:
             from npubuild.kinds.kws.detector import detector_json
 
@@ -104,6 +142,17 @@ class KeywordSpotting(ModelKind):
         if "gap_int8_points" in result:
             at = lines.index("INT8 accuracy per class:") - 1
             lines[at:at] = ["", f"Gap, INT8 test - recording-like: {result['gap_int8_points']:.2f} points."]
+        out = result.get("engine_out")
+        if out:
+            e = out["left_out"]
+            at = lines.index("INT8 accuracy per class:") - 1
+            shipped = out["shipped_fp32_on_engine"]
+            lines[at:at] = ["", f"Leave one engine out: the FP32 model trained again without {e} "
+                                f"({out['train_clips']} training clips) scores {_pct(out['test'][e]['fp32_accuracy'])} on the "
+                                f"{out['test'][e]['count']} test clips of {e}, an engine it never heard, "
+                                f"{_pct(out['test']['others']['fp32_accuracy'])} on the other test clips: a gap of "
+                                f"{out['gap_fp32_points']:.2f} points. The shipped model (which heard other {e} voices) "
+                                f"scores {_pct(shipped)} FP32 on the same {e} clips."]
         detector = result.get("detector")
         if detector and detector["settings"]:
             d = detector["settings"]

@@ -8,12 +8,16 @@ Built-in dataset, deterministic for a seed:
   photos are dealt to train/val/test, and textures come from disjoint seeds.
 - A sample: a random crop (with enough fine detail for blur to be visible),
   flips and quarter turns, resized to the model's input, exposure normalised to
-  a well-lit mean; then, independently per issue, a degradation:
-  blur (Gaussian, motion or defocus), exposure (under: gain/gamma down; over:
-  gain/gamma up with clipping) and sensor-like noise (signal-dependent shot
-  noise plus read noise). Each issue's label comes from the parameters drawn,
-  which avoid a margin band between "clean" and "degraded", so no label is a
-  coin toss.
+  a well-lit mean; then photographed by a camera model in linear light
+  (`camera.py`): camera-shake or defocus blur, an exposure shift in stops with
+  clipping at sensor saturation, shot and read noise, a tone curve, 8 bits and
+  JPEG. Each issue's label comes from the physical parameter drawn, which avoids a
+  margin band between "clean" and "degraded" (the ranges below), so no label is a
+  coin toss; the parameters are kept per image (`p_<split>`) for per-band figures.
+- The camera-like test set (`test_cam`): the test split's bases through another
+  camera (other tone curves, JPEG qualities and noise floor: `camera.TEST_CAMERA`).
+- `--base-images DIR`: the user's own clean photos replace the built-in bases
+  (dealt to splits by a hash of the file name), with the same degradations.
 
 Real data (`--data-dir DIR`): images plus `labels.csv` with a `file` column and
 one 0/1 column per head (an optional `split` column: train/val/test; otherwise
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,105 +190,69 @@ def random_view(rng: np.random.Generator, base: np.ndarray, size: int) -> np.nda
 
 # --------------------------------------------------------------------------- degradations
 
-
-def _kernel_motion(length: int, angle: float) -> np.ndarray:
-    k = np.zeros((length, length), np.float32)
-    c = (length - 1) / 2
-    for t in np.linspace(-c, c, length * 3):
-        k[int(round(c + t * np.sin(angle))), int(round(c + t * np.cos(angle)))] = 1.0
-    return k / k.sum()
-
-
-def _kernel_disc(radius: float) -> np.ndarray:
-    r = int(np.ceil(radius))
-    y, x = np.mgrid[-r:r + 1, -r:r + 1]
-    k = (x * x + y * y <= radius * radius).astype(np.float32)
-    return k / k.sum()
-
-
-def blur(image: np.ndarray, kind: str, strength: float, angle: float = 0.0) -> np.ndarray:
-    from scipy.ndimage import convolve, gaussian_filter
-
-    if kind == "gaussian":
-        return gaussian_filter(image, (strength, strength, 0), mode="reflect") if strength > 0 else image
-    kernel = _kernel_motion(int(strength), angle) if kind == "motion" else _kernel_disc(strength)
-    return np.stack([convolve(image[..., c], kernel, mode="reflect") for c in range(3)], axis=-1)
-
-
-def expose(image: np.ndarray, gain: float, gamma: float) -> np.ndarray:
-    return (np.clip(image * gain, 0.0, 1.0) ** gamma).astype(np.float32)
-
-
-def add_noise(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:
-    """Sensor-like noise: shot noise (variance grows with the signal) plus read noise, sigma at mid-grey."""
-    if sigma <= 0:
-        return image
-    shot = 0.7 * sigma**2 / 0.5  # variance per unit signal so that 70% of the variance at 0.5 is shot noise
-    read = 0.3 * sigma**2
-    std = np.sqrt(shot * image + read)
-    chroma = rng.uniform(0.0, 0.5)  # some noise differs per channel
-    common = rng.standard_normal(image.shape[:2])[..., None]
-    per_channel = rng.standard_normal(image.shape)
-    noise = std * ((1 - chroma) * common + chroma * per_channel) / np.sqrt((1 - chroma) ** 2 + chroma**2)
-    return (image + noise).clip(0.0, 1.0).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Degradation:
-    blurry: bool
-    blur_kind: str
-    blur_strength: float
-    blur_angle: float
-    exposure: str  # clean | dark | bright
-    gain: float
-    gamma: float
-    noisy: bool
-    noise_sigma: float
-
-    def labels(self, heads: tuple[str, ...]) -> list[int]:
-        known = {"blurry": self.blurry, "too_dark": self.exposure == "dark",
-                 "too_bright": self.exposure == "bright", "noisy": self.noisy}
-        return [int(known[h]) for h in heads]
-
-
+# Each head's label comes from a physical parameter of the shot (`camera.Shot`), drawn from a
+# degraded range or a clean range, never from the margin band between them:
+#   exposure, stops (EV): too dark -4.0 .. -1.5 | band | clean -0.5 .. +0.3 | band | too bright +0.7 .. +2.5
+#   blur (pixels at the model's resolution): shake trajectory length 4 .. 16 or defocus radius 1.8 .. 5
+#       is blurry; clean pictures have no blur or at most 1 px of shake / 0.6 px of defocus
+#   noise (sigma at 18% grey, linear light): 0.035 .. 0.12 is noisy; clean is the camera's noise floor
+# A blurry draw hidden by another degradation (more than HIDDEN_CLIPPED of the pixels saturated, or
+# -3 EV and darker) is not kept: the picture is drawn again.
+EV_DARK, EV_CLEAN, EV_BRIGHT = (-4.0, -1.5), (-0.5, 0.3), (0.7, 2.5)
+SHAKE_PX, DEFOCUS_PX = (4.0, 16.0), (1.8, 5.0)
+CLEAN_SHAKE_PX, CLEAN_DEFOCUS_PX = 1.0, 0.6
+NOISE_SIGMA = (0.035, 0.12)
+SOFTNESS = (0.3, 0.6)
+HIDDEN_CLIPPED = 0.5
+HIDDEN_DARK_EV = -3.0
+# How often each issue is present in the built-in data.
+P_BLUR, P_NOISE = 0.4, 0.4
+P_DARK, P_BRIGHT = 0.25, 0.25  # exposure is one of clean / dark / bright
+# Columns of the physical parameters kept per image (`p_<split>` in the data file).
+PARAMS = ("ev", "blur_px", "blur_kind", "noise")
+BLUR_KINDS = ("none", "shake", "defocus")
 SUPPORTED_HEADS = ("blurry", "too_dark", "too_bright", "noisy")
 
 
-def draw_degradation(rng: np.random.Generator) -> Degradation:
-    def pick(ranges, degraded):
-        low, high = ranges[1] if degraded else ranges[0]
-        return float(rng.uniform(low, high))
+def draw_shot(rng: np.random.Generator, style) -> tuple:
+    """(camera.Shot, {head: 0/1}) for one picture taken with `style` (a camera.CameraStyle)."""
+    from npubuild.kinds.quality.camera import Shot
 
     blurry = bool(rng.random() < P_BLUR)
-    kind = str(rng.choice(["gaussian", "motion", "defocus"])) if blurry else "gaussian"
-    if kind == "gaussian":
-        strength = pick(BLUR_SIGMA, blurry)
-    elif kind == "motion":
-        strength = float(rng.integers(MOTION_LENGTH[0], MOTION_LENGTH[1] + 1))
+    if blurry:
+        kind = "shake" if rng.random() < 0.5 else "defocus"
+        px = float(rng.uniform(*(SHAKE_PX if kind == "shake" else DEFOCUS_PX)))
     else:
-        strength = float(rng.uniform(*DEFOCUS_RADIUS))
+        kind = ("none", "shake", "defocus")[int(rng.integers(3))]
+        px = 0.0 if kind == "none" else float(rng.uniform(0, CLEAN_SHAKE_PX if kind == "shake" else CLEAN_DEFOCUS_PX))
     u = rng.random()
     exposure = "dark" if u < P_DARK else "bright" if u < P_DARK + P_BRIGHT else "clean"
-    if exposure == "dark":
-        # mostly gain, sometimes a gamma darkening instead
-        gain, gamma = (pick(DARK_GAIN, True), 1.0) if rng.random() < 0.7 else (rng.uniform(0.5, 0.7),
-                                                                                rng.uniform(2.2, 3.2))
-    elif exposure == "bright":
-        gain, gamma = (pick(BRIGHT_GAIN, True), 1.0) if rng.random() < 0.7 else (rng.uniform(1.5, 1.9),
-                                                                                 rng.uniform(0.3, 0.45))
-    else:
-        gain, gamma = pick(DARK_GAIN, False), float(rng.uniform(0.87, 1.15))
+    ev = float(rng.uniform(*{"dark": EV_DARK, "bright": EV_BRIGHT, "clean": EV_CLEAN}[exposure]))
     noisy = bool(rng.random() < P_NOISE)
-    return Degradation(blurry, kind, strength, float(rng.uniform(0, np.pi)), exposure, float(gain), float(gamma),
-                       noisy, pick(NOISE_SIGMA, noisy))
+    noise = float(rng.uniform(*(NOISE_SIGMA if noisy else style.clean_noise)))
+    shot = Shot(kind, px, int(rng.integers(2**31)), ev, noise, float(rng.uniform(*SOFTNESS)),
+                str(style.tone_curves[int(rng.integers(len(style.tone_curves)))]),
+                int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)))
+    labels = {"blurry": int(blurry), "too_dark": int(exposure == "dark"), "too_bright": int(exposure == "bright"),
+              "noisy": int(noisy)}
+    return shot, labels
 
 
-def degrade(rng: np.random.Generator, image: np.ndarray, d: Degradation) -> np.ndarray:
-    """Optics first (blur), then exposure, then the sensor (noise), then 8-bit."""
-    out = blur(image, d.blur_kind, d.blur_strength, d.blur_angle)
-    out = expose(out, d.gain, d.gamma)
-    out = add_noise(rng, out, d.noise_sigma)
-    return np.round(out * 255.0).astype(np.uint8)
+def shot_params(shot) -> list[float]:
+    return [shot.ev, shot.blur_px, float(BLUR_KINDS.index(shot.blur)), shot.noise]
+
+
+def picture(rng: np.random.Generator, scene: np.ndarray, style, heads: tuple[str, ...]):
+    """A labelled picture of `scene` (sRGB float): (uint8 image, labels per head, PARAMS values).
+    Draws again while a blurry draw is hidden by clipping or darkness."""
+    from npubuild.kinds.quality.camera import take
+
+    while True:
+        shot, labels = draw_shot(rng, style)
+        image, clipped = take(rng, scene, shot)
+        hidden = labels["blurry"] and (clipped > HIDDEN_CLIPPED or shot.ev <= HIDDEN_DARK_EV)
+        if not hidden:
+            return image, [labels[h] for h in heads], shot_params(shot)
 
 
 # --------------------------------------------------------------------------- built-in dataset
@@ -304,35 +271,45 @@ def texture_seeds(seed: int, split: str, count: int) -> list[int]:
 
 
 CHUNK = 400  # images per worker task: each chunk has its own random stream, so workers do not matter
+# The built-in data's splits: the camera-like test set is the test split's bases through TEST_CAMERA.
+BUILTIN_SPLITS = (*SPLITS, "test_cam")
 
 
-def _make_chunk(args) -> tuple[np.ndarray, np.ndarray]:
-    seed, split, chunk, count, size, heads, n_textures = args
-    rng = np.random.default_rng([seed, SPLITS.index(split), 11, chunk])
-    photos = [natural_image(n) for n in split_bases(seed)[split]]
-    # each chunk draws its textures from the split's seeds (rendered on demand, then kept)
-    seeds = texture_seeds(seed, split, n_textures)
+def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from npubuild.kinds.quality.camera import TEST_CAMERA, TRAIN_CAMERA
+
+    seed, split, chunk, count, size, heads, n_textures, base_files = args
+    bases_of = "test" if split == "test_cam" else split
+    style = TEST_CAMERA if split == "test_cam" else TRAIN_CAMERA
+    rng = np.random.default_rng([seed, BUILTIN_SPLITS.index(split), 11, chunk])
+    if base_files is not None:  # the user's own photos (`--base-images`)
+        photos, seeds = [load_base(Path(f)) for f in base_files], []
+    else:
+        photos = [natural_image(n) for n in split_bases(seed)[bases_of]]
+        # each chunk draws its textures from the split's seeds (rendered on demand, then kept)
+        seeds = texture_seeds(seed, bases_of, n_textures)
     textures: dict[int, np.ndarray] = {}
     x = np.empty((count, size, size, 3), np.uint8)
     y = np.empty((count, len(heads)), np.uint8)
+    p = np.empty((count, len(PARAMS)), np.float32)
     for i in range(count):
-        if rng.random() < 0.5:
+        if seeds and rng.random() < 0.5:
             s = seeds[int(rng.integers(len(seeds)))]
             if s not in textures:
                 textures[s] = skin_texture(s)
             base = textures[s]
         else:
             base = photos[int(rng.integers(len(photos)))]
-        d = draw_degradation(rng)
-        x[i] = degrade(rng, random_view(rng, base, size), d)
-        y[i] = d.labels(heads)
-    return x, y
+        x[i], y[i], p[i] = picture(rng, random_view(rng, base, size), style, heads)
+    return x, y, p
 
 
 def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, ...],
-               workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+               workers: int = 1, base_files: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uint8 images, labels per head, PARAMS per image) of one split; `base_files`: the split's own
+    base photos instead of the built-in ones."""
     n_textures = max(4, count // 25)
-    jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures)
+    jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures, base_files)
             for c in range(-(-count // CHUNK))]
     from npubuild.stages import Progress
 
@@ -350,24 +327,84 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
             parts.append(_make_chunk(job))
             progress.advance(len(parts[-1][0]))
     if not parts:
-        return np.empty((0, size, size, 3), np.uint8), np.empty((0, len(heads)), np.uint8)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return (np.empty((0, size, size, 3), np.uint8), np.empty((0, len(heads)), np.uint8),
+                np.empty((0, len(PARAMS)), np.float32))
+    return tuple(np.concatenate([part[k] for part in parts]) for k in range(3))
 
 
-def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], seed: int, out: Path) -> None:
+def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], seed: int, out: Path,
+                  base_dir: Path | None = None) -> None:
+    """The built-in dataset, or with `base_dir` the same degradations of the user's own photos."""
     unknown = [h for h in heads if h not in SUPPORTED_HEADS]
     if unknown:
         raise BuildError(f"the built-in image dataset has no degradation for head {unknown[0]!r} "
                          f"(it has {', '.join(SUPPORTED_HEADS)}); use --data-dir with a labels.csv")
     import os
 
+    bases = deal_base_images(base_dir, size) if base_dir is not None else None
+    if bases is not None:
+        say(f"  {base_dir.name}/: base images " + ", ".join(f"{s} {len(bases[s])}" for s in SPLITS))
     arrays = {}
-    for split in SPLITS:
-        x, y = make_split(seed, split, counts[split], size, heads, workers=os.cpu_count() or 1)
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+    for split in BUILTIN_SPLITS:
+        count = counts["test" if split == "test_cam" else split]
+        files = None if bases is None else bases["test" if split == "test_cam" else split]
+        x, y, p = make_split(seed, split, count, size, heads, workers=os.cpu_count() or 1, base_files=files)
+        arrays[f"x_{split}"], arrays[f"y_{split}"], arrays[f"p_{split}"] = x, y, p
         rates = ", ".join(f"{h} {y[:, i].mean():.2f}" for i, h in enumerate(heads))
         say(f"  {split}: {len(x)} images ({rates})")
     _save(out, heads, arrays)
+
+
+# --------------------------------------------------------------------------- your own base images
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MIN_BASE_IMAGES = 10
+
+
+def load_base(path: Path) -> np.ndarray:
+    """A base photo as float sRGB in [0, 1], its short side at most BASE_SIDE."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise BuildError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    short = min(image.shape[:2])
+    if short > BASE_SIDE:
+        h, w = image.shape[:2]
+        image = resize(image, round(h * BASE_SIDE / short), round(w * BASE_SIDE / short))
+    return image
+
+
+def deal_base_images(base_dir: Path, size: int) -> dict[str, list[str]]:
+    """The image files of `base_dir` (not its subfolders), checked, dealt to train/val/test by a hash
+    of their name (70/15/15; a file keeps its split when others are added). One line naming the file
+    for an unreadable or too small image, the counts for too few."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not base_dir.is_dir():
+        raise BuildError(f"{base_dir}: base-images folder does not exist")
+    files = sorted(p for p in base_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            with Image.open(path) as im:
+                width, height = im.size
+        except (UnidentifiedImageError, OSError) as e:
+            raise BuildError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+        if min(width, height) < size:
+            raise BuildError(f"{path}: image is {width}x{height}, smaller than the model's {size}x{size} input")
+    if len(files) < MIN_BASE_IMAGES:
+        raise BuildError(f"{base_dir}: {len(files)} images ({', '.join(IMAGE_SUFFIXES)}), at least "
+                         f"{MIN_BASE_IMAGES} are needed")
+    dealt = {s: [str(p) for p in files if _split_of(p.name) == s] for s in SPLITS}
+    empty = [s for s in SPLITS if not dealt[s]]
+    if empty:
+        raise BuildError(f"{base_dir}: the hash of the file names sent no image to the {empty[0]} split "
+                         f"({', '.join(f'{s} {len(dealt[s])}' for s in SPLITS)}): add images")
+    return dealt
 
 
 def _save(out: Path, heads: tuple[str, ...], arrays: dict[str, np.ndarray]) -> None:

@@ -128,3 +128,61 @@ def evaluate_heads(recipe: Recipe, model, tflite: Path, val: tuple[np.ndarray, n
     per_head = ", ".join(f"{h} {result['int8']['per_head'][h]['f1']:.3f}" for h in heads)
     say(f"  test macro-F1: FP32 {result['fp32']['macro_f1']:.4f}, INT8 {result['int8']['macro_f1']:.4f} "
           f"({len(y_test)} images; INT8 F1 {per_head})")
+
+
+# --------------------------------------------------------------------------- per severity band
+
+# Bands of each physical parameter (`data.PARAMS`): (name, parameter, low, high, extra condition).
+EV_BANDS = (("-4 .. -3 EV", -4.0, -3.0), ("-3 .. -2 EV", -3.0, -2.0), ("-2 .. -1.5 EV", -2.0, -1.5),
+            ("-0.5 .. +0.3 EV (clean)", -0.5, 0.3), ("+0.7 .. +1.2 EV", 0.7, 1.2), ("+1.2 .. +1.8 EV", 1.2, 1.8),
+            ("+1.8 .. +2.5 EV", 1.8, 2.5))
+BLUR_BANDS = (("no blur / under 1 px", "clean", 0.0, 1.0), ("shake 4 .. 8 px", "shake", 4.0, 8.0),
+              ("shake 8 .. 12 px", "shake", 8.0, 12.0), ("shake 12 .. 16 px", "shake", 12.0, 16.0),
+              ("defocus 1.8 .. 3 px", "defocus", 1.8, 3.0), ("defocus 3 .. 4 px", "defocus", 3.0, 4.0),
+              ("defocus 4 .. 5 px", "defocus", 4.0, 5.0))
+NOISE_BANDS = (("noise floor (clean)", 0.0, 0.0125), ("0.035 .. 0.06", 0.035, 0.06), ("0.06 .. 0.09", 0.06, 0.09),
+               ("0.09 .. 0.12", 0.09, 0.12))
+
+
+def band_rows(heads: list[str], flagged: np.ndarray, params: np.ndarray) -> dict[str, list[dict]]:
+    """Per band of exposure, blur and noise: how many images, and the share each related head
+    flagged (INT8 decisions `flagged` [N, heads] against the drawn parameters `params` [N, PARAMS])."""
+    from npubuild.kinds.quality.data import BLUR_KINDS, PARAMS
+
+    ev, blur_px, kind, noise = (params[:, PARAMS.index(n)] for n in ("ev", "blur_px", "blur_kind", "noise"))
+
+    def row(name: str, mask: np.ndarray, related: tuple[str, ...]) -> dict:
+        shares = {h: (round(float(flagged[mask, heads.index(h)].mean()), 4) if mask.any() else None)
+                  for h in related if h in heads}
+        return {"band": name, "count": int(mask.sum()), "flagged": shares}
+
+    tol = 1e-6
+    out = {"exposure": [row(n, (ev >= lo - tol) & (ev <= hi + tol), ("too_dark", "too_bright"))
+                        for n, lo, hi in EV_BANDS]}
+    blur_rows = []
+    for n, k, lo, hi in BLUR_BANDS:
+        if k == "clean":
+            mask = blur_px <= hi + tol
+        else:
+            mask = (kind == BLUR_KINDS.index(k)) & (blur_px >= lo - tol) & (blur_px <= hi + tol)
+        blur_rows.append(row(n, mask, ("blurry",)))
+    out["blur"] = blur_rows
+    out["noise"] = [row(n, (noise >= lo - tol) & (noise <= hi + tol), ("noisy",)) for n, lo, hi in NOISE_BANDS]
+    return out
+
+
+def bands_of_split(recipe: Recipe, tflite: Path, features: Path, split: str, evaluation: dict) -> dict | None:
+    """`band_rows` of a built-in split at the build's INT8 thresholds; None without its parameters."""
+    from npubuild.kinds.quality.data import load_images, to_model_input
+
+    with np.load(features) as d:
+        if f"p_{split}" not in d.files:
+            return None
+        params = d[f"p_{split}"]
+    images, _ = load_images(features, split)
+    heads = list(recipe.heads)
+    raw, quant = run_int8_heads(tflite, to_model_input(images))
+    scores = np.stack([dequantize(raw[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+    flagged = np.stack([scores[:, i] >= np.float32(evaluation["thresholds"]["int8"][h])
+                        for i, h in enumerate(heads)], axis=1)
+    return band_rows(heads, flagged, params)

@@ -21,17 +21,22 @@ class ImageQuality(ModelKind):
     architectures = ("mobilenet_v2_heads",)
     metric_note = "Accuracy is macro-F1 over the heads (each head's threshold chosen on the validation split)"
     folder_help = "images and a labels.csv (file, one 0/1 column per head)"
+    takes_base_images = True
 
     def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:
+        from npubuild.kinds.base import BaseImagesDir
         from npubuild.kinds.quality import data
+        from npubuild.stages import folder_fingerprint
 
         im = recipe.image
         params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
-        if data_dir is None:
+        if data_dir is None or isinstance(data_dir, BaseImagesDir):
             counts = {"train": profile.train_images, "val": profile.val_images, "test": profile.test_images}
-            params.update(counts=counts, source="builtin")
-            return DataPlan(params, ("scikit-image", "scipy", "numpy"),
-                            lambda: data.build_builtin(recipe.heads, im.height, counts, recipe.seed, out),
+            params.update(counts=counts, source="builtin" if data_dir is None else "base_images")
+            if data_dir is not None:
+                params["fingerprint"] = folder_fingerprint(data_dir)
+            return DataPlan(params, ("scikit-image", "scipy", "numpy", "pillow"),
+                            lambda: data.build_builtin(recipe.heads, im.height, counts, recipe.seed, out, data_dir),
                             ("kinds.quality.data",))
         params.update(source="labels_csv", fingerprint=data.fingerprint(data_dir))
         return DataPlan(params, ("pillow", "scikit-image", "numpy"),
@@ -79,6 +84,30 @@ class ImageQuality(ModelKind):
         evaluate_heads(recipe, model, tflite, self.load_split(recipe, features, "val"),
                        self.load_split(recipe, features, "test"), out)
 
+    def builtin_sets(self, recipe, features):
+        with np.load(features) as d:
+            sets = {"test": "test split (base images held out of training)"}
+            if "y_test_cam" in d.files:
+                sets["test_cam"] = ("camera-like test set (the same held-out bases through another camera: other "
+                                    "tone curves, JPEG qualities and noise floor)")
+        return sets
+
+    def summarize(self, recipe, result, paths, technique):
+        """The camera-like gap, and per severity band what each head flagged (INT8, the build's thresholds)."""
+        import json
+
+        from npubuild.kinds.quality.evaluate import bands_of_split
+
+        sets = result["sets"]
+        if {"test", "test_cam"} <= set(sets):
+            result["gap_macro_f1"] = round(sets["test"]["int8"]["macro_f1"] - sets["test_cam"]["int8"]["macro_f1"], 4)
+        evaluation = json.loads(paths.evaluation(technique).read_text())
+        bands = {s: bands_of_split(recipe, paths.int8(technique), paths.features, s, evaluation)
+                 for s in sets if s in ("test", "test_cam")}
+        bands = {s: b for s, b in bands.items() if b is not None}
+        if bands:
+            result["bands"] = bands
+
     def read_folder(self, recipe, data_dir, features):
         from npubuild.kinds.quality.folder import read_quality_folder
 
@@ -114,6 +143,18 @@ class ImageQuality(ModelKind):
                 lines.append(f"| {h} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
                              f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")
             lines.append("")
+        if "gap_macro_f1" in result:
+            lines += [f"Gap, INT8 macro-F1 test - camera-like: {result['gap_macro_f1']:.4f}.", ""]
+        for set_name, bands in result.get("bands", {}).items():
+            lines += [f"## {set_name}: what each head flagged, per severity band (INT8)", ""]
+            for what, rows in bands.items():
+                related = list(rows[0]["flagged"]) if rows else []
+                lines += [f"| {what} band | images | " + " | ".join(f"flagged {h}" for h in related) + " |",
+                          "|---|---:|" + "---:|" * len(related)]
+                for r in rows:
+                    lines.append(f"| {r['band']} | {r['count']} | " + " | ".join(
+                        "-" if r["flagged"][h] is None else f"{100 * r['flagged'][h]:.1f}%" for h in related) + " |")
+                lines.append("")
         return lines
 
     def confusion_matrices(self, recipe, scored):

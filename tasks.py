@@ -188,20 +188,26 @@ def test(c, k=None, fast=False):
     "profile": "profile to time (default: default)",
     "model": "the model whose clean build is timed: a name from models/, several with commas, or all (default: kws)",
     "output": "results file (default: benchmarks/results.json)",
-    "part": "build (a clean build and the rest; default) or detector (time the detector stage's tuning on an "
-            "existing build's kws model; merged into the results file)",
-    "build-dir": "with --part detector: the build folder that holds the model (default: build/)",
+    "part": "build (a clean build and the rest; default), fit (the training step against a plain model.fit on "
+            "an existing build's features, per --model) or detector (time the detector stage's tuning on an "
+            "existing build's kws model); fit and detector merge into the results file",
+    "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
 })
 def bench(c, profile="default", model="kws", output="benchmarks/results.json", part="build", build_dir=None):
     """Time each stage of a clean build, the no-op rebuild, Vela for every target, fine-tuning speed."""
-    from npubuild.bench import detector_benchmark, run_benchmarks
+    from npubuild.bench import detector_benchmark, run_benchmarks, training_step_benchmark
 
     if part == "detector":
         _fail_cleanly(detector_benchmark, ROOT, profile=profile, output=ROOT / output,
                       build_dir=Path(build_dir) if build_dir else None)
         return
+    if part == "fit":
+        for name in model.split(","):
+            _fail_cleanly(training_step_benchmark, ROOT, model=name, profile=profile, output=ROOT / output,
+                          build_dir=Path(build_dir) if build_dir else None)
+        return
     if part != "build":
-        raise Exit(f"error: --part {part!r}: expected build or detector", code=1)
+        raise Exit(f"error: --part {part!r}: expected build, fit or detector", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
                   model=model)
 

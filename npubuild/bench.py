@@ -246,3 +246,69 @@ def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Pat
     write_json(output, {**existing, "detector_tuning": figures})
     print(f"detector tuning: {seconds:.1f} s for {len(result['results'])} settings")
     return figures
+
+
+def training_step_benchmark(root: Path, *, model: str, profile: str, output: Path, build_dir: Path | None = None,
+                            samples: int = 3000, epochs: int = 3) -> dict:
+    """Training throughput of the build's training step (`train.fit_epochs`: a generator of numpy
+    batches into tf.data, with the kind's per-epoch augmentation) against a plain `model.fit` on the same
+    model, data and batch size, from an existing build's features (`build_dir`). Each way trains a
+    fresh model for `epochs` epochs; the first epoch (graph tracing) is left out of the steady state.
+    The ratio survives a busy machine better than either figure. Merged into `output` under
+    "training_step" (keyed by model)."""
+    import numpy as np
+
+    from npubuild.config import resolve_models
+    from npubuild.kinds import get_kind
+    from npubuild.pipeline import shipped_paths
+    from npubuild.tfenv import import_tf
+    from npubuild.train import build_model, fit_epochs
+
+    _, keras = import_tf(seed=0)
+    recipe = resolve_models(root, model)[0]
+    prof = recipe.profile(profile)
+    kind = get_kind(recipe.kind)
+    paths = shipped_paths(root, recipe, profile, build_dir, need=("features",))
+    x, y = kind.load_split(recipe, paths.features, "train")
+    rows = np.arange(min(samples, len(x)))
+    x, y = x[rows], y[rows]
+
+    class EpochTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._t)
+
+    def fresh():
+        net = build_model(recipe)
+        net.compile(optimizer=keras.optimizers.Adam(prof.learning_rate), **kind.compile_args(recipe, keras))
+        return net
+
+    ways = {}
+    for way in ("plain model.fit", "npubuild fit_epochs"):
+        times = EpochTimes()
+        net = fresh()
+        if way == "plain model.fit":
+            net.fit(x, kind.fit_targets(recipe, y), epochs=epochs, batch_size=prof.batch_size, shuffle=True,
+                    verbose=0, callbacks=[times])
+        else:
+            fit_epochs(recipe, net, paths.features, x, y, epochs=epochs, batch_size=prof.batch_size,
+                       seed=[recipe.seed, 0], rows=rows, callbacks=[times])
+        steady = times.seconds[1:] or times.seconds
+        ways[way] = {"epoch_seconds": [round(s, 2) for s in times.seconds],
+                     "samples_per_second": round(len(x) / (sum(steady) / len(steady)), 1)}
+        print(f"  {model} {way:<22} {ways[way]['samples_per_second']:>8.1f} samples/s "
+              f"(epochs {', '.join(f'{s:.1f}' for s in times.seconds)} s)", flush=True)
+    figures = {"profile": profile, "samples": int(len(x)), "batch_size": prof.batch_size, "epochs": epochs,
+               "machine": _machine(), "ways": ways,
+               "ratio": round(ways["npubuild fit_epochs"]["samples_per_second"]
+                              / ways["plain model.fit"]["samples_per_second"], 3)}
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    write_json(output, {**existing, "training_step": {**existing.get("training_step", {}), model: figures}})
+    print(f"training step / plain model.fit: {figures['ratio']:.2f}x")
+    return figures

@@ -127,7 +127,8 @@ class Engines:
         if voice not in FLITE_F0:
             raise BuildError(f"flite: no voice {voice!r} (have {', '.join(FLITE_F0)})")
         out = Path(self._tmp.name) / "flite.wav"
-        f0 = FLITE_F0[voice] * 2 ** ((item.pitch - 50) / 100)  # +-half an octave over pitch 0..99
+        f0 = FLITE_F0[voice] * 2 ** ((item.pitch - 50) / 66)  # +-3/4 octave over pitch 0..99: male voices reach
+        # a typical female f0 (about 190 Hz from 110 Hz)
         cmd = [require(FLITE), "-voice", voice, "--setf", f"duration_stretch={stretch_of(item.rate_wpm):.4f}",
                "--setf", f"int_f0_target_mean={f0:.2f}", "-t", item.text, "-o", str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)

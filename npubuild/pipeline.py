@@ -399,8 +399,9 @@ def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data
                 techniques: list[str]) -> ModelPaths:
     paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
     cache.run(data_stage(recipe, profile, data_dir, paths, cache.log))
-    for stage in model_stages(recipe, profile, paths, techniques):
-        cache.run(stage)
+    stages = model_stages(recipe, profile, paths, techniques)
+    for i, stage in enumerate(stages, start=1):  # a compare sweep says how far it is
+        cache.run(stage, position=f"stage {i}/{len(stages)} of {recipe.name}" if len(techniques) > 1 else "")
     return paths
 
 

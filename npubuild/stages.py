@@ -445,7 +445,8 @@ class Cache:
         self.results.extend(results)
         return results
 
-    def run(self, stage: Stage, record: bool = True) -> StageResult:
+    def run(self, stage: Stage, record: bool = True, position: str = "") -> StageResult:
+        """Run `stage` unless it is up to date; `position` ("3/40") tells where it stands in a longer run."""
         pending = [p for p in stage.inputs if p in self._pending]
         if pending:  # dry run only: an earlier stage would rebuild this input
             reason = f"input {self._rel(pending[0])} would be rebuilt"
@@ -460,7 +461,7 @@ class Cache:
             self.log(f"[{stage.name}] would run: {reason}")
             result = StageResult(stage.name, False, f"would run: {reason}", 0.0)
         else:
-            self.log(f"[{stage.name}] running: {reason}")
+            self.log(f"[{stage.name}] running{f' ({position})' if position else ''}: {reason}")
             stage.stamp.unlink(missing_ok=True)
             remove_stale_temporaries(stage.outputs)
             start = time.perf_counter()

@@ -120,7 +120,13 @@ def test_the_digits_example_goes_through_every_recipe(tmp_path):
     root = make_project(tmp_path / "project", examples=True)
     build(root, model="digits", target=TARGET, profile="smoke", log=lambda s: None)
     assert (root / "firmware_assets" / TARGET / "digits" / "digits_model.c").is_file()
-    compare(root, model="digits", targets=TARGET, profile="smoke", log=lambda s: None)
+    lines: list[str] = []
+    compare(root, model="digits", targets=TARGET, profile="smoke", log=lines.append)
+    # the sweep says how far it is: every model stage numbered, in order
+    running = [line for line in lines if " running (stage " in line]
+    total = int(running[0].split(" of digits)")[0].split("/")[1])
+    assert [int(line.split("(stage ")[1].split("/")[0]) for line in running] == sorted(
+        int(line.split("(stage ")[1].split("/")[0]) for line in running) and total > 3 * 8  # train, the chains, and convert, evaluate, verify of 8 recipes
     result = json.loads((root / "firmware_assets" / "compare" / "digits.json").read_text())
     recipes = {r["recipe"]: r for r in result["recipes"]}
     assert set(recipes) == {"ptq", "qat", "prune", "pqat", "cluster", "cqat", "prune_cluster", "pcqat"}

@@ -61,19 +61,22 @@ def test_labels_follow_the_physical_parameters_with_a_margin():
 def test_blur_hidden_by_clipping_or_darkness_is_drawn_again(monkeypatch):
     from npubuild.kinds.quality.camera import TRAIN_CAMERA, Shot
 
-    scene = np.full((48, 48, 3), 0.8, np.float32)  # bright: +2.5 EV saturates every pixel
     draws = iter([
-        (Shot("shake", 8.0, 1, 2.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 1, "noisy": 0}),
+        (Shot("shake", 14.0, 1, 4.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 1, "noisy": 0}),
         (Shot("defocus", 3.0, 1, -3.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 1, "too_bright": 0, "noisy": 0}),
-        (Shot("shake", 8.0, 1, 0.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 0, "noisy": 0}),
+        (Shot("shake", 14.0, 1, 0.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 0, "noisy": 0}),
     ])
     monkeypatch.setattr(q, "draw_shot", lambda rng, style: next(draws))
-    _, labels, params = q.picture(np.random.default_rng(0), scene, TRAIN_CAMERA, HEADS)
+    textured = q.random_view(np.random.default_rng(1), q.natural_image("brick"), 64)
+    _, labels, params = q.picture(np.random.default_rng(0), textured, TRAIN_CAMERA, HEADS)
     assert labels == [1, 0, 0, 0] and params[q.PARAMS.index("ev")] == 0.0  # the third draw: nothing hides it
+    # a blur that keeps most of the fine detail (a flat scene has none to lose) is drawn again too
+    assert q.detail_kept(textured, Shot("shake", 14.0, 1, 0.0, 0.0, 0.4, "srgb", 90)) < q.BLUR_VISIBLE
+    assert q.detail_kept(textured, Shot("none", 0.0, 1, 0.0, 0.0, 0.4, "srgb", 90)) == pytest.approx(1.0)
     # and over many real draws, no blurry picture is as dark as the hiding limit
     rng = np.random.default_rng(3)
     monkeypatch.undo()
-    rows = np.array([q.picture(rng, scene[:32, :32], TRAIN_CAMERA, HEADS)[2] for _ in range(200)])
+    rows = np.array([q.picture(rng, textured, TRAIN_CAMERA, HEADS)[2] for _ in range(200)])
     blurry = rows[:, q.PARAMS.index("blur_px")] >= min(q.SHAKE_PX[0], q.DEFOCUS_PX[0])
     assert blurry.any() and (rows[blurry, q.PARAMS.index("ev")] > q.HIDDEN_DARK_EV).all()
 

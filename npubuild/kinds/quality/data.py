@@ -196,14 +196,16 @@ def random_view(rng: np.random.Generator, base: np.ndarray, size: int) -> np.nda
 #   blur (pixels at the model's resolution): shake trajectory length 4 .. 16 or defocus radius 1.8 .. 5
 #       is blurry; clean pictures have no blur or at most 1 px of shake / 0.6 px of defocus
 #   noise (sigma at 18% grey, linear light): 0.035 .. 0.12 is noisy; clean is the camera's noise floor
-# A blurry draw hidden by another degradation (more than HIDDEN_CLIPPED of the pixels saturated, or
-# -3 EV and darker) is not kept: the picture is drawn again.
+# A blurry draw that cannot show is not kept: the picture is drawn again when the blur keeps more than
+# BLUR_VISIBLE of the scene's fine detail (a short shake across a smooth patch), or another degradation
+# hides it (more than HIDDEN_CLIPPED of the pixels saturated, or -3 EV and darker).
 EV_DARK, EV_CLEAN, EV_BRIGHT = (-4.0, -1.5), (-0.5, 0.3), (0.7, 2.5)
 SHAKE_PX, DEFOCUS_PX = (4.0, 16.0), (1.8, 5.0)
 CLEAN_SHAKE_PX, CLEAN_DEFOCUS_PX = 1.0, 0.6
 NOISE_SIGMA = (0.035, 0.12)
 SOFTNESS = (0.3, 0.6)
 HIDDEN_CLIPPED = 0.5
+BLUR_VISIBLE = 0.5
 HIDDEN_DARK_EV = -3.0
 # How often each issue is present in the built-in data.
 P_BLUR, P_NOISE = 0.4, 0.4
@@ -249,10 +251,30 @@ def picture(rng: np.random.Generator, scene: np.ndarray, style, heads: tuple[str
 
     while True:
         shot, labels = draw_shot(rng, style)
+        if labels["blurry"] and (shot.ev <= HIDDEN_DARK_EV or detail_kept(scene, shot) > BLUR_VISIBLE):
+            continue
         image, clipped = take(rng, scene, shot)
-        hidden = labels["blurry"] and (clipped > HIDDEN_CLIPPED or shot.ev <= HIDDEN_DARK_EV)
-        if not hidden:
+        if not (labels["blurry"] and clipped > HIDDEN_CLIPPED):
             return image, [labels[h] for h in heads], shot_params(shot)
+
+
+def fine_detail(image: np.ndarray) -> float:
+    """RMS of the Laplacian of the grey image: the finest detail there is."""
+    grey = image.mean(axis=-1)
+    lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    return float(np.sqrt(np.mean(lap**2)))
+
+
+def detail_kept(scene: np.ndarray, shot) -> float:
+    """The share of the scene's fine detail (linear light, after the camera's own softness) that the
+    shot's blur keeps: about 1 for no blur, near 0 for a blur that wipes it out."""
+    from dataclasses import replace
+
+    from npubuild.kinds.quality.camera import blur_linear, to_linear
+
+    linear = to_linear(scene)
+    sharp = fine_detail(blur_linear(linear, replace(shot, blur="none")))
+    return fine_detail(blur_linear(linear, shot)) / max(sharp, 1e-9)
 
 
 # --------------------------------------------------------------------------- built-in dataset

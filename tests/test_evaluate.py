@@ -114,7 +114,7 @@ def test_kws_on_the_builtin_test_sets(smoke_project):
             == result["sets"]["test"]["count"])
     # leave one engine out: a model trained without flite, scored on the flite and the other test clips
     out = result["engine_out"]
-    with np.load(root / "build" / "smoke" / "kws" / "builtin" / "features.npz") as d:
+    with np.load(root / "build" / "smoke" / "kws" / "builtin" / "data" / "features.npz") as d:
         flite = d["e_train"] == 1
         assert out["train_clips"] == int((~flite).sum()) and flite.any()
     assert out["test"]["flite"]["count"] == result["sets"]["test_flite"]["count"]

@@ -49,7 +49,8 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     """`model.fit` on the training split, fed from a generator: epoch e takes the kind's inputs for e
     (`ModelKind.epoch_inputs`: augmentation drawn afresh, or `x` as it is) in an order drawn from
     (seed, e), so the run is a function of the seed. Batches are numpy slices handed to tf.data with
-    prefetch: measured faster than Keras' own shuffling of in-memory arrays (`invoke bench`).
+    prefetch (`invoke bench --part fit` compares it with a plain `model.fit`: 1.24x for MobileNetV2,
+    0.93x for DS-CNN-L with its per-epoch masks, on a busy machine).
     `rows` are the rows of the split that `x` holds (None: all)."""
     import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""Keyword spotting as a model kind: MFCC features of 1 s clips (built-in eSpeak NG speech or a Speech
+"""Keyword spotting as a model kind: MFCC features of 1 s clips (the built-in voice bank of three synthesisers, or a Speech
 Commands folder), a softmax over the labels, a recording-like test set, and a streaming detector the
 build tunes (an extra stage) and exports with the front end's numbers."""
 

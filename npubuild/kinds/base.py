@@ -108,9 +108,10 @@ class ModelKind:
         return y
 
     def epoch_inputs(self, recipe, features: Path, rows: np.ndarray | None):
-        """None when training takes the training split's inputs as they are (Keras shuffles them);
-        otherwise a function (epoch, rng) -> the inputs of that epoch, row for row the training split
-        (`rows` of it when given): augmentation drawn afresh every epoch, with `rng` (seeded per epoch)."""
+        """None when every epoch takes the training split's inputs as they are (`train.fit_epochs` only
+        shuffles them); otherwise a function (epoch, rng) -> the inputs of that epoch, row for row the
+        training split (`rows` of it when given): augmentation drawn afresh every epoch, with `rng`
+        (seeded per epoch)."""
         return None
 
     def search_space(self, recipe, technique: str) -> dict[str, tuple]:

@@ -16,10 +16,10 @@ Whole voices are dealt to train/validation/test, so no split hears a voice anoth
 with (eSpeak NG variants 70/15/15 in every accent; Flite awb, rms and kal16 train, Festival ked
 validation, Flite slt test).
 
-Training clips are rendered TRAIN_VARIANTS times (profile `train_variants`): each rendering draws
-its own speaker perturbation, placement, level, noise and, for half of them, a room, microphone
-and clipping; training takes one rendering per epoch, with time and MFCC masks drawn afresh
-(`kind.KwsEpochs`), so no epoch sees the same input twice.
+Training clips are rendered `train_variants` times (a profile field): each rendering draws its own
+speaker perturbation, placement, level, noise and, for half of them, a room, microphone and
+clipping; training takes one rendering per epoch, with time and MFCC masks drawn afresh
+(`EpochInputs`), so no epoch sees the same input twice.
 
 Audio is synthesised in fixed chunks, each in a fresh process, because eSpeak NG
 carries state from one utterance to the next: that makes the dataset a function

@@ -512,7 +512,7 @@ def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir
                    log: Callable[[str], None] = print):
     """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
     from npubuild.kinds.kws import data as kws_data
-    from npubuild.kinds.kws.engines import FESTIVAL, FLITE, version
+    from npubuild.kinds.kws.engines import program_versions
     from npubuild.stages import Stage
 
     prof = recipe.profile(profile)
@@ -523,7 +523,7 @@ def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir
                 "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
                 "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
                 "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir),
-                **({"engines": {e: version(e) for e in (FLITE, FESTIVAL)}} if data_dir is None else {})},
+                **({"engines": program_versions()} if data_dir is None else {})},
         outputs=(detector_json(paths, technique),), tools=("ai-edge-litert", "espeakng-loader"),
         action=lambda: tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,
                                      detector_json(paths, technique), log),

@@ -15,6 +15,7 @@ one-line error naming the package.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -60,8 +61,9 @@ def require(engine: str) -> str:
     return path
 
 
+@functools.cache
 def version(engine: str) -> str:
-    """The engine's version, for the data stage's key."""
+    """The engine's version, for the data stage's key (asked once per process)."""
     if engine == ESPEAK:
         from importlib.metadata import version as pkg_version
 
@@ -73,6 +75,12 @@ def version(engine: str) -> str:
 
     found = next((m.group(0) for line in lines if (m := re.search(r"\d+\.\d+(\.\d+)?", line))), None)
     return f"{engine} {found}" if found else "unknown"
+
+
+def program_versions() -> dict[str, str]:
+    """Versions of the engines run as programs (Flite, Festival): part of the keys of the stages that
+    synthesise speech (the data stage, the detector's tuning)."""
+    return {e: version(e) for e in (FLITE, FESTIVAL)}
 
 
 def _read(path: Path) -> tuple[int, np.ndarray]:

@@ -39,11 +39,11 @@ class KeywordSpotting(ModelKind):
         params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
                   "seed": recipe.seed}
         if data_dir is None:
-            from npubuild.kinds.kws.engines import FESTIVAL, FLITE, version
+            from npubuild.kinds.kws.engines import program_versions
 
             params.update(profile={k: getattr(profile, k) for k in (*SIZES, "train_variants")},
                           unknown_words=recipe.unknown_words, source="builtin",
-                          engines={e: version(e) for e in (FLITE, FESTIVAL)})
+                          engines=program_versions())
             tools = ("espeakng-loader", "scipy", "numpy")
         else:
             params.update(source="speech_commands", fingerprint=data.fingerprint_dir(data_dir))

@@ -183,8 +183,13 @@ def jpeg(image8: np.ndarray, quality: int) -> np.ndarray:
 def take(rng: np.random.Generator, scene_srgb: np.ndarray, shot: Shot) -> tuple[np.ndarray, float]:
     """The picture of a scene (sRGB float in [0, 1]) as the camera stores it (uint8 RGB), and the
     share of pixels clipped at sensor saturation in every channel."""
-    linear = blur_linear(to_linear(scene_srgb), shot)
-    exposed = expose(linear, shot.ev)
+    return develop(rng, blur_linear(to_linear(scene_srgb), shot), shot)
+
+
+def develop(rng: np.random.Generator, blurred: np.ndarray, shot: Shot) -> tuple[np.ndarray, float]:
+    """`take` from the light that reached the sensor (linear, blurred already): exposure, noise, tone
+    curve, 8 bits, JPEG."""
+    exposed = expose(blurred, shot.ev)
     clipped = float(np.mean(np.all(exposed >= 1.0, axis=-1)))
     noisy = sensor_noise(rng, exposed, shot.noise)
     toned = TONE_CURVES[shot.tone_curve](noisy)

@@ -161,9 +161,14 @@ def center_square(image: np.ndarray) -> np.ndarray:
     return image[top:top + side, left:left + side]
 
 
-def _detail(image: np.ndarray) -> float:
+def _laplacian(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(grey image, its 5-point Laplacian): where the fine detail is."""
     grey = image.mean(axis=-1)
-    lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    return grey, 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+
+
+def _detail(image: np.ndarray) -> float:
+    grey, lap = _laplacian(image)
     return float(lap.std() / (grey.mean() + 0.05))
 
 
@@ -246,35 +251,43 @@ def shot_params(shot) -> list[float]:
 
 def picture(rng: np.random.Generator, scene: np.ndarray, style, heads: tuple[str, ...]):
     """A labelled picture of `scene` (sRGB float): (uint8 image, labels per head, PARAMS values).
-    Draws again while a blurry draw is hidden by clipping or darkness."""
-    from npubuild.kinds.quality.camera import take
+    Draws again while a blurry draw cannot show (`BLUR_VISIBLE`, clipping, darkness)."""
+    from npubuild.kinds.quality.camera import blur_linear, develop, to_linear
 
+    linear = to_linear(scene)
     while True:
         shot, labels = draw_shot(rng, style)
-        if labels["blurry"] and (shot.ev <= HIDDEN_DARK_EV or detail_kept(scene, shot) > BLUR_VISIBLE):
+        if labels["blurry"] and shot.ev <= HIDDEN_DARK_EV:
             continue
-        image, clipped = take(rng, scene, shot)
+        blurred = blur_linear(linear, shot)  # the blur is computed once: for the check and the picture
+        if labels["blurry"] and _detail_kept(linear, blurred, shot) > BLUR_VISIBLE:
+            continue
+        image, clipped = develop(rng, blurred, shot)
         if not (labels["blurry"] and clipped > HIDDEN_CLIPPED):
             return image, [labels[h] for h in heads], shot_params(shot)
 
 
 def fine_detail(image: np.ndarray) -> float:
     """RMS of the Laplacian of the grey image: the finest detail there is."""
-    grey = image.mean(axis=-1)
-    lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
-    return float(np.sqrt(np.mean(lap**2)))
+    return float(np.sqrt(np.mean(_laplacian(image)[1] ** 2)))
 
 
 def detail_kept(scene: np.ndarray, shot) -> float:
     """The share of the scene's fine detail (linear light, after the camera's own softness) that the
     shot's blur keeps: about 1 for no blur, near 0 for a blur that wipes it out."""
-    from dataclasses import replace
-
     from npubuild.kinds.quality.camera import blur_linear, to_linear
 
     linear = to_linear(scene)
+    return _detail_kept(linear, blur_linear(linear, shot), shot)
+
+
+def _detail_kept(linear: np.ndarray, blurred: np.ndarray, shot) -> float:
+    from dataclasses import replace
+
+    from npubuild.kinds.quality.camera import blur_linear
+
     sharp = fine_detail(blur_linear(linear, replace(shot, blur="none")))
-    return fine_detail(blur_linear(linear, shot)) / max(sharp, 1e-9)
+    return fine_detail(blurred) / max(sharp, 1e-9)
 
 
 # --------------------------------------------------------------------------- built-in dataset
@@ -297,19 +310,24 @@ CHUNK = 400  # images per worker task: each chunk has its own random stream, so 
 BUILTIN_SPLITS = (*SPLITS, "test_cam")
 
 
+def bases_of(split: str) -> str:
+    """The split whose base images (and sizes) a built-in split uses: the camera-like set the test split's."""
+    return "test" if split == "test_cam" else split
+
+
 def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from npubuild.kinds.quality.camera import TEST_CAMERA, TRAIN_CAMERA
 
     seed, split, chunk, count, size, heads, n_textures, base_files = args
-    bases_of = "test" if split == "test_cam" else split
+    bases = bases_of(split)
     style = TEST_CAMERA if split == "test_cam" else TRAIN_CAMERA
     rng = np.random.default_rng([seed, BUILTIN_SPLITS.index(split), 11, chunk])
     if base_files is not None:  # the user's own photos (`--base-images`)
         photos, seeds = [load_base(Path(f)) for f in base_files], []
     else:
-        photos = [natural_image(n) for n in split_bases(seed)[bases_of]]
+        photos = [natural_image(n) for n in split_bases(seed)[bases]]
         # each chunk draws its textures from the split's seeds (rendered on demand, then kept)
-        seeds = texture_seeds(seed, bases_of, n_textures)
+        seeds = texture_seeds(seed, bases, n_textures)
     textures: dict[int, np.ndarray] = {}
     x = np.empty((count, size, size, 3), np.uint8)
     y = np.empty((count, len(heads)), np.uint8)
@@ -368,8 +386,8 @@ def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], see
         say(f"  {base_dir.name}/: base images " + ", ".join(f"{s} {len(bases[s])}" for s in SPLITS))
     arrays = {}
     for split in BUILTIN_SPLITS:
-        count = counts["test" if split == "test_cam" else split]
-        files = None if bases is None else bases["test" if split == "test_cam" else split]
+        count = counts[bases_of(split)]
+        files = None if bases is None else bases[bases_of(split)]
         x, y, p = make_split(seed, split, count, size, heads, workers=os.cpu_count() or 1, base_files=files)
         arrays[f"x_{split}"], arrays[f"y_{split}"], arrays[f"p_{split}"] = x, y, p
         rates = ", ".join(f"{h} {y[:, i].mean():.2f}" for i, h in enumerate(heads))

@@ -42,6 +42,13 @@ def run_int8_heads(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[
     return raw, [(infos[pos].scale, infos[pos].zero_point) for pos in order]
 
 
+def int8_head_scores(tflite: Path, x: np.ndarray) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """`run_int8_heads`, dequantized: float32 scores [N, heads] as the predictor computes them, and each
+    head's (scale, zero point)."""
+    raw, quant = run_int8_heads(tflite, x)
+    return np.stack([dequantize(raw[:, i], *q) for i, q in enumerate(quant)], axis=1), quant
+
+
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
     """Area under the ROC curve (rank statistic, ties averaged); None with one class only."""
     pos, neg = int(y.sum()), int(len(y) - y.sum())
@@ -108,10 +115,8 @@ def evaluate_heads(recipe: Recipe, model, tflite: Path, val: tuple[np.ndarray, n
     heads = list(recipe.heads)
     (x_val, y_val), (x_test, y_test) = val, test
     fp32_val, fp32_test = fp32_scores(model, x_val), fp32_scores(model, x_test)
-    raw_val, quant = run_int8_heads(tflite, x_val)
-    raw_test, _ = run_int8_heads(tflite, x_test)
-    int8_val = np.stack([dequantize(raw_val[:, i], *quant[i]) for i in range(len(heads))], axis=1)
-    int8_test = np.stack([dequantize(raw_test[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+    int8_val, quant = int8_head_scores(tflite, x_val)
+    int8_test, _ = int8_head_scores(tflite, x_test)
     thresholds = {
         "fp32": {h: choose_threshold(y_val[:, i], fp32_val[:, i]) for i, h in enumerate(heads)},
         "int8": {h: choose_threshold(y_val[:, i], int8_val[:, i]) for i, h in enumerate(heads)},
@@ -132,7 +137,8 @@ def evaluate_heads(recipe: Recipe, model, tflite: Path, val: tuple[np.ndarray, n
 
 # --------------------------------------------------------------------------- per severity band
 
-# Bands of each physical parameter (`data.PARAMS`): (name, parameter, low, high, extra condition).
+# Bands of the physical parameters (`data.PARAMS`), inclusive: exposure and noise (name, low, high); blur
+# (name, kind, low, high), kind "clean" meaning any kind at most `high` pixels.
 EV_BANDS = (("-4 .. -3 EV", -4.0, -3.0), ("-3 .. -2 EV", -3.0, -2.0), ("-2 .. -1.5 EV", -2.0, -1.5),
             ("-0.5 .. +0.3 EV (clean)", -0.5, 0.3), ("+0.7 .. +1.2 EV", 0.7, 1.2), ("+1.2 .. +1.8 EV", 1.2, 1.8),
             ("+1.8 .. +2.5 EV", 1.8, 2.5))
@@ -181,8 +187,7 @@ def bands_of_split(recipe: Recipe, tflite: Path, features: Path, split: str, eva
         params = d[f"p_{split}"]
     images, _ = load_images(features, split)
     heads = list(recipe.heads)
-    raw, quant = run_int8_heads(tflite, to_model_input(images))
-    scores = np.stack([dequantize(raw[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+    scores, _ = int8_head_scores(tflite, to_model_input(images))
     flagged = np.stack([scores[:, i] >= np.float32(evaluation["thresholds"]["int8"][h])
                         for i, h in enumerate(heads)], axis=1)
     return band_rows(heads, flagged, params)

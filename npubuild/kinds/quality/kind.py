@@ -115,12 +115,10 @@ class ImageQuality(ModelKind):
 
     def score(self, recipe, model, tflite, x, y, evaluation):
         """Per head, at the thresholds the build chose on its validation split."""
-        from npubuild.int8_runner import dequantize
-        from npubuild.kinds.quality.evaluate import fp32_scores, run_int8_heads, score_set
+        from npubuild.kinds.quality.evaluate import fp32_scores, int8_head_scores, score_set
 
         heads = list(recipe.heads)
-        raw, quant = run_int8_heads(tflite, x)
-        int8 = np.stack([dequantize(raw[:, i], *quant[i]) for i in range(len(heads))], axis=1)
+        int8, _ = int8_head_scores(tflite, x)
         scored = {"count": int(len(y)),
                   "fp32": score_set(heads, y, fp32_scores(model, x), evaluation["thresholds"]["fp32"]),
                   "int8": score_set(heads, y, int8, evaluation["thresholds"]["int8"])}

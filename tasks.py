@@ -186,30 +186,35 @@ def test(c, k=None, fast=False):
 
 @task(help={
     "profile": "profile to time (default: default)",
-    "model": "the model whose clean build is timed: a name from models/, several with commas, or all (default: kws)",
-    "output": "results file (default: benchmarks/results.json)",
-    "part": "build (a clean build and the rest; default), fit (the training step against a plain model.fit on "
-            "an existing build's features, per --model) or detector (time the detector stage's tuning on an "
-            "existing build's kws model); fit and detector merge into the results file",
+    "model": "the models whose clean build is timed: names from models/ with commas, or all (default: all, as "
+             "invoke build); with --part fit: the models whose training step is timed (default: kws,quality)",
+    "output": "results file (default: benchmarks/results.json); every part merges its figures into it",
+    "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
+            "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
+            "existing build), detector (the detector stage's tuning on an existing build's kws model) or "
+            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours)",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
 })
-def bench(c, profile="default", model="kws", output="benchmarks/results.json", part="build", build_dir=None):
-    """Time each stage of a clean build, the no-op rebuild, Vela for every target, fine-tuning speed."""
-    from npubuild.bench import detector_benchmark, run_benchmarks, training_step_benchmark
+def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None):
+    """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
+    from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
     if part == "detector":
         _fail_cleanly(detector_benchmark, ROOT, profile=profile, output=ROOT / output,
                       build_dir=Path(build_dir) if build_dir else None)
         return
     if part == "fit":
-        for name in model.split(","):
+        for name in (model or "kws,quality").split(","):
             _fail_cleanly(training_step_benchmark, ROOT, model=name, profile=profile, output=ROOT / output,
                           build_dir=Path(build_dir) if build_dir else None)
         return
+    if part == "finetune":
+        _fail_cleanly(finetune_benchmark, ROOT, output=ROOT / output)
+        return
     if part != "build":
-        raise Exit(f"error: --part {part!r}: expected build, fit or detector", code=1)
+        raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
-                  model=model)
+                  model=model or "all")
 
 
 @task(auto_shortflags=False, help={

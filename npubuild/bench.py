@@ -26,10 +26,11 @@ def _machine() -> dict:
                                     "ai-edge-litert"))}
 
 
-def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "kws",
-                   throughput: bool = True) -> dict:
-    """Build `model` from scratch in a scratch project, then rebuild it with nothing changed;
-    then measure fine-tuning throughput per optimization scheme."""
+def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "all") -> dict:
+    """Build `model` (default: every model, as `invoke build` does) from scratch in a scratch project, then
+    rebuild it with nothing changed; time the training step of each trained model against a plain
+    `model.fit` on the build's own data; Vela for every target; C arrays. Merged into `output`: the keys
+    written by the other parts (`--part fit`, `detector`, `finetune`) are kept."""
     from npubuild.pipeline import build
 
     with tempfile.TemporaryDirectory(prefix="npubuild-bench-") as scratch:
@@ -54,6 +55,9 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         for name, path in sorted(train_logs.items()):
             log = json.loads(path.read_text())
             training[name] = {k: log[k] for k in ("samples", "epochs", "seconds", "samples_per_second") if k in log}
+        # The training step against a plain model.fit, on the data this build made (the same run).
+        steps = {name: training_step_figures(project, model=name, profile=profile, build_dir=project / "build")
+                 for name in training}
         # Vela for every target and every model: the shipped INT8 files built here, and for models
         # not built here, the project's own (Vela's time does not depend on how a file was made).
         int8_files = {}
@@ -76,15 +80,25 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
                                                          "inference_ms", "tflite_bytes", "accuracy")}
                                       for m in rep["models"]]} for name, rep in reports.items()},
     }
-    if throughput:
-        results["finetune_throughput"] = {
-            "kws": finetune_throughput(root, model="kws", samples=1000),
-            # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
-            "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
-        }
-    write_json(output, results)
-    print(f"benchmark results written to {output.relative_to(root) if output.is_relative_to(root) else output}")
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    results["training_step"] = {**existing.get("training_step", {}), **steps}
+    write_json(output, {**existing, **results})
+    print(f"clean build: {clean_seconds:.0f} s; benchmark results written to "
+          f"{output.relative_to(root) if output.is_relative_to(root) else output}")
     return results
+
+
+def finetune_benchmark(root: Path, *, output: Path) -> dict:
+    """Fine-tuning throughput of every optimization scheme, tfmot's own CQAT/PCQAT beside the vectorized
+    ones (`finetune_throughput`), merged into `output` under "finetune_throughput"."""
+    figures = {
+        "kws": finetune_throughput(root, model="kws", samples=1000),
+        # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
+        "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
+    }
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    write_json(output, {**existing, "finetune_throughput": figures})
+    return figures
 
 
 def c_array_speed(size: int = 4 * 1024 * 1024, runs: int = 3) -> dict:
@@ -248,14 +262,23 @@ def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Pat
     return figures
 
 
-def training_step_benchmark(root: Path, *, model: str, profile: str, output: Path, build_dir: Path | None = None,
-                            samples: int = 3000, epochs: int = 3) -> dict:
+def training_step_benchmark(root: Path, *, model: str, profile: str, output: Path,
+                            build_dir: Path | None = None) -> dict:
+    """`training_step_figures` of an existing build, merged into `output` under "training_step" (keyed by
+    model; the rest of the file is kept)."""
+    figures = training_step_figures(root, model=model, profile=profile, build_dir=build_dir)
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    write_json(output, {**existing, "training_step": {**existing.get("training_step", {}), model: figures}})
+    return figures
+
+
+def training_step_figures(root: Path, *, model: str, profile: str, build_dir: Path | None = None,
+                          samples: int = 3000, epochs: int = 3) -> dict:
     """Training throughput of the build's training step (`train.fit_epochs`: a generator of numpy
     batches into tf.data, with the kind's per-epoch augmentation) against a plain `model.fit` on the same
     model, data and batch size, from an existing build's features (`build_dir`). Each way trains a
     fresh model for `epochs` epochs; the first epoch (graph tracing) is left out of the steady state.
-    The ratio survives a busy machine better than either figure. Merged into `output` under
-    "training_step" (keyed by model)."""
+    The ratio survives a busy machine better than either figure."""
     import numpy as np
 
     from npubuild.config import resolve_models
@@ -308,7 +331,5 @@ def training_step_benchmark(root: Path, *, model: str, profile: str, output: Pat
                "machine": _machine(), "ways": ways,
                "ratio": round(ways["npubuild fit_epochs"]["samples_per_second"]
                               / ways["plain model.fit"]["samples_per_second"], 3)}
-    existing = json.loads(output.read_text()) if output.is_file() else {}
-    write_json(output, {**existing, "training_step": {**existing.get("training_step", {}), model: figures}})
-    print(f"training step / plain model.fit: {figures['ratio']:.2f}x")
+    print(f"  {model} training step / plain model.fit: {figures['ratio']:.2f}x", flush=True)
     return figures

@@ -1,0 +1,54 @@
+"""invoke bench: what its parts measure and how they share one results file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from npubuild.bench import run_benchmarks, training_step_benchmark
+from tests.conftest import make_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_step_on_the_smoke_build_merges_into_the_results(smoke_project, tmp_path):
+    root, _, _ = smoke_project
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"clean_build_seconds": 1.5, "training_step": {"quality": {"ratio": 1.1}}}))
+    figures = training_step_benchmark(root, model="kws", profile="smoke", output=out)
+    saved = json.loads(out.read_text())
+    # the other parts' figures stay; this model's are added beside the other model's
+    assert saved["clean_build_seconds"] == 1.5
+    assert saved["training_step"]["quality"] == {"ratio": 1.1}
+    assert saved["training_step"]["kws"] == figures
+    ways = figures["ways"]
+    assert set(ways) == {"plain model.fit", "npubuild fit_epochs"}
+    for way in ways.values():
+        assert len(way["epoch_seconds"]) == figures["epochs"] == 3
+        assert way["samples_per_second"] > 0
+    assert figures["ratio"] == round(ways["npubuild fit_epochs"]["samples_per_second"]
+                                     / ways["plain model.fit"]["samples_per_second"], 3)
+    assert figures["samples"] == 16 * 12  # the smoke profile's training clips, rendering 0
+
+
+def test_clean_build_bench_times_every_stage_and_keeps_other_parts(tmp_path):
+    root = make_project(tmp_path / "project", examples=True)
+    out = root / "benchmarks" / "results.json"
+    out.parent.mkdir()
+    out.write_text(json.dumps({"detector_tuning": {"seconds": 2.0}, "training_step": {"kws": {"ratio": 0.9}}}))
+    results = run_benchmarks(root, profile="smoke", output=out, target="corstone-300-u55-128", model="digits")
+    saved = json.loads(out.read_text())
+    assert saved["detector_tuning"] == {"seconds": 2.0}
+    stages = [s["stage"] for s in saved["stages"]]
+    assert stages[:2] == ["data digits", "train digits"] and "compile digits prune_cluster for corstone-300-u55-128" \
+        in stages
+    # the total covers every stage
+    assert saved["clean_build_seconds"] >= sum(s["seconds"] for s in saved["stages"]) - 0.5
+    assert len(saved["noop_rebuild_seconds"]["runs"]) == 3
+    # the training step was timed on this build's data, in the same run; the older kws figure stays
+    assert saved["training_step"]["kws"] == {"ratio": 0.9}
+    assert saved["training_step"]["digits"]["ways"]["plain model.fit"]["samples_per_second"] > 0
+    assert saved["training"]["digits"]["epochs"] == results["training"]["digits"]["epochs"]
+    assert saved["vela_all_targets"]["models"] == ["digits"]
+    assert saved["vela_all_targets"]["compilations"] == len(list((root / "targets").glob("*.toml")))

@@ -107,7 +107,7 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 @task(help={
     "model": "the model whose recipes to compare: a name from models/ (kws, quality, digits, your own)",
     "targets": "comma-separated target names, or all (default: config build.target)",
-    "profile": "smoke or default",
+    "profile": "smoke, fast or default",
     "techniques": "comma-separated recipes (default: all eight: ptq,qat,prune,pqat,cluster,cqat,prune_cluster,pcqat)",
     "data-dir": "real data instead of the built-in dataset",
     "ray": "run the recipes' stages on this Ray cluster (default: $RAY_ADDRESS; none: in this process)",
@@ -132,7 +132,7 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
     "min-accuracy": "accuracy bound instead: at least this validation accuracy (a fraction, e.g. 0.92)",
     "objective": "what the choice minimizes among candidates that fit: flash, sram or latency (default flash)",
     "with": "other models (comma-separated) that share the target: their figures files, built when missing",
-    "profile": "smoke or default (default: config build.profile)",
+    "profile": "smoke, fast or default (default: config build.profile)",
     "techniques": "comma-separated recipes to search (default: all eight)",
     "sparsities": "target sparsities tried beside the recipe's (default 0.5,0.75)",
     "clusters": "numbers of clusters tried beside the recipe's (default 4,8)",

@@ -19,7 +19,7 @@ ACCELERATORS = (
     "ethos-u65-256", "ethos-u65-512",
     "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024", "ethos-u85-2048",
 )
-PROFILES = ("smoke", "default")
+PROFILES = ("smoke", "fast", "default")
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -283,6 +283,13 @@ def hold_for_tests(stage_name: str) -> None:
     busy machine as on an idle one, instead of guessing how long a stage lasts."""
     if os.environ.get("NPUBUILD_TEST_HOLD_STAGE") != stage_name:
         return
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C as on a terminal, even when the tests were started from a shell's background job
+        # (which starts its children with SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     marker = Path(os.environ["NPUBUILD_TEST_HOLD_FILE"])
     marker.write_text(f"{os.getpid()}\n")
     deadline = time.monotonic() + 3600

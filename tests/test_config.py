@@ -117,7 +117,7 @@ def test_recipe_loads_with_reference_front_end():
     assert r.keywords == ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
     fe = r.frontend
     assert (fe.sample_rate, fe.window_samples, fe.stride_samples, fe.num_mfcc, fe.num_frames) == (16000, 640, 320, 10, 49)
-    assert set(r.profiles) == {"smoke", "default"}
+    assert set(r.profiles) == {"smoke", "fast", "default"}
 
 
 @pytest.mark.parametrize(("old", "new", "field"), [

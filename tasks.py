@@ -26,7 +26,8 @@ def _fail_cleanly(fn, *args, **kwargs):
 @task(help={
     "model": "a model name (models/<name>.toml), several separated by commas, or all (default: kws,quality)",
     "target": "a target name from targets/, or all (default: config build.target)",
-    "profile": "smoke (tiny, for tests) or default",
+    "profile": "smoke (tiny, for tests), fast (kws on half the renderings, 12 epochs) or default (default: config "
+               "build.profile)",
     "data-dir": "real data instead of the built-in dataset (Speech Commands v2 layout for kws)",
     "dataset": "a named public dataset instead (speech-commands): downloaded, verified and extracted once",
     "cache-dir": "where --dataset keeps downloads (default: $NPUBUILD_CACHE or ~/.cache/npubuild)",
@@ -186,8 +187,9 @@ def test(c, k=None, fast=False):
 
 @task(help={
     "profile": "profile to time (default: default)",
-    "model": "the models whose clean build is timed: names from models/ with commas, or all (default: all, as "
-             "invoke build); with --part fit: the models whose training step is timed (default: kws,quality)",
+    "model": "the models whose clean build is timed: names from models/ with commas, or all (default: config "
+             "build.model, as invoke build); with --part fit: the models whose training step is timed (default: "
+             "kws,quality)",
     "output": "results file (default: benchmarks/results.json); every part merges its figures into it",
     "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
             "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
@@ -214,7 +216,7 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
     if part != "build":
         raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
-                  model=model or "all")
+                  model=model or c.config.build.model)
 
 
 @task(auto_shortflags=False, help={

@@ -27,7 +27,7 @@ def _machine() -> dict:
 
 
 def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "all") -> dict:
-    """Build `model` (default: every model, as `invoke build` does) from scratch in a scratch project, then
+    """Build `model` (names with commas, or all) from scratch in a scratch project, then
     rebuild it with nothing changed; time the training step of each trained model against a plain
     `model.fit` on the build's own data; Vela for every target; C arrays. Merged into `output`: the keys
     written by the other parts (`--part fit`, `detector`, `finetune`) are kept."""

@@ -189,7 +189,7 @@ def test(c, k=None, fast=False):
     "profile": "profile to time (default: default)",
     "model": "the models whose clean build is timed: names from models/ with commas, or all (default: config "
              "build.model, as invoke build); with --part fit: the models whose training step is timed (default: "
-             "kws,quality)",
+             "config build.model)",
     "output": "results file (default: benchmarks/results.json); every part merges its figures into it",
     "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
             "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
@@ -206,7 +206,7 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
                       build_dir=Path(build_dir) if build_dir else None)
         return
     if part == "fit":
-        for name in (model or "kws,quality").split(","):
+        for name in (model or c.config.build.model).split(","):
             _fail_cleanly(training_step_benchmark, ROOT, model=name, profile=profile, output=ROOT / output,
                           build_dir=Path(build_dir) if build_dir else None)
         return

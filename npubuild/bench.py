@@ -26,6 +26,16 @@ def _machine() -> dict:
                                     "ai-edge-litert"))}
 
 
+def merge_results(output: Path, figures: dict, training_step: dict | None = None) -> None:
+    """Write `figures` into the results file `output`, keeping what the other parts wrote there; the
+    `training_step` figures join those of the other models (keyed by model)."""
+    existing = json.loads(output.read_text()) if output.is_file() else {}
+    merged = {**existing, **figures}
+    if training_step:
+        merged["training_step"] = {**existing.get("training_step", {}), **training_step}
+    write_json(output, merged)
+
+
 def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "all") -> dict:
     """Build `model` (names with commas, or all) from scratch in a scratch project, then
     rebuild it with nothing changed; time the training step of each trained model against a plain
@@ -80,9 +90,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
                                                          "inference_ms", "tflite_bytes", "accuracy")}
                                       for m in rep["models"]]} for name, rep in reports.items()},
     }
-    existing = json.loads(output.read_text()) if output.is_file() else {}
-    results["training_step"] = {**existing.get("training_step", {}), **steps}
-    write_json(output, {**existing, **results})
+    merge_results(output, results, training_step=steps)
     print(f"clean build: {clean_seconds:.0f} s; benchmark results written to "
           f"{output.relative_to(root) if output.is_relative_to(root) else output}")
     return results
@@ -96,8 +104,7 @@ def finetune_benchmark(root: Path, *, output: Path) -> dict:
         # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
         "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
     }
-    existing = json.loads(output.read_text()) if output.is_file() else {}
-    write_json(output, {**existing, "finetune_throughput": figures})
+    merge_results(output, {"finetune_throughput": figures})
     return figures
 
 
@@ -256,8 +263,7 @@ def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Pat
                "keyword_clips": result["keyword_clips"], "unknown_clips": result["unknown_clips"],
                "keyword_stream_seconds": result["keyword_stream_seconds"], "noise_seconds": result["noise_seconds"],
                "settings_scored": len(result["results"]), "chosen": result["chosen"]}
-    existing = json.loads(output.read_text()) if output.is_file() else {}
-    write_json(output, {**existing, "detector_tuning": figures})
+    merge_results(output, {"detector_tuning": figures})
     print(f"detector tuning: {seconds:.1f} s for {len(result['results'])} settings")
     return figures
 
@@ -267,8 +273,7 @@ def training_step_benchmark(root: Path, *, model: str, profile: str, output: Pat
     """`training_step_figures` of an existing build, merged into `output` under "training_step" (keyed by
     model; the rest of the file is kept)."""
     figures = training_step_figures(root, model=model, profile=profile, build_dir=build_dir)
-    existing = json.loads(output.read_text()) if output.is_file() else {}
-    write_json(output, {**existing, "training_step": {**existing.get("training_step", {}), model: figures}})
+    merge_results(output, {}, training_step={model: figures})
     return figures
 
 

@@ -34,8 +34,8 @@ KEYWORDS = ("yes", "left", "stop", "go")
 WORDS = ("yes", "stop", "left", "go", "left", "yes")  # what the recording says, in order
 # The model the end-to-end tests train: good enough to recognise words from voices it never heard, small
 # enough to build in about two minutes on two cores: four of the keywords, 250 clips per class (half of
-# them from the Flite/Festival voices, every clip a perturbed speaker). Config only knows the profiles
-# "smoke" and "default", so the copy's smoke profile is resized (the repository's is left alone).
+# them from the Flite/Festival voices, every clip a perturbed speaker). Config knows only its named
+# profiles, so the copy's smoke profile is resized (the repository's is left alone).
 LISTEN_LABELS = "labels = " + json.dumps(["_silence_", "_unknown_", *KEYWORDS])
 LISTEN_PROFILE = """[profiles.smoke]
 train_per_class = 250

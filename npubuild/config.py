@@ -418,6 +418,20 @@ class _RecipeTop:
 
 
 
+def _profile_table(path: Path, tables: dict[str, dict], name: str) -> dict[str, Any]:
+    """The fields of profile `name`: its own table, or, with `like = "<other profile>"`, the other
+    profile's fields with this table's in their place (one level: the other profile may not say `like`)."""
+    table = dict(tables[name])
+    like = table.pop("like", None)
+    if like is None:
+        return table
+    base = tables.get(like) if isinstance(like, str) and like != name else None
+    if not isinstance(base, dict) or "like" in base:
+        raise BuildError(f"{path}: field 'profiles.{name}.like' must name another profile of this file that "
+                         f"says no 'like' itself, got {like!r}")
+    return {**base, **table}
+
+
 def load_recipe(path: Path) -> Recipe:
     """Load and check a model recipe; what its kind needs is asked of the kind (`kinds.get_kind`)."""
     from npubuild.kinds import DEFAULT, get_kind
@@ -453,10 +467,11 @@ def load_recipe(path: Path) -> Recipe:
         raise BuildError(f"{path}: field 'optimize.centroid_init' {optimize.centroid_init!r} is unknown "
                          f"(known: {', '.join(CENTROID_INITS)})")
     profiles = {}
-    for pname, ptable in subtables["profiles"].items():
+    for pname in subtables["profiles"]:
         if pname not in PROFILES:
             raise BuildError(f"{path}: unknown profile 'profiles.{pname}' (known: {', '.join(PROFILES)})")
-        profiles[pname] = _take(path, ptable, Profile, prefix=f"profiles.{pname}.", name=pname)
+        profiles[pname] = _take(path, _profile_table(path, subtables["profiles"], pname), Profile,
+                                prefix=f"profiles.{pname}.", name=pname)
         for size in kind.profile_sizes:
             if getattr(profiles[pname], size) <= 0:
                 raise BuildError(f"{path}: field 'profiles.{pname}.{size}' must be given and positive")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,28 @@ def test_recipe_loads_with_reference_front_end():
     fe = r.frontend
     assert (fe.sample_rate, fe.window_samples, fe.stride_samples, fe.num_mfcc, fe.num_frames) == (16000, 640, 320, 10, 49)
     assert set(r.profiles) == {"smoke", "fast", "default"}
+
+
+def test_a_profile_like_another_takes_its_fields_and_overrides_some():
+    r = load_recipe(ROOT / "models" / "kws.toml")
+    fast, default = r.profile("fast"), r.profile("default")
+    changed = {"train_variants": 4, "epochs": 12, "prune_epochs": 2, "cluster_epochs": 1}
+    assert fast.name == "fast" and {k: getattr(fast, k) for k in changed} == changed
+    assert replace(fast, name="default", **{k: getattr(default, k) for k in changed}) == default
+    for name in ("quality", "digits"):
+        q = load_recipe(ROOT / "models" / f"{name}.toml")
+        assert replace(q.profile("fast"), name="default") == q.profile("default")
+
+
+@pytest.mark.parametrize("like", ['"fast"', '"nowhere"', "3"])
+def test_a_profile_like_must_name_another_plain_profile(tmp_path, like):
+    text = (ROOT / "models" / "kws.toml").read_text()
+    old = '[profiles.fast]\nlike = "default"'
+    assert old in text
+    path = tmp_path / "kws.toml"
+    path.write_text(text.replace(old, f"[profiles.fast]\nlike = {like}"))
+    with pytest.raises(BuildError, match=f"^{path}: field 'profiles.fast.like' must name another profile"):
+        load_recipe(path)
 
 
 @pytest.mark.parametrize(("old", "new", "field"), [

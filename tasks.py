@@ -35,12 +35,14 @@ def _fail_cleanly(fn, *args, **kwargs):
     "assets-dir": "where firmware assets go (default: firmware_assets/)",
     "dry-run": "say which stages would run and why; run nothing",
     "jobs": "Vela compilations run at once (default: one per CPU)",
+    "models-at-once": "models built side by side, a process each (default: one per CPU; 1: one after another)",
     "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
     "base-images": "image models: a folder of your own clean photos, degraded into the training data in place "
                    "of the built-in bases",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
-          dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None, base_images=None):
+          dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None, base_images=None,
+          models_at_once=None):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.datasets import data_dir_for
     from npubuild.kinds.base import BaseImagesDir
@@ -58,6 +60,7 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         data_dir=data_dir,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
         dry_run=dry_run, jobs=int(jobs) if jobs else None, replace_assets=replace_assets,
+        models_at_once=int(models_at_once) if models_at_once else None,
     )
 
 

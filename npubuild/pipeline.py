@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -379,7 +380,6 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
 
 def _check_writable(folder: Path) -> None:
     """Fail before any work when an output folder cannot be written (not at the end of a long build)."""
-    import os
     import tempfile
 
     existing = folder
@@ -396,33 +396,60 @@ def _check_writable(folder: Path) -> None:
 
 
 def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
-                techniques: list[str]) -> ModelPaths:
+                techniques: list[str], should_stop: Callable[[], bool] = lambda: False) -> ModelPaths:
     paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
     cache.run(data_stage(recipe, profile, data_dir, paths, cache.log))
     stages = model_stages(recipe, profile, paths, techniques)
     for i, stage in enumerate(stages, start=1):  # a compare sweep says how far it is
+        _check_stop(should_stop)
         cache.run(stage, position=f"stage {i}/{len(stages)} of {recipe.name}" if len(techniques) > 1 else "")
     return paths
 
 
+def _check_stop(should_stop: Callable[[], bool]) -> None:
+    if should_stop():  # another model of a side-by-side build failed: start no new stage
+        from npubuild.workers import Stopped
+
+        raise Stopped
+
+
+def model_chain(layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None, *,
+                log: Callable[[str], None], should_stop: Callable[[], bool] = lambda: False,
+                cache: Cache | None = None) -> tuple[ModelPaths, list[StageResult]]:
+    """Every stage of one model up to its shipped INT8 file and its kind's extra stages (the part of a
+    build that is the model's alone); returns its paths and the results of its stages. Without `cache`
+    (a model built in a process of its own: `workers.run_side_by_side`) it makes one."""
+    cache = cache or Cache(layout.root, log)
+    first = len(cache.results)
+    paths = _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship], should_stop)
+    for stage in get_kind(recipe.kind).extra_stages(recipe, profile, paths, recipe.ship, data_dir, log):
+        _check_stop(should_stop)
+        cache.run(stage)
+    return paths, cache.results[first:]
+
+
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
-          jobs: int | None = None, replace_assets: bool = False, log: Callable[[str], None] = print) -> BuildSummary:
+          jobs: int | None = None, replace_assets: bool = False, models_at_once: int | None = None,
+          log: Callable[[str], None] = print) -> BuildSummary:
     """Build every stage that is out of date for the models and targets asked for.
 
     With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
-    Vela compilations run at once (default: one per CPU). One build at a time per build
-    folder (a second one stops with a clear message). Assets another profile or dataset made are
-    replaced only with `replace_assets`.
+    Vela compilations run at once (default: one per CPU). `models_at_once`: how many models'
+    stage chains run side by side, each in a process of its own (default: one per CPU; 1: one
+    after another in this process). One build at a time per build folder (a second one stops
+    with a clear message). Assets another profile or dataset made are replaced only with
+    `replace_assets`.
     """
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir, enabled=not dry_run):
         return _build(root, model=model, target=target, profile=profile, data_dir=data_dir, build_dir=build_dir,
-                      assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, replace_assets=replace_assets, log=log)
+                      assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, replace_assets=replace_assets,
+                      models_at_once=models_at_once, log=log)
 
 
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
            assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
-           log: Callable[[str], None]) -> BuildSummary:
+           models_at_once: int | None, log: Callable[[str], None]) -> BuildSummary:
     from npubuild.report import check_budget
 
     start = time.perf_counter()
@@ -431,12 +458,17 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     summary = BuildSummary()
-    entries = []
-    for recipe in recipes:
-        paths = _run_models(cache, layout, recipe, profile, data_dir, [recipe.ship])
-        for stage in get_kind(recipe.kind).extra_stages(recipe, profile, paths, recipe.ship, data_dir, log):
-            cache.run(stage)
-        entries.append((recipe, paths, recipe.ship))
+    slots = min(len(recipes), models_at_once or os.cpu_count() or 1)
+    if dry_run or slots < 2:
+        chains = [model_chain(layout, recipe, profile, data_dir, log=log, cache=cache)[0] for recipe in recipes]
+    else:  # side by side, a process per model (workers.py); its stage results join this build's
+        from npubuild.workers import Job, run_side_by_side
+
+        done = run_side_by_side([Job(r.name, model_chain, (layout, r, profile, data_dir)) for r in recipes],
+                                log, slots)
+        chains = [paths for paths, _ in done]
+        cache.results.extend(result for _, results in done for result in results)
+    entries = [(recipe, paths, recipe.ship) for recipe, paths in zip(recipes, chains, strict=True)]
     # Vela for every target and model at once (independent subprocesses), then assets and reports.
     cache.run_parallel([compile_stage(recipe, tgt, paths, technique)
                         for tgt in targets for recipe, paths, technique in entries], workers=jobs)

@@ -52,16 +52,29 @@ def say(message: str) -> None:
     _STAGE_LOG.get()(message)
 
 
+# Where a model built in a process of its own sends its bars: to the build's process, which draws them
+# (`workers.run_side_by_side`).
+_BAR_FACTORY: Callable[[int, str], Any] | None = None
+
+
+def set_bar_factory(factory: Callable[[int, str], Any] | None) -> None:
+    """Progress bars of this process are objects `factory(total, what)` (update(n), close()) from now on."""
+    global _BAR_FACTORY
+    _BAR_FACTORY = factory
+
+
 def on_terminal() -> bool:
     """True when progress bars can be drawn: standard error is a terminal (not CI's log, not a pipe)
-    and NPUBUILD_PLAIN is not set."""
+    and NPUBUILD_PLAIN is not set, or the bars are drawn by the build's process."""
     import sys
 
-    return sys.stderr.isatty() and not os.environ.get("NPUBUILD_PLAIN")
+    return _BAR_FACTORY is not None or (sys.stderr.isatty() and not os.environ.get("NPUBUILD_PLAIN"))
 
 
 def _bar(total: int, what: str):
     """A tqdm bar on standard error that vanishes when done (the final line goes through `say`)."""
+    if _BAR_FACTORY is not None:
+        return _BAR_FACTORY(total, what)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"  {what}", leave=False, dynamic_ncols=True, unit_scale=True)

@@ -23,6 +23,19 @@ def _fail_cleanly(fn, *args, **kwargs):
                    code=130) from None
 
 
+def _count(option: str, value) -> int | None:
+    """A count option (--jobs, --models-at-once): a whole number of at least 1, or a one-line error."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise Exit(f"error: --{option}: {value!r} is not a whole number of at least 1", code=1)
+    return number
+
+
 @task(help={
     "model": "a model name (models/<name>.toml), several separated by commas, or all (default: kws,quality)",
     "target": "a target name from targets/, or all (default: config build.target)",
@@ -59,8 +72,8 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         run_build, ROOT, model=model or cfg.model, target=target or cfg.target, profile=profile or cfg.profile,
         data_dir=data_dir,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
-        dry_run=dry_run, jobs=int(jobs) if jobs else None, replace_assets=replace_assets,
-        models_at_once=int(models_at_once) if models_at_once else None,
+        dry_run=dry_run, jobs=_count("jobs", jobs), replace_assets=replace_assets,
+        models_at_once=_count("models-at-once", models_at_once),
     )
 
 

@@ -82,6 +82,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         "machine": _machine(),
         "stages": [{"stage": r.name, "seconds": round(r.seconds, 2)} for r in summary.results],
         "clean_build_seconds": round(clean_seconds, 1),
+        "models_side_by_side": summary.models_at_once,
         "noop_rebuild_seconds": {"runs": [round(s, 3) for s in noop], "best": round(min(noop), 3)},
         "vela_all_targets": vela,
         "c_array_4mib": c_array_speed(),

@@ -122,13 +122,15 @@ def _pool(processes: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from npubuild.workers import ignore_ctrl_c
+
     if processes not in _POOLS:
         if not _POOLS:
             import atexit
 
             atexit.register(shutdown_workers)  # before the interpreter tears down what the pool's thread uses
         # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
-        _POOLS[processes] = ProcessPoolExecutor(max_workers=processes,
+        _POOLS[processes] = ProcessPoolExecutor(max_workers=processes, initializer=ignore_ctrl_c,
                                                 mp_context=multiprocessing.get_context("spawn"))
     return _POOLS[processes]
 
@@ -176,9 +178,12 @@ def _in_workers(run, tflite: Path | str, chunks: list[np.ndarray], broken: str) 
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from npubuild.workers import ignore_ctrl_c
+
     # spawn: the build process may hold TensorFlow's threads, which fork would copy half-alive.
     try:
-        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=ignore_ctrl_c) as pool:
             parts = list(pool.map(run, [str(tflite)] * len(chunks), chunks))
     except BrokenProcessPool:
         raise BuildError(f"{tflite}: {broken}") from None

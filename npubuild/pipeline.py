@@ -92,6 +92,7 @@ class BuildSummary:
     results: list[StageResult] = field(default_factory=list)
     reports: dict[str, dict] = field(default_factory=dict)  # target name -> memory report
     seconds: float = 0.0
+    models_at_once: int = 1  # models whose stages ran side by side (a process each)
 
 
 def dataset_id(data_dir: Path | None) -> str:
@@ -457,9 +458,9 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
                                              dry_run, log)
     provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
-    summary = BuildSummary()
-    slots = min(len(recipes), models_at_once or os.cpu_count() or 1)
-    if dry_run or slots < 2:
+    slots = 1 if dry_run else min(len(recipes), models_at_once or os.cpu_count() or 1)
+    summary = BuildSummary(models_at_once=slots)
+    if slots < 2:
         chains = [model_chain(layout, recipe, profile, data_dir, log=log, cache=cache)[0] for recipe in recipes]
     else:  # side by side, a process per model (workers.py); its stage results join this build's
         from npubuild.workers import Job, run_side_by_side

@@ -52,6 +52,12 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def ignore_ctrl_c() -> None:
+    """The initializer of a stage's worker pools: Ctrl-C is for the process that owns the pool (it
+    stops its pool on the way out); a worker that took it too would print a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _RemoteBar:
     """A progress bar drawn by the parent: updates are sent at most a few times a second."""
 
@@ -80,28 +86,32 @@ def _child(index: int, job: Job, messages, stop, terminal: bool) -> None:
     def log(line: str) -> None:
         send(("log", line))
 
-    from npubuild import stages
+    from npubuild.stages import set_bar_factory
 
     keys = iter(range(1 << 30))
-    stages.set_bar_factory((lambda total, what: _RemoteBar(send, next(keys), total, what)) if terminal else None)
+    set_bar_factory((lambda total, what: _RemoteBar(send, next(keys), total, what)) if terminal else None)
     try:
-        value = job.function(*job.args, log=log, should_stop=stop.is_set)
-    except Stopped:
-        send(("stopped",))
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough: no traceback from a second
-        send(("interrupted",))
-    except BuildError as e:
-        send(("error", e))
-    except BaseException:  # noqa: BLE001 (reported by the parent with its traceback)
-        send(("crash", traceback.format_exc()))
-    else:
-        send(("done", value))
-    finally:
-        # What this process's modules registered to run at exit (int8_runner shuts its worker pool
-        # down there): a multiprocessing child skips atexit, and waits for those workers forever.
-        with contextlib.suppress(Exception):
-            atexit._run_exitfuncs()
+        try:
+            value = job.function(*job.args, log=log, should_stop=stop.is_set)
+        except Stopped:
+            send(("stopped",))
+        except KeyboardInterrupt:
+            send(("interrupted",))
+        except BuildError as e:
+            send(("error", e))
+        except BaseException:  # noqa: BLE001 (reported by the parent with its traceback)
+            send(("crash", traceback.format_exc()))
+        else:
+            send(("done", value))
+        finally:
+            # One Ctrl-C is enough (no traceback from a second one while this process ends). What its
+            # modules registered to run at exit runs now (int8_runner shuts its worker pool down there):
+            # a multiprocessing child skips atexit, and would wait for those workers forever.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            with contextlib.suppress(Exception):
+                atexit._run_exitfuncs()
+    except KeyboardInterrupt:  # Ctrl-C between the job's end and the line above: the parent knows already
+        pass
 
 
 def _prefixed(label: str, line: str) -> str:

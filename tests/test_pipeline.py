@@ -240,12 +240,17 @@ def test_report_flash_is_the_generated_array(smoke_project, tmp_path):
 
 
 def test_stage_output_reaches_the_builds_logger(smoke_project):
-    """What stages say (training epochs, evaluation figures) goes through the build's log, not print."""
+    """What stages say (training epochs, evaluation figures) goes through the build's log, not print;
+    the session build runs its models side by side, so each such line names its model."""
     _, _, lines = smoke_project
-    assert any(line.startswith("  training epoch 1/1: ") for line in lines)
-    assert any(line.startswith("  fine-tuning epoch 1/") for line in lines)
-    assert any(line.startswith("  test accuracy: FP32 ") for line in lines)
-    assert any(line.startswith("  detector: every ") for line in lines)
+    for model in ("kws", "quality"):
+        assert any(line.startswith(f"  {model}: training epoch 1/1: ") for line in lines)
+        assert any(line.startswith(f"  {model}: fine-tuning epoch 1/") for line in lines)
+    assert any(line.startswith("  kws: test accuracy: FP32 ") for line in lines)
+    assert any(line.startswith("  quality: test macro-F1: FP32 ") for line in lines)
+    assert any(line.startswith("  kws: detector: every ") for line in lines)
+    # stage lines name their model already: as in a build of one model
+    assert "[train kws] running: never built" in lines and "[train quality] running: never built" in lines
 
 
 def test_one_model_build_keeps_the_whole_firmware_in_the_report(smoke_project):

@@ -57,10 +57,32 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def run_and_signal(cmd: list[str], cwd: Path, stage: str, sig: int, hold: Path) -> tuple[int, str]:
+def _session_processes(sid: int) -> list[int]:
+    """Processes of session `sid` still running (zombies left out)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _survivors(sid: int) -> list[int]:
+    """What is left of a build's session once its first process ended: orphans get a minute to end."""
+    deadline = time.monotonic() + 60
+    while (left := _session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def run_and_signal(cmd: list[str], cwd: Path, stage: str, sig: int, hold: Path) -> tuple[int, str, list[int]]:
     """Start a build that holds itself once `stage` has written its outputs and before its stamp
     (`stages.hold_for_tests`), wait until it is held there, then send `sig` to its whole process group.
-    Deterministic: the kill lands at that point however busy the machine is."""
+    Deterministic: the kill lands at that point however busy the machine is. Returns the exit code,
+    the output, and the processes of the build that outlived it (none, if all is well)."""
     hold.unlink(missing_ok=True)
     env = {**_env(), "NPUBUILD_TEST_HOLD_STAGE": stage, "NPUBUILD_TEST_HOLD_FILE": str(hold)}
     with open(hold.with_suffix(".log"), "w+") as log:
@@ -74,12 +96,13 @@ def run_and_signal(cmd: list[str], cwd: Path, stage: str, sig: int, hold: Path) 
                 time.sleep(0.1)
             os.killpg(proc.pid, sig)
             proc.wait(timeout=300)
+            survivors = _survivors(proc.pid)
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None or _session_processes(proc.pid):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.seek(0)
-        return proc.returncode, log.read()
+        return proc.returncode, log.read(), survivors
 
 
 def _kws_assets(hashes: dict[str, str]) -> dict[str, str]:
@@ -92,11 +115,12 @@ def _kws_assets(hashes: dict[str, str]) -> dict[str, str]:
 
 @background_job("second_clean_build")
 def _second_clean_build(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A clean smoke build in a fresh process, from another directory, without network."""
+    """A clean smoke build in a fresh process, from another directory, without network, its models one
+    after the other (the session's build ran them side by side, a process each)."""
     root = cli_project(tmp_path_factory.mktemp("second clean build") / "project")
     cwd = tmp_path_factory.mktemp("somewhere else")
-    proc = subprocess.run(invoke_cmd(root, "build", "--profile", "smoke", "--target", TARGET), cwd=cwd,
-                          capture_output=True, text=True, env=_env())
+    proc = subprocess.run(invoke_cmd(root, "build", "--profile", "smoke", "--target", TARGET, "--models-at-once", "1"),
+                          cwd=cwd, capture_output=True, text=True, env=_env())
     return root, proc
 
 
@@ -107,7 +131,7 @@ def second_clean_build(tmp_path_factory):
 
 def test_a_second_clean_build_gives_byte_identical_firmware_assets(smoke_project, second_clean_build):
     """The second clean build gives the same sha256 for every file under firmware_assets/ as the
-    session's clean build."""
+    session's clean build: one model after the other as side by side."""
     assert CLEAN_ASSETS, "the session build recorded its assets"
     root, proc = second_clean_build
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -129,23 +153,25 @@ def interrupted(tmp_path_factory):
 def _interrupted_job(tmp_path_factory):
     """A kws smoke build killed three times (SIGKILL in the data stage, SIGINT in training, SIGKILL
     in conversion, each once the stage's outputs are written but not its stamp), checked after each
-    kill, then run to the end."""
+    kill, then run to the end. The Ctrl-C lands on a build of kws and quality side by side (a
+    process each): every process of the build must end with it."""
     root = cli_project(tmp_path_factory.mktemp("interrupted") / "project with spaces")
     cwd = tmp_path_factory.mktemp("cwd")
     cmd = invoke_cmd(root, "build", "--model", "kws", "--profile", "smoke", "--target", TARGET)
+    both = invoke_cmd(root, "build", "--model", "kws,quality", "--profile", "smoke", "--target", TARGET)
     base = root / "build" / "smoke" / "kws" / "builtin"
     kills = []
     hold = tmp_path_factory.mktemp("hold") / "held"
-    for stage, sig, stamp, output in [
-        ("data kws", signal.SIGKILL, base / "data" / ".data-kws.stamp.json", base / "data" / "features.npz"),
-        ("train kws", signal.SIGINT, base / "fp32" / ".train-kws.stamp.json", base / "fp32" / "model.h5"),
-        ("convert kws prune_cluster", signal.SIGKILL, base / "prune_cluster" / ".convert-kws-prune_cluster.stamp.json",
-         base / "prune_cluster" / "kws_int8.tflite"),
+    for stage, sig, build_cmd, stamp, output in [
+        ("data kws", signal.SIGKILL, cmd, base / "data" / ".data-kws.stamp.json", base / "data" / "features.npz"),
+        ("train kws", signal.SIGINT, both, base / "fp32" / ".train-kws.stamp.json", base / "fp32" / "model.h5"),
+        ("convert kws prune_cluster", signal.SIGKILL, cmd,
+         base / "prune_cluster" / ".convert-kws-prune_cluster.stamp.json", base / "prune_cluster" / "kws_int8.tflite"),
     ]:
-        code, out = run_and_signal(cmd, cwd, stage, sig, hold)
+        code, out, survivors = run_and_signal(build_cmd, cwd, stage, sig, hold)
         dry = subprocess.run([*cmd, "--dry-run"], cwd=cwd, capture_output=True, text=True, env=_env())
         kills.append({"marker": f"[{stage}] running", "code": code, "output": out, "stamp_exists": stamp.exists(),
-                      "output_exists": output.exists(), "dry_run": dry.stdout})
+                      "output_exists": output.exists(), "dry_run": dry.stdout, "survivors": survivors})
     final = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env())
     return root, kills, final
 
@@ -158,6 +184,8 @@ def test_killed_builds_leave_nothing_a_later_build_accepts(interrupted):
     assert train["code"] == 130, train["output"][-2000:]
     assert "interrupted: finished stages are kept; run the same command again to continue" in train["output"]
     assert "Traceback" not in train["output"]
+    assert "[data quality] running: never built" in train["output"]  # it was a build of both models
+    assert not any(kill["survivors"] for kill in kills)  # no process of a killed build lives on
     for kill in kills:
         stage = kill["marker"].removesuffix(" running")
         assert kill["output_exists"] and not kill["stamp_exists"], stage  # killed between the two

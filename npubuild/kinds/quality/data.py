@@ -358,7 +358,9 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        from npubuild.workers import ignore_ctrl_c
+
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=ignore_ctrl_c) as pool:
             for part in pool.imap(_make_chunk, jobs):  # in order: the same arrays every time
                 parts.append(part)
                 progress.advance(len(part[0]))

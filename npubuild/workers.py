@@ -134,8 +134,7 @@ class _Bars:
         bar = self.bars.get((index, key))
         if bar is None:
             bar = self.bars[(index, key)] = tqdm(total=total, desc=f"  {label}: {what.strip()}", leave=False,
-                                                 dynamic_ncols=True, unit_scale=True,
-                                                 position=len(self.bars))
+                                                 dynamic_ncols=True, unit_scale=True, position=index)
         bar.update(n - bar.n)
 
     def close(self, index: int, key: int | None = None) -> None:

@@ -429,6 +429,15 @@ def model_chain(layout: Layout, recipe: Recipe, profile: str, data_dir: Path | N
     return paths, cache.results[first:]
 
 
+def _models_to_build(layout: Layout, recipes: list[Recipe], profile: str, data_dir: Path | None) -> list[Recipe]:
+    """The recipes with a stage out of date up to their shipped INT8 file and extra stages (a dry run:
+    hashes what the real run hashes next, once in this process)."""
+    probe = Cache(layout.root, lambda _: None, dry_run=True)
+    return [recipe for recipe in recipes
+            if any(r.reason.startswith("would run")
+                   for r in model_chain(layout, recipe, profile, data_dir, log=probe.log, cache=probe)[1])]
+
+
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
           jobs: int | None = None, replace_assets: bool = False, models_at_once: int | None = None,
@@ -459,6 +468,8 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     slots = 1 if dry_run else min(len(recipes), models_at_once or os.cpu_count() or 1)
+    if slots > 1:  # a process per model pays off only for models with stages to run
+        slots = min(slots, len(_models_to_build(layout, recipes, profile, data_dir)))
     summary = BuildSummary(models_at_once=slots)
     if slots < 2:
         chains = [model_chain(layout, recipe, profile, data_dir, log=log, cache=cache)[0] for recipe in recipes]

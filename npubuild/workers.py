@@ -177,24 +177,24 @@ def run_side_by_side(jobs: list[Job], log: Callable[[str], None], slots: int) ->
                 bars.write(log, f"{jobs[index].label} failed; waiting for the running stage of "
                                 f"{', '.join(others)} to finish")
 
-    def handle(index: int, kind: str, *rest) -> None:
-        if kind == "log":
+    def handle(index: int, what: str, *rest) -> None:
+        if what == "log":
             bars.write(log, _prefixed(jobs[index].label, rest[0]))
-        elif kind == "bar":
+        elif what == "bar":
             if terminal:
                 bars.show(index, *rest, label=jobs[index].label)
-        elif kind == "bar_close":
+        elif what == "bar_close":
             bars.close(index, rest[0])
         else:  # the job's last word
             bars.close(index)
             finished.append(running.pop(index))
-            if kind == "done":
+            if what == "done":
                 values[index] = rest[0]
-            elif kind == "error":
+            elif what == "error":
                 fail(index, rest[0])
-            elif kind == "crash":
+            elif what == "crash":
                 fail(index, RuntimeError(f"building {jobs[index].label} failed; its traceback:\n{rest[0]}"))
-            elif kind == "interrupted":
+            elif what == "interrupted":
                 fail(index, KeyboardInterrupt())
 
     try:

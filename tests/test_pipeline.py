@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,10 +53,14 @@ def test_build_writes_assets_and_report(smoke_project):
 
 
 def test_all_stages_ran_once_then_nothing_reruns(smoke_project):
+    """The clean build ran its two models side by side (a process each, one per CPU); the rebuild with
+    nothing to do starts no model process."""
     root, summary, _ = smoke_project
     assert all(r.ran for r in summary.results)
+    assert summary.models_at_once == min(2, os.cpu_count() or 1)
     again = build(root, model="all", target=TARGET, profile="smoke", log=lambda s: None)
     assert [r.ran for r in again.results] == [False] * len(summary.results)
+    assert again.models_at_once == 1
 
 
 def test_noop_build_does_not_import_tensorflow(smoke_project):

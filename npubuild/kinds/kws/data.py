@@ -263,30 +263,9 @@ def room_response(rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     return tail
 
 
-def bandpass_sos(order: int, low: float, high: float, sample_rate: int) -> np.ndarray:
-    """A digital Butterworth band-pass of `order` as second-order sections: the filter of scipy's
-    `butter(order, [low, high], "bandpass", output="sos")` (the same poles, zeros and gain: analog
-    prototype, band-pass transform, bilinear transform with pre-warped edges) in a closed form about
-    six times faster than scipy's general one, which took a quarter of a rendering's time here."""
-    w1, w2 = 4.0 * np.tan(np.pi * np.array([low, high], np.float64) / sample_rate)  # pre-warped, fs = 2
-    centre, width = np.sqrt(w1 * w2), w2 - w1
-    lowpass = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order)) * width / 2
-    root = np.sqrt(lowpass * lowpass - centre * centre)
-    analog = np.concatenate([lowpass + root, lowpass - root])
-    poles = (4.0 + analog) / (4.0 - analog)
-    # `order` zeros at s = 0 go to z = 1, the `order` at infinity to z = -1: one of each per section
-    gain = width ** order * np.real(4.0 ** order / np.prod(4.0 - analog))
-    upper = np.sort_complex(poles[poles.imag > 0])
-    sos = np.zeros((order, 6))
-    sos[:, 0], sos[:, 2], sos[:, 3] = 1.0, -1.0, 1.0
-    sos[:, 4], sos[:, 5] = -2.0 * upper.real, np.abs(upper) ** 2
-    sos[0, :3] *= gain
-    return sos
-
-
 def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """A band-limited microphone: telephone band, a small MEMS/laptop capsule, or a wide one."""
-    from scipy.signal import sosfilt
+    from scipy.signal import butter, sosfilt
 
     kind = rng.integers(3)
     if kind == 0:
@@ -295,15 +274,16 @@ def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) ->
         low, high = rng.uniform(100, 250), rng.uniform(4500, 7000)
     else:
         low, high = rng.uniform(20, 80), 7800.0
-    return sosfilt(bandpass_sos(4, low, high, sample_rate), audio)
+    sos = butter(4, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+    return sosfilt(sos, audio)
 
 
 def babble(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
     """Speech-like noise: pink noise in the speech band, amplitude-modulated at syllable rates."""
-    from scipy.signal import sosfilt
+    from scipy.signal import butter, sosfilt
 
     noise = make_noise(np.random.default_rng(rng.integers(2**31)), n, sample_rate)
-    noise = sosfilt(bandpass_sos(2, 200.0, 3500.0, sample_rate), noise)
+    noise = sosfilt(butter(2, [200, 3500], btype="bandpass", fs=sample_rate, output="sos"), noise)
     t = np.arange(n) / sample_rate
     envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
     out = noise * envelope

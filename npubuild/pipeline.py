@@ -469,7 +469,7 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     slots = 1 if dry_run else min(len(recipes), models_at_once or os.cpu_count() or 1)
     if slots > 1:  # a process per model pays off only for models with stages to run
-        slots = min(slots, len(_models_to_build(layout, recipes, profile, data_dir)))
+        slots = max(1, min(slots, len(_models_to_build(layout, recipes, profile, data_dir))))
     summary = BuildSummary(models_at_once=slots)
     if slots < 2:
         chains = [model_chain(layout, recipe, profile, data_dir, log=log, cache=cache)[0] for recipe in recipes]

@@ -212,8 +212,10 @@ def test(c, k=None, fast=False):
             "existing build), detector (the detector stage's tuning on an existing build's kws model) or "
             "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours)",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
+    "keep": "with --part build: build the scratch project in this new (or empty) folder and keep it",
 })
-def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None):
+def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None,
+          keep=None):
     """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
     from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
@@ -232,7 +234,7 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
     if part != "build":
         raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
-                  model=model or c.config.build.model)
+                  model=model or c.config.build.model, keep=Path(keep).resolve() if keep else None)
 
 
 @task(auto_shortflags=False, help={

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npubuild.errors import BuildError
 from npubuild.stages import tool_versions, write_json
 
 
@@ -36,14 +37,24 @@ def merge_results(output: Path, figures: dict, training_step: dict | None = None
     write_json(output, merged)
 
 
-def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "all") -> dict:
+def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model: str = "all",
+                   keep: Path | None = None) -> dict:
     """Build `model` (names with commas, or all) from scratch in a scratch project, then
     rebuild it with nothing changed; time the training step of each trained model against a plain
     `model.fit` on the build's own data; Vela for every target; C arrays. Merged into `output`: the keys
-    written by the other parts (`--part fit`, `detector`, `finetune`) are kept."""
+    written by the other parts (`--part fit`, `detector`, `finetune`) are kept. `keep`: a new or empty
+    folder for the scratch project, kept afterwards (its build/ can then serve `invoke compare` or other
+    profiles that share its stages)."""
+    import contextlib
+
     from npubuild.pipeline import build
 
-    with tempfile.TemporaryDirectory(prefix="npubuild-bench-") as scratch:
+    if keep is not None:
+        if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+            raise BuildError(f"{keep}: --keep needs a new or empty folder")
+        keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(keep)) if keep is not None
+          else tempfile.TemporaryDirectory(prefix="npubuild-bench-")) as scratch:
         project = Path(scratch)
         for sub in ("models", "targets"):
             shutil.copytree(root / sub, project / sub)

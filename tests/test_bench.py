@@ -7,6 +7,7 @@ import json
 import pytest
 
 from npubuild.bench import run_benchmarks
+from npubuild.errors import BuildError
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,15 @@ def test_clean_build_bench_times_every_stage_and_keeps_other_parts(tmp_path):
     out = root / "benchmarks" / "results.json"
     out.parent.mkdir()
     out.write_text(json.dumps({"detector_tuning": {"seconds": 2.0}, "training_step": {"kws": {"ratio": 0.9}}}))
-    results = run_benchmarks(root, profile="smoke", output=out, target="corstone-300-u55-128", model="digits")
+    taken = tmp_path / "taken"
+    (taken / "models").mkdir(parents=True)
+    with pytest.raises(BuildError, match=r"taken: --keep needs a new or empty folder$"):
+        run_benchmarks(root, profile="smoke", output=out, target="corstone-300-u55-128", model="digits", keep=taken)
+    kept = tmp_path / "kept"
+    results = run_benchmarks(root, profile="smoke", output=out, target="corstone-300-u55-128", model="digits",
+                             keep=kept)
+    # the scratch project stays where --keep put it, its build whole
+    assert (kept / "build" / "smoke" / "digits" / "builtin" / "fp32" / "train.json").is_file()
     saved = json.loads(out.read_text())
     assert saved["detector_tuning"] == {"seconds": 2.0}
     stages = [s["stage"] for s in saved["stages"]]

@@ -66,10 +66,56 @@ def test_vtlp_moves_frequencies_by_its_factor():
     assert len(kws_data.vtlp(tone(1000.0), 1.1, 16000)) == 8000
 
 
+def test_stft_frames_invert_and_agree_with_scipys_stft():
+    """The STFT vtlp warps in: the inverse gives the signal back, and the spectra are scipy's `stft`
+    (Hann, even extension at the ends) up to its scaling by the window's sum."""
+    from scipy.signal import stft
+
+    rng = np.random.default_rng(5)
+    for n in (300, 512, 700, 12345, 16000):
+        audio = rng.standard_normal(n)
+        spectra, pad = kws_data.stft_frames(audio, 512, 128)
+        assert np.max(np.abs(kws_data.istft_frames(spectra, 512, 128, pad, n) - audio)) < 1e-9
+        if n >= 512:  # scipy shortens its window below that
+            _, _, theirs = stft(audio, nperseg=512, noverlap=384, boundary="even")
+            assert np.allclose(spectra.T / kws_data._hann(512).sum(), theirs, atol=1e-9)
+
+
+def test_vtlp_keeps_an_unwarped_signal_and_each_bins_phase():
+    rng = np.random.default_rng(6)
+    audio = rng.standard_normal(9000).astype(np.float32)
+    # alpha a hair from 1: every output bin reads (almost exactly) its own input bin
+    assert np.max(np.abs(kws_data.vtlp(audio, 1.0 + 1e-9, 16000) - audio)) < 1e-4
+    warped = kws_data.vtlp(audio, 1.1, 16000)
+    ours, pad = kws_data.stft_frames(warped, 512, 128)
+    theirs, _ = kws_data.stft_frames(audio, 512, 128)
+    strong = np.abs(theirs) > np.percentile(np.abs(theirs), 50)
+    # a short-time spectrum's phases only roughly survive the overlap-add: most bins keep theirs
+    angle = np.abs(np.angle(ours[strong] / theirs[strong]))
+    assert np.median(angle) < 0.5
+
+
 def test_speed_change_scales_pitch_and_length():
     fast = kws_data.change_speed(tone(1000.0), 1.25)
     assert len(fast) == pytest.approx(8000 / 1.25, abs=2)
     assert peak_hz(fast) == pytest.approx(1250, abs=40)
+
+
+def test_the_microphone_band_pass_is_scipys_butterworth():
+    """The closed-form band-pass the microphone and babble use is the filter scipy's `butter` designs:
+    the same frequency response and the same filtered signal, to rounding, over the edges drawn."""
+    from scipy.signal import butter, sosfilt, sosfreqz
+
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal(16000)
+    for order, low, high in [(2, 200.0, 3500.0), (4, 20.0, 7800.0),
+                             *((4, rng.uniform(20, 400), rng.uniform(3000, 7000)) for _ in range(20))]:
+        ours, theirs = kws_data.bandpass_sos(order, low, high, 16000), butter(order, [low, high], "bandpass",
+                                                                              fs=16000, output="sos")
+        assert ours.shape == theirs.shape
+        response = [sosfreqz(sos, 2048, fs=16000)[1] for sos in (ours, theirs)]
+        assert np.max(np.abs(response[0] - response[1])) < 1e-8, (order, low, high)
+        assert np.max(np.abs(sosfilt(ours, noise) - sosfilt(theirs, noise))) < 1e-8
 
 
 def test_every_engine_speaks_in_every_split_and_voices_stay_whole():

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -168,17 +169,54 @@ def make_noise(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray
     return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
 
 
+@lru_cache(maxsize=4)
+def _hann(n: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic
+
+
+def stft_frames(audio: np.ndarray, n_fft: int, hop: int) -> tuple[np.ndarray, int]:
+    """Hann-windowed frames' spectra (frames, n_fft // 2 + 1) of `audio` extended by a mirror image of
+    half a window at each end (so the first and last samples sit mid-frame), and that extension."""
+    pad = n_fft // 2
+    padded = np.pad(audio.astype(np.float64), pad, mode="reflect")
+    frames = 1 + -(-(len(padded) - n_fft) // hop)
+    padded = np.pad(padded, (0, (frames - 1) * hop + n_fft - len(padded)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    return np.fft.rfft(windows * _hann(n_fft), axis=-1), pad
+
+
+@lru_cache(maxsize=256)
+def _overlap_norm(n_fft: int, hop: int, count: int) -> np.ndarray:
+    """The summed squared window at every sample of `count` overlapped frames."""
+    squared = _hann(n_fft) ** 2
+    norm = np.zeros((count - 1) * hop + n_fft)
+    for k in range(count):
+        norm[k * hop:k * hop + n_fft] += squared
+    return np.maximum(norm, 1e-10)
+
+
+def istft_frames(spectra: np.ndarray, n_fft: int, hop: int, pad: int, length: int) -> np.ndarray:
+    """The signal whose `stft_frames` are `spectra`: windowed overlap-add divided by the summed
+    squared window (the least-squares inverse), with the extension cut off."""
+    frames = np.fft.irfft(spectra, n_fft, axis=-1) * _hann(n_fft)
+    count, overlaps = len(frames), n_fft // hop  # hop divides n_fft
+    out = np.zeros((count - 1) * hop + n_fft)
+    blocks = frames.reshape(count, overlaps, hop)
+    for k in range(overlaps):
+        out[k * hop:k * hop + count * hop] += blocks[:, k].reshape(-1)
+    return (out / _overlap_norm(n_fft, hop, count))[pad:pad + length]
+
+
 def vtlp(audio: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float = 4800.0) -> np.ndarray:
     """Vocal-tract-length perturbation: the short-time spectrum warped along frequency by `alpha`
     (Jaitly & Hinton's piecewise-linear warp: f -> alpha*f up to a boundary, then a straight line to
     Nyquist), so formants move as in a longer (alpha < 1) or shorter (alpha > 1) vocal tract. Magnitudes
     are warped, each bin keeps its phase; the length is kept."""
-    from scipy.signal import istft, stft
-
     if len(audio) < 64 or alpha == 1.0:
         return audio
     n_fft, hop = 512, 128
-    freqs, _, z = stft(audio, fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop, boundary="even")
+    z, pad = stft_frames(audio, n_fft, hop)
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
     nyquist = sample_rate / 2
     knee = boundary_hz * min(alpha, 1.0) / alpha
     # Source frequency of every output bin: the inverse of the warp.
@@ -187,12 +225,11 @@ def vtlp(audio: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float =
                    knee + (freqs - out_knee) * (nyquist - knee) / (nyquist - out_knee))
     position = np.clip(src / freqs[1], 0, len(freqs) - 1)  # fractional bin, the same for every frame
     low = np.minimum(position.astype(int), len(freqs) - 2)
-    weight = (position - low)[:, None]
+    weight = position - low
     magnitude = np.abs(z)
-    warped = magnitude[low] * (1 - weight) + magnitude[low + 1] * weight
-    _, y = istft(warped * np.exp(1j * np.angle(z)), fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop,
-                 boundary=True)
-    return y[:len(audio)].astype(np.float32)
+    warped = magnitude[:, low] * (1 - weight) + magnitude[:, low + 1] * weight
+    phase = np.divide(z, magnitude, out=np.ones_like(z), where=magnitude > 0)
+    return istft_frames(warped * phase, n_fft, hop, pad, len(audio)).astype(np.float32)
 
 
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
@@ -263,9 +300,30 @@ def room_response(rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     return tail
 
 
+def bandpass_sos(order: int, low: float, high: float, sample_rate: int) -> np.ndarray:
+    """A digital Butterworth band-pass of `order` as second-order sections: the filter of scipy's
+    `butter(order, [low, high], "bandpass", output="sos")` (the same poles, zeros and gain: analog
+    prototype, band-pass transform, bilinear transform with pre-warped edges) in a closed form about
+    six times faster than scipy's general one, which took a quarter of a rendering's time here."""
+    w1, w2 = 4.0 * np.tan(np.pi * np.array([low, high], np.float64) / sample_rate)  # pre-warped, fs = 2
+    centre, width = np.sqrt(w1 * w2), w2 - w1
+    lowpass = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order)) * width / 2
+    root = np.sqrt(lowpass * lowpass - centre * centre)
+    analog = np.concatenate([lowpass + root, lowpass - root])
+    poles = (4.0 + analog) / (4.0 - analog)
+    # `order` zeros at s = 0 go to z = 1, the `order` at infinity to z = -1: one of each per section
+    gain = width ** order * np.real(4.0 ** order / np.prod(4.0 - analog))
+    upper = np.sort_complex(poles[poles.imag > 0])
+    sos = np.zeros((order, 6))
+    sos[:, 0], sos[:, 2], sos[:, 3] = 1.0, -1.0, 1.0
+    sos[:, 4], sos[:, 5] = -2.0 * upper.real, np.abs(upper) ** 2
+    sos[0, :3] *= gain
+    return sos
+
+
 def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """A band-limited microphone: telephone band, a small MEMS/laptop capsule, or a wide one."""
-    from scipy.signal import butter, sosfilt
+    from scipy.signal import sosfilt
 
     kind = rng.integers(3)
     if kind == 0:
@@ -274,16 +332,15 @@ def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) ->
         low, high = rng.uniform(100, 250), rng.uniform(4500, 7000)
     else:
         low, high = rng.uniform(20, 80), 7800.0
-    sos = butter(4, [low, high], btype="bandpass", fs=sample_rate, output="sos")
-    return sosfilt(sos, audio)
+    return sosfilt(bandpass_sos(4, low, high, sample_rate), audio)
 
 
 def babble(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
     """Speech-like noise: pink noise in the speech band, amplitude-modulated at syllable rates."""
-    from scipy.signal import butter, sosfilt
+    from scipy.signal import sosfilt
 
     noise = make_noise(np.random.default_rng(rng.integers(2**31)), n, sample_rate)
-    noise = sosfilt(butter(2, [200, 3500], btype="bandpass", fs=sample_rate, output="sos"), noise)
+    noise = sosfilt(bandpass_sos(2, 200.0, 3500.0, sample_rate), noise)
     t = np.arange(n) / sample_rate
     envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
     out = noise * envelope

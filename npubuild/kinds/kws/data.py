@@ -40,6 +40,7 @@ import numpy as np
 
 from npubuild.config import Profile, Recipe
 from npubuild.errors import BuildError
+from npubuild.kinds.kws.frontend import periodic_hann
 
 SPLITS = ("train", "val", "test")
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
@@ -169,11 +170,6 @@ def make_noise(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray
     return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
 
 
-@lru_cache(maxsize=4)
-def _hann(n: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic
-
-
 def stft_frames(audio: np.ndarray, n_fft: int, hop: int) -> tuple[np.ndarray, int]:
     """Hann-windowed frames' spectra (frames, n_fft // 2 + 1) of `audio` extended by a mirror image of
     half a window at each end (so the first and last samples sit mid-frame), and that extension."""
@@ -182,13 +178,13 @@ def stft_frames(audio: np.ndarray, n_fft: int, hop: int) -> tuple[np.ndarray, in
     frames = 1 + -(-(len(padded) - n_fft) // hop)
     padded = np.pad(padded, (0, (frames - 1) * hop + n_fft - len(padded)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    return np.fft.rfft(windows * _hann(n_fft), axis=-1), pad
+    return np.fft.rfft(windows * periodic_hann(n_fft), axis=-1), pad
 
 
 @lru_cache(maxsize=256)
 def _overlap_norm(n_fft: int, hop: int, count: int) -> np.ndarray:
     """The summed squared window at every sample of `count` overlapped frames."""
-    squared = _hann(n_fft) ** 2
+    squared = periodic_hann(n_fft) ** 2
     norm = np.zeros((count - 1) * hop + n_fft)
     for k in range(count):
         norm[k * hop:k * hop + n_fft] += squared
@@ -198,7 +194,7 @@ def _overlap_norm(n_fft: int, hop: int, count: int) -> np.ndarray:
 def istft_frames(spectra: np.ndarray, n_fft: int, hop: int, pad: int, length: int) -> np.ndarray:
     """The signal whose `stft_frames` are `spectra`: windowed overlap-add divided by the summed
     squared window (the least-squares inverse), with the extension cut off."""
-    frames = np.fft.irfft(spectra, n_fft, axis=-1) * _hann(n_fft)
+    frames = np.fft.irfft(spectra, n_fft, axis=-1) * periodic_hann(n_fft)
     count, overlaps = len(frames), n_fft // hop  # hop divides n_fft
     out = np.zeros((count - 1) * hop + n_fft)
     blocks = frames.reshape(count, overlaps, hop)

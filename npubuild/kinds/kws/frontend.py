@@ -26,9 +26,16 @@ def _mel_to_hz(mel):
 
 
 @lru_cache(maxsize=8)
+def periodic_hann(n: int) -> np.ndarray:
+    """The periodic Hann window of `n` samples (float64, read-only): the MFCC's frames and vtlp's STFT."""
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    window.flags.writeable = False
+    return window
+
+
+@lru_cache(maxsize=8)
 def _tables(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = np.arange(fe.window_samples)
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / fe.window_samples)).astype(np.float32)
+    window = periodic_hann(fe.window_samples).astype(np.float32)
     bins = fe.fft_size // 2 + 1
     freqs = np.arange(bins) * fe.sample_rate / fe.fft_size
     edges = _mel_to_hz(np.linspace(_hz_to_mel(fe.lower_hz), _hz_to_mel(fe.upper_hz), fe.mel_bins + 2))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from npubuild.errors import BuildError
@@ -288,3 +289,36 @@ def test_a_build_from_other_data_does_not_replace_assets_silently(smoke_project,
                               f"profile 'smoke' from dataset 'builtin'")
     assert "dataset 'my_recordings (dir-" in message and "--replace-assets" in message
     assert tree_hashes(root / "firmware_assets") == before
+
+
+def test_validating_fewer_epochs_trains_the_same_weights(smoke_project):
+    """The train stage scores the validation split after a few epochs only (`validation_epochs`): the
+    weights must come out bit for bit as with a score after every epoch (DS-CNN-L, with its dropout and
+    batch normalization, on the smoke build's features and per-epoch renderings)."""
+    from npubuild.config import load_recipe
+    from npubuild.kinds import get_kind
+    from npubuild.tfenv import import_tf
+    from npubuild.train import build_model, fit_epochs, validation_epochs
+
+    assert validation_epochs(12) == [3, 6, 9, 12] and validation_epochs(1) == [1]
+    assert validation_epochs(5) == [2, 4, 5] and validation_epochs(16) == [4, 8, 12, 16]
+    root = smoke_project[0]
+    recipe = load_recipe(root / "models" / "kws.toml")
+    kind = get_kind(recipe.kind)
+    features = root / "build" / "smoke" / "kws" / "builtin" / "data" / "features.npz"
+    x, y = kind.load_split(recipe, features, "train")
+    x_val, y_val = kind.load_split(recipe, features, "val")
+    rows = np.arange(0, len(y), 3)  # a third of the split, whole renderings per epoch as the build draws them
+    runs = []
+    for freq in (1, [3]):
+        _, keras = import_tf(seed=recipe.seed)
+        model = build_model(recipe)
+        model.compile(optimizer=keras.optimizers.Adam(0.001), **kind.compile_args(recipe, keras))
+        history = fit_epochs(recipe, model, features, x[rows], y[rows], epochs=3, batch_size=32,
+                             seed=[recipe.seed, 0], rows=rows, validation_data=(x_val, kind.fit_targets(recipe, y_val)),
+                             validation_freq=freq)
+        runs.append((model.get_weights(), history.history))
+    (every, every_history), (last, last_history) = runs
+    assert len(every_history["val_loss"]) == 3 and len(last_history["val_loss"]) == 1
+    assert every_history["val_loss"][-1] == pytest.approx(last_history["val_loss"][0], rel=1e-6)
+    assert len(every) == len(last) and all(np.array_equal(a, b) for a, b in zip(every, last, strict=True))

@@ -228,16 +228,39 @@ def vtlp(audio: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float =
     return istft_frames(warped * phase, n_fft, hop, pad, len(audio)).astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _resampling_filter(up: int, down: int, dtype: str) -> np.ndarray:
+    """The low-pass `scipy.signal.resample_poly` designs for up/down (in lowest terms) by default, in the
+    signal's dtype as it makes it (Kaiser window, beta 5; read-only). Designing it took a third of a
+    speed change's time, and 16 kHz from an engine's 22,050 Hz an 8,821-tap filter for every clip."""
+    from scipy.signal import firwin
+
+    rate = max(up, down)
+    h = firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(dtype)
+    h.flags.writeable = False
+    return h
+
+
+def resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
+    """`scipy.signal.resample_poly(audio, up, down)` with its default filter made once per ratio and dtype
+    (`_resampling_filter`): the same samples, bit for bit (tested)."""
+    from scipy.signal import resample_poly
+
+    g = math.gcd(up, down)
+    audio = np.asarray(audio)
+    if up == down or audio.dtype.kind != "f":
+        return resample_poly(audio, up, down)
+    return resample_poly(audio, up // g, down // g, window=_resampling_filter(up // g, down // g, audio.dtype.str))
+
+
 def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
     """Play `factor` times faster (pitch, formants and tempo together, as a tape does): resampling."""
     from fractions import Fraction
 
-    from scipy.signal import resample_poly
-
     if factor == 1.0 or not len(audio):
         return audio
     ratio = Fraction(factor).limit_denominator(100)
-    return resample_poly(audio, ratio.denominator, ratio.numerator).astype(np.float32)
+    return resample(audio, ratio.denominator, ratio.numerator).astype(np.float32)
 
 
 # Per clip: how a voice becomes many speakers (`perturb_voice`).
@@ -373,8 +396,6 @@ def variant_seed(seed: int, variant: int) -> int:
 
 def _speech(engines, specs: list[ClipSpec], sample_rate: int) -> list[np.ndarray]:
     """Dry speech of each spec at `sample_rate` (empty for silence); Festival's in one process."""
-    from scipy.signal import resample_poly
-
     from npubuild.kinds.kws.engines import FESTIVAL, Say, engine_of
 
     def item(spec: ClipSpec) -> Say:
@@ -389,7 +410,7 @@ def _speech(engines, specs: list[ClipSpec], sample_rate: int) -> list[np.ndarray
             continue
         rate, raw = said[i] if i in said else engines.say(item(spec))
         g = math.gcd(sample_rate, rate)
-        out.append(raw if rate == sample_rate else resample_poly(raw, sample_rate // g, rate // g).astype(np.float32))
+        out.append(raw if rate == sample_rate else resample(raw, sample_rate // g, rate // g).astype(np.float32))
     return out
 
 
@@ -489,7 +510,6 @@ def read_wav(path: Path, sample_rate: int, notes: WavNotes | None = None) -> np.
     import struct
 
     import scipy.io.wavfile
-    from scipy.signal import resample_poly
 
     try:
         rate, data = scipy.io.wavfile.read(path)
@@ -509,7 +529,7 @@ def read_wav(path: Path, sample_rate: int, notes: WavNotes | None = None) -> np.
             notes.downmixed += 1
     if rate != sample_rate:
         g = math.gcd(rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+        audio = resample(audio, sample_rate // g, rate // g).astype(np.float32)
         if notes is not None:
             notes.resampled[rate] = notes.resampled.get(rate, 0) + 1
     return audio

@@ -93,14 +93,18 @@ def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int,
                callbacks=(), *, features: Path, rows: np.ndarray | None, seed: list[int]) -> dict:
     """Fit and report the history with the throughput of the fit itself (samples per second)."""
     from npubuild.kinds import get_kind
-    from npubuild.train import fit_epochs
+    from npubuild.train import fit_epochs, timing_note
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **get_kind(recipe.kind).compile_args(recipe, keras))
     start = time.perf_counter()
     history = fit_epochs(recipe, model, features, x, y, epochs=epochs, batch_size=batch_size, seed=seed, rows=rows,
                          callbacks=[*callbacks, epoch_logger(keras, epochs, "fine-tuning")])
     seconds = time.perf_counter() - start
+    note = timing_note(history.timing, "fine-tuning")
+    if note:
+        say(note)
     return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
+            "timing": history.timing,
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
 
 

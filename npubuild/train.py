@@ -35,13 +35,16 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
                          validation_data=(x_val, get_kind(recipe.kind).fit_targets(recipe, y_val)),
                          validation_freq=validated, callbacks=[epoch_logger(keras, profile.epochs, "training")])
     seconds = time.perf_counter() - start
+    note = timing_note(history.timing, "training")
+    if note:
+        say(note)
     with atomic_path(out_model) as tmp:
         model.save(tmp, include_optimizer=False)
     hist = {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
     write_json(out_log, {"parameters": int(model.count_params()), "samples": len(x_train),
                          "epochs": profile.epochs, "seconds": round(seconds, 1),
                          "samples_per_second": round(len(x_train) * profile.epochs / seconds, 1),
-                         "validated_epochs": validated, "history": hist})
+                         "validated_epochs": validated, "timing": history.timing, "history": hist})
 
 
 def validation_epochs(epochs: int) -> list[int]:
@@ -67,8 +70,10 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     from npubuild.kinds import get_kind
 
     kind = get_kind(recipe.kind)
+    start = time.perf_counter()
     targets = kind.fit_targets(recipe, y)
     draw = kind.epoch_inputs(recipe, features, rows) or (lambda epoch, rng: x)
+    inputs_ready = time.perf_counter()
 
     n = len(y)
     batches = int(np.ceil(n / batch_size))
@@ -91,8 +96,51 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
             tuple(target_spec(t) for t in targets) if several else target_spec(targets))
     data = tf.data.Dataset.from_generator(batches_of_every_epoch, output_signature=spec).prefetch(2)
-    return model.fit(data, steps_per_epoch=batches, validation_data=validation_data, validation_freq=validation_freq,
-                     epochs=epochs, verbose=0, callbacks=list(callbacks))
+    clock = _EpochClock()
+    history = model.fit(data, steps_per_epoch=batches, validation_data=validation_data,
+                        validation_freq=validation_freq, epochs=epochs, verbose=0,
+                        callbacks=[*callbacks, clock.callback()])
+    end = time.perf_counter()
+    history.timing = {  # where the fit's time went (the stage logs keep it: `timing_note`)
+        "inputs_seconds": round(inputs_ready - start, 2),
+        "before_first_epoch_seconds": round((clock.begins or [end])[0] - inputs_ready, 2),
+        "epoch_seconds": [round(e - b, 2) for b, e in zip(clock.begins, clock.ends, strict=False)],
+        "after_last_epoch_seconds": round(end - (clock.ends or [end])[-1], 2),
+    }
+    return history
+
+
+class _EpochClock:
+    """When each epoch began and ended (after every other callback's hooks), for `fit_epochs`' timing."""
+
+    def __init__(self) -> None:
+        self.begins: list[float] = []
+        self.ends: list[float] = []
+
+    def callback(self):
+        from npubuild.tfenv import import_tf
+
+        _, keras = import_tf()
+        clock = self
+
+        class Clock(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                clock.begins.append(time.perf_counter())
+
+            def on_epoch_end(self, epoch, logs=None):
+                clock.ends.append(time.perf_counter())
+
+        return Clock()
+
+
+def timing_note(timing: dict, what: str) -> str | None:
+    """A log line when a fit spent more than 10 s outside its epochs (loading its inputs, or before the
+    first epoch or after the last), else None."""
+    outside = timing["inputs_seconds"] + timing["before_first_epoch_seconds"] + timing["after_last_epoch_seconds"]
+    if outside <= 10.0:
+        return None
+    return (f"  {what}: {outside:.0f} s outside the epochs (inputs {timing['inputs_seconds']:.0f} s, before the first "
+            f"epoch {timing['before_first_epoch_seconds']:.0f} s, after the last {timing['after_last_epoch_seconds']:.0f} s)")
 
 
 def load_keras_model(path: Path):

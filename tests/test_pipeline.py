@@ -298,9 +298,14 @@ def test_validating_fewer_epochs_trains_the_same_weights(smoke_project):
     from npubuild.config import load_recipe
     from npubuild.kinds import get_kind
     from npubuild.tfenv import import_tf
-    from npubuild.train import build_model, fit_epochs, validation_epochs
+    from npubuild.train import build_model, fit_epochs, timing_note, validation_epochs
 
     assert validation_epochs(12) == [3, 6, 9, 12] and validation_epochs(1) == [1]
+    quick = {"inputs_seconds": 0.5, "before_first_epoch_seconds": 0.2, "epoch_seconds": [30.0],
+             "after_last_epoch_seconds": 0.1}
+    assert timing_note(quick, "training") is None
+    assert timing_note({**quick, "before_first_epoch_seconds": 57.0}, "fine-tuning") == (
+        "  fine-tuning: 58 s outside the epochs (inputs 0 s, before the first epoch 57 s, after the last 0 s)")
     assert validation_epochs(5) == [2, 4, 5] and validation_epochs(16) == [4, 8, 12, 16]
     root = smoke_project[0]
     recipe = load_recipe(root / "models" / "kws.toml")
@@ -318,6 +323,9 @@ def test_validating_fewer_epochs_trains_the_same_weights(smoke_project):
                              seed=[recipe.seed, 0], rows=rows, validation_data=(x_val, kind.fit_targets(recipe, y_val)),
                              validation_freq=freq)
         runs.append((model.get_weights(), history.history))
+        timing = history.timing  # where the fit's time went, kept in the stage logs
+        assert len(timing["epoch_seconds"]) == 3 and min(timing["epoch_seconds"]) > 0
+        assert min(timing[k] for k in ("inputs_seconds", "before_first_epoch_seconds", "after_last_epoch_seconds")) >= 0
     (every, every_history), (last, last_history) = runs
     assert len(every_history["val_loss"]) == 3 and len(last_history["val_loss"]) == 1
     assert every_history["val_loss"][-1] == pytest.approx(last_history["val_loss"][0], rel=1e-6)

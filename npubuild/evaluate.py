@@ -37,7 +37,9 @@ def classification_metrics(labels: list[str], y_true: np.ndarray, y_pred: np.nda
 def evaluate_classifier(labels: list[str], model, tflite_path: Path, x_test: np.ndarray, y_test: np.ndarray,
                         out: Path) -> None:
     """`model` is the Keras model the INT8 file came from (for QAT recipes: fake-quantized)."""
-    fp32 = model.predict(x_test, batch_size=256, verbose=0).argmax(axis=1)
+    from npubuild.tfenv import array_batches
+
+    fp32 = model.predict(array_batches(x_test, 256), verbose=0).argmax(axis=1)
     int8 = run_int8(tflite_path, x_test).argmax(axis=1)
     result = {
         "labels": list(labels),

@@ -22,3 +22,25 @@ def import_tf(seed: int | None = None):
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
     return tf, keras
+
+
+def no_autotune(dataset):
+    """`dataset` with tf.data's autotuning off. Autotuning keeps a thread that re-plans the pipeline at
+    growing intervals (up to a minute), and an iterator's destructor waits for that thread to wake:
+    Keras's `fit` and `predict` spent 0-60 s after their last batch deleting their iterator (gdb:
+    `RootDataset::Iterator::~Iterator` waiting on the autotune thread; 47-57 s seen in the train and
+    pruning stages of default builds). The project's pipelines are fixed (arrays in memory, a prefetch
+    of two batches): nothing is left to tune."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def array_batches(arrays, batch_size: int):
+    """Arrays in memory (a tuple nests: inputs, then targets) as batches in order, without autotuning
+    (`no_autotune`): what Keras makes of numpy arrays, less the wait when it is deleted."""
+    import tensorflow as tf
+
+    return no_autotune(tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size))

@@ -68,6 +68,7 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     import tensorflow as tf
 
     from npubuild.kinds import get_kind
+    from npubuild.tfenv import array_batches, no_autotune
 
     kind = get_kind(recipe.kind)
     start = time.perf_counter()
@@ -95,7 +96,9 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
 
     spec = (tf.TensorSpec((None, *x.shape[1:]), tf.float32),
             tuple(target_spec(t) for t in targets) if several else target_spec(targets))
-    data = tf.data.Dataset.from_generator(batches_of_every_epoch, output_signature=spec).prefetch(2)
+    data = no_autotune(tf.data.Dataset.from_generator(batches_of_every_epoch, output_signature=spec).prefetch(2))
+    if isinstance(validation_data, tuple):  # Keras's own batching of arrays (32), without its autotuning
+        validation_data = array_batches(validation_data, 32)
     clock = _EpochClock()
     history = model.fit(data, steps_per_epoch=batches, validation_data=validation_data,
                         validation_freq=validation_freq, epochs=epochs, verbose=0,

@@ -330,3 +330,17 @@ def test_validating_fewer_epochs_trains_the_same_weights(smoke_project):
     assert len(every_history["val_loss"]) == 3 and len(last_history["val_loss"]) == 1
     assert every_history["val_loss"][-1] == pytest.approx(last_history["val_loss"][0], rel=1e-6)
     assert len(every) == len(last) and all(np.array_equal(a, b) for a, b in zip(every, last, strict=True))
+
+
+def test_arrays_reach_keras_without_tf_data_autotuning():
+    """Datasets the project hands Keras have autotuning off (its thread made deleting an iterator wait
+    up to a minute after a fit's last batch), and keep the arrays' order and batching."""
+    from npubuild.tfenv import array_batches, import_tf
+
+    tf, _ = import_tf()
+    x, y = np.arange(10, dtype=np.float32).reshape(5, 2), np.arange(5)
+    batches = array_batches((x, y), 2)
+    assert batches.options().autotune.enabled is False
+    got = list(batches.as_numpy_iterator())
+    assert [len(b[1]) for b in got] == [2, 2, 1]
+    assert np.array_equal(np.concatenate([b[0] for b in got]), x) and np.array_equal(np.concatenate([b[1] for b in got]), y)

@@ -140,9 +140,10 @@ class ModelKind:
     def score(self, recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, evaluation: dict) -> dict:
         """FP32 and INT8 metrics of one labelled set."""
         from npubuild.evaluate import classification_metrics, run_int8
+        from npubuild.tfenv import array_batches
 
         labels = list(recipe.labels)
-        fp32 = model.predict(x, batch_size=256, verbose=0).argmax(axis=1)
+        fp32 = model.predict(array_batches(x, 256), verbose=0).argmax(axis=1)
         int8 = run_int8(tflite, x).argmax(axis=1)
         return {"count": int(len(y)), "fp32": classification_metrics(labels, y, fp32),
                 "int8": classification_metrics(labels, y, int8),

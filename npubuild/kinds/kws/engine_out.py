@@ -41,6 +41,7 @@ def train_without(recipe: Recipe, profile, features: Path, engine: str, out_dir:
     """Train without `engine`'s clips; score FP32 top-1 on the test clips of `engine` and of the others."""
     from npubuild.kinds.kws.data import load_split
     from npubuild.stages import write_json
+    from npubuild.tfenv import array_batches
     from npubuild.train import load_keras_model, train_fp32
 
     model_path, log_path = out_dir / "model.h5", out_dir / "train_log.json"
@@ -51,7 +52,7 @@ def train_without(recipe: Recipe, profile, features: Path, engine: str, out_dir:
     scores = {}
     for name, pick in ((engine, engine_rows(features, "test", engine, keep=True)),
                        ("others", engine_rows(features, "test", engine, keep=False))):
-        predicted = model.predict(x[pick], batch_size=256, verbose=0).argmax(axis=1)
+        predicted = model.predict(array_batches(x[pick], 256), verbose=0).argmax(axis=1)
         scores[name] = {"count": int(len(pick)), "fp32_accuracy": round(float(np.mean(predicted == y[pick])), 6)}
     write_json(out_dir / "scores.json", {"left_out": engine, "train_clips": int(len(rows)), "test": scores})
 

@@ -103,7 +103,9 @@ def score_set(heads, y, scores, thresholds) -> dict:
 
 
 def fp32_scores(model, x: np.ndarray) -> np.ndarray:
-    out = model.predict(x, batch_size=64, verbose=0)
+    from npubuild.tfenv import array_batches
+
+    out = model.predict(array_batches(x, 64), verbose=0)
     return np.concatenate([np.asarray(o).reshape(len(x), 1) for o in (out if isinstance(out, list) else [out])],
                           axis=1).astype(np.float32)
 

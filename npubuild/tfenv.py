@@ -43,4 +43,7 @@ def array_batches(arrays, batch_size: int):
     (`no_autotune`): what Keras makes of numpy arrays, less the wait when it is deleted."""
     import tensorflow as tf
 
-    return no_autotune(tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size))
+    def nested(value):  # a list would be stacked into one tensor; a tuple is a structure (one target per head)
+        return tuple(nested(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    return no_autotune(tf.data.Dataset.from_tensor_slices(nested(arrays)).batch(batch_size))

@@ -344,3 +344,5 @@ def test_arrays_reach_keras_without_tf_data_autotuning():
     got = list(batches.as_numpy_iterator())
     assert [len(b[1]) for b in got] == [2, 2, 1]
     assert np.array_equal(np.concatenate([b[0] for b in got]), x) and np.array_equal(np.concatenate([b[1] for b in got]), y)
+    heads = list(array_batches((x, [y, 2 * y]), 4).as_numpy_iterator())  # one target array per head, as a list
+    assert [b[1][1].tolist() for b in heads] == [[0, 2, 4, 6], [8]]

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,66 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
             "tools": tool_versions(("tensorflow", "tf-keras", "tensorflow-model-optimization", "ethos-u-vela",
                                     "ai-edge-litert"))}
+
+
+def _cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of every CPU since boot, from the first line of /proc/stat."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return sum(ticks) - idle, sum(ticks)
+
+
+class CpuUse:
+    """How busy the machine's cores were while the block ran (every process, read from /proc/stat):
+    the mean busy cores, the idle core-seconds, and the busy cores in each `bin_seconds` of the run.
+    A clean build is worth its wall time only as far as it keeps the cores busy; the idle
+    core-seconds are what better overlap could still win. Empty figures where /proc/stat is absent."""
+
+    def __init__(self, bin_seconds: float = 30.0, stat: Path = Path("/proc/stat")) -> None:
+        self.bin_seconds, self.stat = bin_seconds, stat
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        ticks = _cpu_jiffies(self.stat)
+        if ticks is not None:
+            self.samples.append((time.perf_counter(), *ticks))
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def __enter__(self) -> CpuUse:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def figures(self) -> dict:
+        if len(self.samples) < 2:
+            return {}
+        cpus = os.cpu_count() or 1
+        (t0, b0, n0), (t1, b1, n1) = self.samples[0], self.samples[-1]
+        busy = cpus * (b1 - b0) / max(n1 - n0, 1)
+        bins, edge, start = [], t0 + self.bin_seconds, self.samples[0]
+        for sample in self.samples[1:]:
+            if sample[0] >= edge or sample is self.samples[-1]:
+                bins.append(round(cpus * (sample[1] - start[1]) / max(sample[2] - start[2], 1), 2))
+                start, edge = sample, sample[0] + self.bin_seconds
+        return {"cpus": cpus, "busy_cores_mean": round(busy, 2),
+                "idle_core_seconds": round((cpus - busy) * (t1 - t0), 1),
+                "bin_seconds": self.bin_seconds, "busy_cores_per_bin": bins}
 
 
 def merge_results(output: Path, figures: dict, training_step: dict | None = None) -> None:
@@ -59,7 +120,8 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         for sub in ("models", "targets"):
             shutil.copytree(root / sub, project / sub)
         start = time.perf_counter()
-        summary = build(project, model=model, target=target, profile=profile)
+        with CpuUse() as cpu_use:
+            summary = build(project, model=model, target=target, profile=profile)
         clean_seconds = time.perf_counter() - start
         train_logs = {p.parent.parent.parent.name: p for p in (project / "build" / profile).glob("*/*/fp32/train.json")}
         # The no-op rebuild as a user runs it: a fresh process, through the library entry point.
@@ -93,6 +155,7 @@ def run_benchmarks(root: Path, *, profile: str, output: Path, target: str, model
         "machine": _machine(),
         "stages": [{"stage": r.name, "seconds": round(r.seconds, 2)} for r in summary.results],
         "clean_build_seconds": round(clean_seconds, 1),
+        "clean_build_cpu": cpu_use.figures(),
         "models_side_by_side": summary.models_at_once,
         "noop_rebuild_seconds": {"runs": [round(s, 3) for s in noop], "best": round(min(noop), 3)},
         "vela_all_targets": vela,

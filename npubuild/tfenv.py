@@ -18,10 +18,31 @@ def import_tf(seed: int | None = None):
     import tensorflow as tf
     import tf_keras as keras
 
+    _without_thread_spinning()
     if seed is not None:
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
     return tf, keras
+
+
+def _without_thread_spinning() -> None:
+    """TensorFlow's thread pools without spinning: an idle worker sleeps at once instead of spinning
+    on the core first. Alone, a model trains as fast either way (DS-CNN-L 437 and 439 samples/s);
+    beside another model's process, the spinning of one takes the cores from the other (MobileNetV2
+    159 -> 183 samples/s beside DS-CNN-L, DS-CNN-L 221 -> 224 beside MobileNetV2). How threads wait changes no
+    arithmetic: the same weights bit for bit (both models, alone and side by side). Set before
+    TensorFlow starts its pools (the first op); a process where it already runs keeps its pools."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    if ctx._context_handle is not None:
+        return
+    config = config_pb2.ConfigProto()
+    if ctx._config is not None:
+        config.CopyFrom(ctx._config)
+    config.experimental.disable_thread_spinning = True
+    ctx._config = config
 
 
 def no_autotune(dataset):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from npubuild.bench import run_benchmarks
+from npubuild.bench import CpuUse, run_benchmarks
 from npubuild.errors import BuildError
 from tests.conftest import make_project
 
@@ -35,6 +36,11 @@ def test_clean_build_bench_times_every_stage_and_keeps_other_parts(tmp_path):
     # the total covers every stage
     assert saved["clean_build_seconds"] >= sum(s["seconds"] for s in saved["stages"]) - 0.5
     assert len(saved["noop_rebuild_seconds"]["runs"]) == 3
+    # how busy the cores were during the clean build (/proc/stat): a mean and a timeline within 0..cpus
+    cpu = saved["clean_build_cpu"]
+    assert cpu["cpus"] == os.cpu_count() and 0 < cpu["busy_cores_mean"] <= cpu["cpus"]
+    assert cpu["busy_cores_per_bin"] and all(0 <= b <= cpu["cpus"] for b in cpu["busy_cores_per_bin"])
+    assert 0 <= cpu["idle_core_seconds"] <= cpu["cpus"] * saved["clean_build_seconds"]
     # the training step was timed on this build's data, in the same run; the older kws figure stays
     assert saved["training_step"]["kws"] == {"ratio": 0.9}
     step = saved["training_step"]["digits"]
@@ -47,3 +53,31 @@ def test_clean_build_bench_times_every_stage_and_keeps_other_parts(tmp_path):
     assert saved["training"]["digits"]["epochs"] == results["training"]["digits"]["epochs"]
     assert saved["vela_all_targets"]["models"] == ["digits"]
     assert saved["vela_all_targets"]["compilations"] == len(list((root / "targets").glob("*.toml")))
+
+
+def test_cpu_use_reads_busy_and_idle_ticks_per_bin(tmp_path):
+    stat = tmp_path / "stat"
+
+    def ticks(busy: int, idle: int) -> None:  # user nice system idle iowait irq softirq steal
+        stat.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 2 3 4\n")
+
+    use = CpuUse(bin_seconds=10.0, stat=stat)
+    for t, busy, idle in ((0.0, 0, 0), (5.0, 300, 700), (10.0, 600, 1400), (20.0, 2600, 1400)):
+        ticks(busy, idle)
+        use._sample()
+        use.samples[-1] = (t, *use.samples[-1][1:])
+    cpus = os.cpu_count()
+    figures = use.figures()
+    # 2,600 of 4,000 ticks busy: 0.65 of the cores over the run; 0.3 in the first 10 s, all in the next 10
+    assert figures["busy_cores_mean"] == round(0.65 * cpus, 2)
+    assert figures["busy_cores_per_bin"] == [round(0.3 * cpus, 2), float(cpus)]
+    assert figures["idle_core_seconds"] == round(0.35 * cpus * 20.0, 1)
+    for unreadable in ("intr 1 2 3\n", None):  # no cpu line; no file
+        if unreadable is None:
+            stat.unlink()
+        else:
+            stat.write_text(unreadable)
+        use = CpuUse(stat=stat)
+        use._sample()
+        use._sample()
+        assert use.samples == [] and use.figures() == {}

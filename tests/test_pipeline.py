@@ -15,7 +15,7 @@ import pytest
 from npubuild.errors import BuildError
 from npubuild.pipeline import build, check_reports
 
-from .conftest import TARGET, report_model
+from .conftest import ROOT, TARGET, report_model
 
 pytestmark = pytest.mark.slow
 
@@ -346,3 +346,14 @@ def test_arrays_reach_keras_without_tf_data_autotuning():
     assert np.array_equal(np.concatenate([b[0] for b in got]), x) and np.array_equal(np.concatenate([b[1] for b in got]), y)
     heads = list(array_batches((x, [y, 2 * y]), 4).as_numpy_iterator())  # one target array per head, as a list
     assert [b[1][1].tolist() for b in heads] == [[0, 2, 4, 6], [8]]
+
+
+def test_tensorflow_threads_do_not_spin():
+    """A process that imports TensorFlow through the project runs its thread pools without spinning
+    (idle workers of one model's process took the cores from the other model's beside it)."""
+    code = ("from npubuild.tfenv import import_tf; tf, _ = import_tf(seed=1); "
+            "from tensorflow.python.eager import context; assert float(tf.constant(1.0) + 1.0) == 2.0; "
+            "print(context.context().config.experimental.disable_thread_spinning)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["True"]

@@ -177,16 +177,23 @@ def test_generated_c_compiles_with_warnings_as_errors(smoke_project, tmp_path):
     assert int(arena) == report_model(report, "kws")["arena_bytes"]
 
 
-def test_broken_chain_fails_naming_the_layer(tmp_path):
+def test_broken_chain_fails_naming_the_layer(smoke_project, tmp_path):
     """A prune step whose schedule never fires (frequency beyond the fine-tuning length)."""
     from .conftest import make_project
 
     root = make_project(tmp_path / "broken")
+    # the session build's data and FP32 model, with their stamps: neither stage depends on what changes here
+    built, here = (r / "build" / "smoke" / "kws" / "builtin" for r in (smoke_project[0], root))
+    for part in ("data", "fp32"):
+        shutil.copytree(built / part, here / part)
     recipe = root / "models" / "kws.toml"
     text = recipe.read_text().replace('ship = "prune_cluster"', 'ship = "prune"')
     recipe.write_text(text.replace("prune_frequency = 0 ", "prune_frequency = 100000 "))
+    lines: list[str] = []
     with pytest.raises(BuildError) as err:
-        build(root, model="kws", target=TARGET, profile="smoke", log=lambda s: None)
+        build(root, model="kws", target=TARGET, profile="smoke", log=lines.append)
+    assert any(line.startswith("[pruning kws] running") for line in lines)
+    assert not any(line.startswith(("[data kws] running", "[train kws] running")) for line in lines)
     message = str(err.value)
     assert message.startswith("recipe prune lost what its steps gained: kws_int8.tflite: layer conv2d has sparsity")
     assert "below 95% of the pruning target (0.475)" in message

@@ -44,8 +44,8 @@ def _cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
 class CpuUse:
     """How busy the machine's cores were while the block ran (every process, read from /proc/stat):
     the mean busy cores, the idle core-seconds, and the busy cores in each `bin_seconds` of the run.
-    A clean build is worth its wall time only as far as it keeps the cores busy; the idle
-    core-seconds are what better overlap could still win. Empty figures where /proc/stat is absent."""
+    The idle core-seconds bound what a better overlap of the stages could still win; the bins show
+    where they fell. Empty figures where /proc/stat is absent or unreadable."""
 
     def __init__(self, bin_seconds: float = 30.0, stat: Path = Path("/proc/stat")) -> None:
         self.bin_seconds, self.stat = bin_seconds, stat

@@ -29,9 +29,10 @@ def _without_thread_spinning() -> None:
     """TensorFlow's thread pools without spinning: an idle worker sleeps at once instead of spinning
     on the core first. Alone, a model trains as fast either way (DS-CNN-L 437 and 439 samples/s);
     beside another model's process, the spinning of one takes the cores from the other (MobileNetV2
-    159 -> 183 samples/s beside DS-CNN-L, DS-CNN-L 221 -> 224 beside MobileNetV2). How threads wait changes no
-    arithmetic: the same weights bit for bit (both models, alone and side by side). Set before
-    TensorFlow starts its pools (the first op); a process where it already runs keeps its pools."""
+    159 -> 183 samples/s beside DS-CNN-L, DS-CNN-L 221 -> 224 beside MobileNetV2). How a thread waits
+    changes no arithmetic: the same weights bit for bit (DS-CNN-L alone, both models side by side, and
+    both shipped models of a clean build). Set before TensorFlow starts its pools (its first op); a
+    process where TensorFlow already runs keeps the pools it has."""
     from tensorflow.core.protobuf import config_pb2
     from tensorflow.python.eager import context
 

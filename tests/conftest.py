@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -23,6 +24,12 @@ def tree_hashes(folder: Path, skip: tuple[str, ...] = (".lock", "last_build.json
     """sha256 of every file under `folder` (hidden ones included), by relative path."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+def code_env() -> dict[str, str]:
+    """This process's environment with this repository first on PYTHONPATH: a subprocess imports the
+    code under test, not an installed copy."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def make_project(dest: Path, examples: bool = False) -> Path:

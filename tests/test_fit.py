@@ -36,9 +36,8 @@ from npubuild.fit import (
     pareto_front,
 )
 from npubuild.pipeline import build, figures_file
-from npubuild.stages import CODE_ROOT
 
-from .conftest import ROOT, make_project
+from .conftest import ROOT, code_env, make_project
 
 TINY = "tiny-u55"
 
@@ -235,8 +234,7 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
     from npubuild.pipeline import compare
 
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT.parent),
-                                                                       os.environ.get("PYTHONPATH", "")]))}
+    env = code_env()
     cli = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--num-cpus=1", "--disable-usage-stats"]
     search = {**SEARCH, "techniques": ["ptq", "pcqat"]}  # pcqat: QAT's Keras file names its layers

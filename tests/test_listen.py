@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from npubuild.kinds.kws import data as kws_data
 from npubuild.kinds.kws import listen
 from npubuild.kinds.kws.frontend import mfcc
 
-from .conftest import ROOT, TARGET, make_project
+from .conftest import ROOT, TARGET, code_env, make_project
 
 RECIPE = load_recipe(ROOT / "models" / "kws.toml")
 FE = RECIPE.frontend
@@ -78,8 +77,7 @@ SHIPPED_DETECTOR = SHIPPED_TOML[slice(*_table(SHIPPED_TOML, "[detector]"))] + "\
 
 def invoke(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`invoke listen ...` in project `root` (which holds a copy of tasks.py), as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "invoke", "listen", *args], cwd=root, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "invoke", "listen", *args], cwd=root, env=code_env(), capture_output=True,
                           text=True, timeout=300)
 
 

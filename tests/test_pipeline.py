@@ -15,7 +15,7 @@ import pytest
 from npubuild.errors import BuildError
 from npubuild.pipeline import build, check_reports
 
-from .conftest import ROOT, TARGET, report_model
+from .conftest import TARGET, code_env, report_model
 
 pytestmark = pytest.mark.slow
 
@@ -361,6 +361,6 @@ def test_tensorflow_threads_do_not_spin():
     code = ("from npubuild.tfenv import import_tf; tf, _ = import_tf(seed=1); "
             "from tensorflow.python.eager import context; assert float(tf.constant(1.0) + 1.0) == 2.0; "
             "print(context.context().config.experimental.disable_thread_spinning)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], env=code_env(), check=True, capture_output=True,
+                         text=True).stdout
     assert out.split() == ["True"]

@@ -291,6 +291,10 @@ class Profile:
     detector_noise_seconds: int = 0
     # Keyword spotting, built-in data: renderings of each training clip (one per epoch, cycling).
     train_variants: int = 1
+    # Training samples whose statistics replace each batch normalization layer's moving mean and
+    # variance after training and after each pruning or clustering fine-tune (0: keep the moving
+    # averages; `train.recalibrate_batchnorm`).
+    batchnorm_samples: int = 0
 
     def step_epochs(self, step: str) -> int:
         """Fine-tuning epochs of an optimization step ("prune", "cluster" or "qat")."""
@@ -475,6 +479,8 @@ def load_recipe(path: Path) -> Recipe:
         for size in kind.profile_sizes:
             if getattr(profiles[pname], size) <= 0:
                 raise BuildError(f"{path}: field 'profiles.{pname}.{size}' must be given and positive")
+        if profiles[pname].batchnorm_samples < 0:
+            raise BuildError(f"{path}: field 'profiles.{pname}.batchnorm_samples' must be 0 or more")
     if top.name != path.stem:
         raise BuildError(f"{path}: field 'name' is {top.name!r} but the file is named {path.stem!r}")
     if kind.architectures and top.architecture not in kind.architectures:

@@ -195,7 +195,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     """Apply one step to the model in `source`, fine-tune it, strip it, save it."""
     from npubuild.kinds import get_kind
     from npubuild.tfenv import import_tf
-    from npubuild.train import load_keras_model
+    from npubuild.train import load_keras_model, recalibrate_batchnorm
 
     _, keras = import_tf(seed=recipe.seed)
     x, y = get_kind(recipe.kind).load_split(recipe, features, "train")
@@ -213,6 +213,9 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
                      wrapped.callbacks, features=features, rows=pick,
                      seed=[recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)])
     final = wrapped.strip(wrapped.model)
+    # QAT keeps the moving averages: a forward pass in training mode would move its quantizers' ranges too
+    batchnorm = None if plan.step == "qat" else recalibrate_batchnorm(
+        final, x, profile, [recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)])
     with atomic_path(out_model) as tmp:
         if plan.step == "qat":
             # Keras cannot reload the collaborative schemes' quantizers from a saved model
@@ -221,7 +224,7 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
         else:
             final.save(tmp, include_optimizer=False)
     write_json(out_log, {"step": plan.step, "scheme": plan.scheme, "chain": list(plan.chain), "clips": len(x),
-                         "epochs": epochs, **wrapped.details, **fit})
+                         "epochs": epochs, **wrapped.details, **fit, **({"batchnorm": batchnorm} if batchnorm else {})})
 
 
 # --------------------------------------------------------------------------- verification

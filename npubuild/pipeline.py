@@ -139,6 +139,7 @@ def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
         name=f"train {recipe.name}", version=2, inputs=(paths.features,),
         params={"architecture": recipe.architecture, "labels": recipe.labels, "seed": recipe.seed,
                 "epochs": prof.epochs, "batch_size": prof.batch_size, "learning_rate": prof.learning_rate,
+                "batchnorm_samples": prof.batchnorm_samples,
                 **({"image": vars(recipe.image)} if recipe.image else {}),
                 **get_kind(recipe.kind).model_params(recipe)},
         outputs=(paths.keras(()), paths.keras_log(())), tools=TF_TOOLS,
@@ -155,7 +156,8 @@ def step_stage(recipe: Recipe, profile: str, paths: ModelPaths, plan) -> Stage:
     return Stage(
         name=f"{plan.scheme} {recipe.name}", version=2, inputs=(paths.keras(plan.before), paths.features),
         params={"chain": plan.chain, "scheme": plan.scheme, "settings": vars(recipe.optimize), "epochs": epochs,
-                "finetune_samples": prof.finetune_samples, "batch_size": prof.batch_size, "seed": recipe.seed},
+                "finetune_samples": prof.finetune_samples, "batch_size": prof.batch_size, "seed": recipe.seed,
+                "batchnorm_samples": prof.batchnorm_samples},
         outputs=(paths.keras(plan.chain), paths.keras_log(plan.chain)), tools=TF_TOOLS,
         action=lambda: optimize.run_step(recipe, prof, plan, paths.keras(plan.before), paths.features,
                                          paths.keras(plan.chain), paths.keras_log(plan.chain)),

@@ -38,13 +38,52 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
     note = timing_note(history.timing, "training")
     if note:
         say(note)
+    batchnorm = recalibrate_batchnorm(model, x_train, profile, [recipe.seed, 0])
     with atomic_path(out_model) as tmp:
         model.save(tmp, include_optimizer=False)
     hist = {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
     write_json(out_log, {"parameters": int(model.count_params()), "samples": len(x_train),
                          "epochs": profile.epochs, "seconds": round(seconds, 1),
                          "samples_per_second": round(len(x_train) * profile.epochs / seconds, 1),
-                         "validated_epochs": validated, "timing": history.timing, "history": hist})
+                         "validated_epochs": validated, "timing": history.timing, "history": hist,
+                         **({"batchnorm": batchnorm} if batchnorm else {})})
+
+
+def recalibrate_batchnorm(model, x: np.ndarray, profile: Profile, seed: list[int]) -> dict | None:
+    """Set each trainable BatchNormalization layer's moving mean and variance to the average of its batch
+    statistics over `profile.batchnorm_samples` rows of `x` (drawn with `seed`, inputs as inference sees
+    them), in batches of the profile's size; None when that is 0 or `model` has no such layer.
+
+    Fitting leaves the moving averages to the last batches it saw (momentum 0.95: about 20 batches, with
+    their augmentation), a noisy estimate that conversion folds into the weights. And tfmot's clustering
+    wrapper calls the layer it wraps without the `training` flag, so during a clustering fine-tune batch
+    normalization runs in inference mode on the statistics the model came with (never updating them):
+    the pruned model's estimate is what clustering trains against, and the clustered weights need
+    statistics of their own. On the kws chain of the default build (the same data, training seeds 1234,
+    1, 2, 3) the shipped INT8 top-1 went from a mean of 80.90% to 82.31% (README, "Batch normalization
+    statistics")."""
+    from npubuild.tfenv import import_tf
+
+    _, keras = import_tf()
+    layers = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization) and m.trainable]
+    n = min(profile.batchnorm_samples, len(x))
+    if not layers or n <= 0:
+        return None
+    start = time.perf_counter()
+    rows = np.sort(np.random.default_rng([*seed, 7]).permutation(len(x))[:n])
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k, first in enumerate(range(0, n, profile.batch_size)):
+            for layer in layers:  # moving <- moving * k/(k+1) + batch/(k+1): the running mean of the batches
+                layer.momentum = k / (k + 1)
+            model(x[rows[first:first + profile.batch_size]], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    seconds = time.perf_counter() - start
+    say(f"  batch normalization: moving statistics of {len(layers)} layers from {n} training samples "
+        f"({seconds:.0f} s)")
+    return {"samples": n, "layers": len(layers), "seconds": round(seconds, 1)}
 
 
 def validation_epochs(epochs: int) -> list[int]:

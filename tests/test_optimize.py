@@ -64,3 +64,43 @@ def test_too_many_values_names_the_layer():
                            "m.tflite")
     assert problems == ["m.tflite: layer scores has 9 distinct weight values in an output channel, "
                         "more than its 8 clusters"]
+
+
+def test_batchnorm_statistics_are_the_mean_of_the_drawn_batches():
+    """`recalibrate_batchnorm` sets a layer's moving mean and variance to the average of its batch
+    statistics over the drawn rows (the layer's input computed with batch statistics before it), leaves
+    frozen layers and the momentum as they were, and does nothing when the profile asks for no samples."""
+    import dataclasses
+
+    import numpy as np
+
+    from npubuild.tfenv import import_tf
+    from npubuild.train import recalibrate_batchnorm
+
+    _, keras = import_tf(seed=3)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="d1")(inputs)
+    normed = keras.layers.BatchNormalization(momentum=0.9, name="bn")(hidden)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    out = keras.layers.Dense(2)(frozen(normed))
+    frozen.trainable = False
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (50, 4)).astype(np.float32)
+    profile = dataclasses.replace(RECIPE.profile("smoke"), batchnorm_samples=40, batch_size=10)
+    before = [w.copy() for w in model.get_weights()]
+    assert recalibrate_batchnorm(model, x, dataclasses.replace(profile, batchnorm_samples=0), [1]) is None
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+    result = recalibrate_batchnorm(model, x, profile, [1])
+    assert result["samples"] == 40 and result["layers"] == 1
+    rows = np.sort(np.random.default_rng([1, 7]).permutation(50)[:40])
+    h = keras.Model(inputs, hidden)(x[rows]).numpy().reshape(4, 10, 3)  # the four batches the layer saw
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(axis=1).mean(axis=0), rtol=1e-4)
+    assert bn.momentum == 0.9
+    assert np.array_equal(frozen.moving_mean.numpy(), np.zeros(3, np.float32))
+    # the other weights as they were
+    assert np.array_equal(model.get_layer("d1").kernel.numpy(), before[0])
+    # more samples asked for than the split has: all of it
+    assert recalibrate_batchnorm(model, x, dataclasses.replace(profile, batchnorm_samples=500), [1])["samples"] == 50

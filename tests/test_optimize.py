@@ -104,3 +104,55 @@ def test_batchnorm_statistics_are_the_mean_of_the_drawn_batches():
     assert np.array_equal(model.get_layer("d1").kernel.numpy(), before[0])
     # more samples asked for than the split has: all of it
     assert recalibrate_batchnorm(model, x, dataclasses.replace(profile, batchnorm_samples=500), [1])["samples"] == 50
+
+
+def test_steps_wrap_the_layers_they_change_and_name_those_tfmot_cannot(capsys):
+    """Pruning wraps the layers with prunable weights (Dense, Conv2D: not BatchNormalization, not weightless
+    layers), clustering every supported layer with weights, both inside a nested model too; a layer with
+    weights that tfmot does not support is left as it is and named, and the model still fine-tunes."""
+    import numpy as np
+
+    from npubuild.optimize import StepPlan, wrap_for_step
+    from npubuild.tfenv import import_tf
+
+    _, keras = import_tf(seed=5)
+
+    class Scale(keras.layers.Layer):  # weights, but tfmot knows nothing of it
+        def build(self, input_shape):
+            self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.scale
+
+    inner_in = keras.Input((8,))
+    inner = keras.Model(inner_in, keras.layers.Dense(8, name="inner_dense")(inner_in), name="inner")
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(8, name="dense")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = Scale(name="scale")(inner(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    x_train = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    y_train = np.random.default_rng(1).integers(0, 2, 32)
+
+    def wrapped_names(m):
+        found = []
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                found += wrapped_names(layer)
+            elif hasattr(layer, "layer"):
+                found.append(layer.layer.name)
+        return sorted(found)
+
+    expected = {"prune": ["dense", "inner_dense", "out"], "cluster": ["bn", "dense", "inner_dense", "out"]}
+    for step, names in expected.items():
+        fresh = keras.models.clone_model(model)
+        fresh.set_weights(model.get_weights())
+        wrapped = wrap_for_step(fresh, StepPlan(step, ()), RECIPE.optimize, steps=4)
+        assert wrapped_names(wrapped.model) == names, step
+        assert wrapped.details["not_optimized"] == ["scale (Scale)"]
+        assert "layer scale (Scale) is not supported by tfmot; left as it is" in capsys.readouterr().out
+        wrapped.model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        wrapped.model.fit(x_train, y_train, batch_size=8, epochs=1, verbose=0, callbacks=wrapped.callbacks)
+        assert len(wrapped.strip(wrapped.model).layers) == len(model.layers)

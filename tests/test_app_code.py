@@ -637,12 +637,17 @@ def test_smoke_build_ships_the_loop_equal_to_listen(smoke_project, tmp_path):
     host = Detector(model, settings, FE)
     host.push(samples.astype(np.float32) / 32768.0)
     # the host's windows are the C windows but for the rare one-step input differences measured above
+    # (about 1 value in 5,000, so about one window in ten of 490 values has one): where a window's inputs
+    # are the same, so are the model's outputs; where they are not, a one-step input can move an output
+    # by a few steps, as much as the model's sensitivity makes it (the smoke model is trained one epoch)
     same = np.all(host.outputs_q == q, axis=1)
+    _, host_windows = python_frontend(samples, context)
+    same_input = np.all(host_windows[due] == windows[due], axis=(1, 2))
     record("loop on the smoke build (C front end -> INT8 model -> C detector vs listen.Detector)",
-           windows=len(q), windows_with_equal_outputs=int(same.sum()),
+           windows=len(q), windows_with_equal_inputs=int(same_input.sum()), windows_with_equal_outputs=int(same.sum()),
            max_output_step_difference=int(np.abs(host.outputs_q.astype(int) - q).max()),
            detections_c=len(got), detections_host=len(host.detections),
            detections_identical=got == [(d.word, d.time_s) for d in host.detections])
-    assert same.mean() >= 0.9
+    assert same[same_input].all() and same_input.mean() >= 0.85
     if same.all():
         assert got == [(d.word, d.time_s) for d in host.detections]

@@ -229,13 +229,12 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
     steps = epochs * int(np.ceil(len(x) / profile.batch_size))
     say(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs")
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
+    seed = [recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)]
     fit = _fine_tune(recipe, wrapped.model, keras, x, y, epochs, profile.batch_size, wrapped.learning_rate,
-                     wrapped.callbacks, features=features, rows=pick,
-                     seed=[recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)])
+                     wrapped.callbacks, features=features, rows=pick, seed=seed)
     final = wrapped.strip(wrapped.model)
     # QAT keeps the moving averages: a forward pass in training mode would move its quantizers' ranges too
-    batchnorm = None if plan.step == "qat" else recalibrate_batchnorm(
-        final, x, profile, [recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)])
+    batchnorm = None if plan.step == "qat" else recalibrate_batchnorm(final, x, profile, seed)
     with atomic_path(out_model) as tmp:
         if plan.step == "qat":
             # Keras cannot reload the collaborative schemes' quantizers from a saved model

@@ -301,11 +301,11 @@ def test_a_build_from_other_data_does_not_replace_assets_silently(smoke_project,
 def test_training_pruning_and_clustering_end_with_batchnorm_statistics_of_the_profile(smoke_project):
     """The kws smoke profile asks for 64 samples: training and each fine-tuning step of the shipped chain
     log them for the 11 batch normalization layers of DS-CNN-L; quality asks for none and logs none."""
-    build = smoke_project[0] / "build" / "smoke"
+    folder = smoke_project[0] / "build" / "smoke"
     for log in ("fp32/train.json", "steps/prune/train.json", "steps/prune+cluster/train.json"):
-        assert json.loads((build / "kws" / "builtin" / log).read_text())["batchnorm"]["samples"] == 64, log
-        assert json.loads((build / "kws" / "builtin" / log).read_text())["batchnorm"]["layers"] == 11, log
-        assert "batchnorm" not in json.loads((build / "quality" / "builtin" / log).read_text()), log
+        kws = json.loads((folder / "kws" / "builtin" / log).read_text())["batchnorm"]
+        assert (kws["samples"], kws["layers"]) == (64, 11), log
+        assert "batchnorm" not in json.loads((folder / "quality" / "builtin" / log).read_text()), log
 
 
 def test_validating_fewer_epochs_trains_the_same_weights(smoke_project):

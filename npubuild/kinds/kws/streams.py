@@ -206,3 +206,72 @@ def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown
                 used_unknown += 1
         streams.append(stream)
     return StreamSet(streams, noise, same, len(pool), used_unknown)
+
+
+# --------------------------------------------------------------------------- the real-stream benchmark
+
+
+def noise_bed(noise: Sequence[np.ndarray], seconds: float, rng: np.random.Generator, sample_rate: int,
+              level_db: tuple[float, float] = (-50.0, -20.0), piece_s: float = 10.0) -> np.ndarray:
+    """`seconds` of background noise: pieces of `piece_s` cut from random places of the recordings in
+    `noise` (tiled when shorter), each at an RMS level drawn from `level_db` dBFS."""
+    pieces, n = [], int(piece_s * sample_rate)
+    for _ in range(max(1, int(np.ceil(seconds / piece_s)))):
+        source = np.asarray(noise[int(rng.integers(len(noise)))], np.float64)
+        piece = np.resize(np.roll(source, -int(rng.integers(len(source)))), n)
+        piece = piece - piece.mean()
+        pieces.append(piece * 10 ** (rng.uniform(*level_db) / 20) / (np.sqrt(np.mean(piece**2)) + 1e-12))
+    return np.clip(np.concatenate(pieces)[:int(seconds * sample_rate)], -1.0, 1.0).astype(np.float32)
+
+
+def stream_benchmark(recipe, model, settings, stream_set: StreamSet, *, noise_seconds: float = 3600.0,
+                     gaps_s: tuple[float, float] = PACED_GAPS_S, tolerance_s: float = 1.0, seed: int = 0,
+                     log=None) -> dict:
+    """Run the detector (`detector.Detector`: streaming front end, the INT8 model through the reference
+    kernels, `settings`) over every stream of `stream_set` composed with gaps from `gaps_s` over its
+    noise, and over `noise_seconds` of its noise alone; count as `match_detections` does."""
+    from npubuild.kinds.kws.detector import Detector
+
+    fe = recipe.frontend
+    rng = np.random.default_rng(seed)
+    rows, same_rows, seconds = [], [], 0.0
+    speakers_left = stream_set.same_speaker_words
+    for i, stream in enumerate(stream_set.streams):
+        words, labels = [w for w, _ in stream], [label for _, label in stream]
+        bed = noise_bed(stream_set.noise, 30.0, rng, fe.sample_rate)
+        audio, placed = compose(words, labels, bed, rng, fe.sample_rate, gaps_s, bed_db=(-55.0, -35.0))
+        detector = Detector(model, settings, fe)
+        detector.push(audio)
+        row = match_detections(detector.detections, placed, recipe.labels, fe.sample_rate, tolerance_s)
+        rows.append(row)
+        keywords = row["keywords"]
+        if speakers_left > 0:  # streams of one speaker come first (`folder_streams`)
+            same_rows.append(row)
+            speakers_left -= keywords
+        seconds += len(audio) / fe.sample_rate
+        if log and (i + 1) % 50 == 0:
+            log(f"  streams: {i + 1}/{len(stream_set.streams)}")
+    false_alarms, done = 0, 0.0
+    while done < noise_seconds:
+        chunk = min(600.0, noise_seconds - done)
+        detector = Detector(model, settings, fe)
+        detector.push(noise_bed(stream_set.noise, chunk, rng, fe.sample_rate))
+        false_alarms += len(detector.detections)
+        done += chunk
+    total, same = sum_counts(rows), sum_counts(same_rows)
+
+    def rate(c: dict, key: str) -> float | None:
+        return round(c.get(key, 0) / c["keywords"], 4) if c.get("keywords") else None
+
+    delays = total.pop("delays_s", [])
+    same.pop("delays_s", None)
+    return {"settings": {k: getattr(settings, k) for k in ("stride_ms", "average_windows", "threshold",
+                                                             "refractory_ms")},
+            "streams": len(rows), "stream_seconds": round(seconds, 1), "gaps_s": list(gaps_s),
+            **{k: v for k, v in total.items()},
+            "detection_rate": rate(total, "detected"), "in_order_rate": rate(total, "in_order"),
+            "same_speaker": {"keywords": same.get("keywords", 0), "in_order_rate": rate(same, "in_order")},
+            "unknown_words": stream_set.unknown_words,
+            "median_delay_s": round(float(np.median(delays)), 3) if delays else None,
+            "noise_seconds": round(done, 1), "false_alarms": false_alarms,
+            "false_alarms_per_hour": round(false_alarms / (done / 3600), 3) if done else None}

@@ -620,7 +620,7 @@ def compare(root: Path, *, model: str, targets: str, profile: str = "default", d
             log: Callable[[str], None] = print, run_models: Callable | None = None) -> BuildSummary:
     """Build every recipe of the deployment tree for `model` and compare them on `targets`. `run_models`
     (cache, layout, recipe, profile, techniques, targets) -> ModelPaths runs the recipes' stages instead
-    of this process (on a Ray cluster: `fit.compare_on_ray`)."""
+    of this process (on a Ray cluster: `chains.compare_on_ray`)."""
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
         return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
                         techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log,
@@ -638,7 +638,7 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     if unknown:
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
     for recipe in recipes:
-        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (fit.compare_on_ray)
+        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (chains.compare_on_ray)
             paths = run_models(cache, layout, recipe, profile, techniques, target_list)
         else:
             paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)

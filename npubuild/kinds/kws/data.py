@@ -242,7 +242,7 @@ def _run_chunks(specs: list[ClipSpec], sample_rate: int, clip_samples: int, vari
     if not chunks:
         return np.zeros((variants, 0, *((clip_samples,) if fe is None else (fe.num_frames, fe.num_mfcc))),
                         np.float32)
-    from npubuild.stages import Progress
+    from npubuild.terminal import Progress
 
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     # Every chunk in a fresh process (eSpeak NG keeps state from one utterance to the next), forked

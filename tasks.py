@@ -274,7 +274,7 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
 })
 def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
-    from npubuild.dataset_eval import evaluate_dataset
+    from npubuild.evaluation_report import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from npubuild.errors import BuildError
+from npubuild.optimization_recipes import RECIPES
 from npubuild.pipeline import ModelPaths
-from npubuild.techniques import RECIPES
 
 SPARSITIES = (0.5, 0.75)
 
@@ -147,7 +147,7 @@ def validate_stage(recipe, paths, technique: str):
     """The INT8 model scored on the validation split (what `fit` chooses by), with the kind's metric."""
     from npubuild.pipeline import LITERT, TF_TOOLS, _kind_module
     from npubuild.stages import Stage
-    from npubuild.validate import score_validation
+    from npubuild.validation_score import score_validation
 
     steps = RECIPES[technique]
     keras_files = paths.keras_files(technique)
@@ -157,7 +157,7 @@ def validate_stage(recipe, paths, technique: str):
                  params={"split": "val"}, outputs=(out,), tools=TF_TOOLS + LITERT,
                  action=lambda: score_validation(recipe, steps, keras_files, paths.int8(technique), paths.features,
                                                  paths.evaluation(technique), out),
-                 code=("validate", "optimize", *_kind_module(recipe)))
+                 code=("validation_score", "optimize", *_kind_module(recipe)))
 
 
 def candidate_stages(recipe, profile: str, data_dir: Path | None, base: Path, candidate: Candidate, targets,

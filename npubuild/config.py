@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from npubuild.errors import BuildError
-from npubuild.techniques import RECIPES
+from npubuild.optimization_recipes import RECIPES
 
 ACCELERATORS = (
     "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",

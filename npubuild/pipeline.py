@@ -18,8 +18,8 @@ from pathlib import Path
 from npubuild.config import Recipe, Target, resolve_models, resolve_targets
 from npubuild.errors import BuildError, OverBudget
 from npubuild.kinds import get_kind
+from npubuild.optimization_recipes import RECIPES, chain_name
 from npubuild.stages import BuildLock, Cache, Stage, StageResult
-from npubuild.techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
 LITERT = ("ai-edge-litert",)
@@ -192,7 +192,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
             action=lambda: get_kind(recipe.kind).evaluate(recipe, keras_model(), paths.int8(technique),
                                                           paths.features, paths.evaluation(technique)),
-            code=("evaluate", "optimize", *_kind_module(recipe)),
+            code=("classifier_accuracy", "optimize", *_kind_module(recipe)),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),

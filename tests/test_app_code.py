@@ -27,7 +27,7 @@ from npubuild.kinds.kws import data as kws_data
 from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q
 from npubuild.kinds.quality.data import prepare
-from npubuild.kinds.quality.evaluate import threshold_q as head_threshold_q
+from npubuild.kinds.quality.head_metrics import threshold_q as head_threshold_q
 
 ROOT = Path(__file__).resolve().parents[1]
 KWS = load_recipe(ROOT / "models" / "kws.toml")
@@ -588,7 +588,7 @@ def test_smoke_build_ships_the_loop_equal_to_listen(smoke_project, tmp_path):
     the C front end -> the INT8 model (reference kernels) -> the C detector gives what `invoke listen`'s
     Detector gives on the same audio."""
     from npubuild.assets import io_tensors
-    from npubuild.firmware_kit import run_litert
+    from npubuild.golden_vectors import run_litert
     from npubuild.kinds.kws.listen import Detector, KwsModel
 
     from .conftest import TARGET

@@ -179,7 +179,7 @@ def test_code_files_follow_imports_and_bring_templates_only_to_template_users():
     vela = names(("vela",))
     assert {"vela.py", "vela_ini.py", "config.py"} <= vela and "train.py" not in vela and "meta.h.j2" not in vela
     assets = names(("assets",))
-    assert {"assets.py", "firmware_kit.py", "tflite_file.py", "meta.h.j2", "model.c.j2"} <= assets
+    assert {"assets.py", "golden_vectors.py", "op_resolver.py", "tflite_file.py", "meta.h.j2", "model.c.j2"} <= assets
     assert "meta.h.j2" not in names(("train",)) and "train.py" in names(("train",))
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npubuild.dataset_eval import evaluate_dataset
 from npubuild.errors import BuildError
+from npubuild.evaluation_report import evaluate_dataset
 from npubuild.kinds.kws import audio as kws_audio
 from npubuild.kinds.kws import data as kws_data
 

@@ -131,7 +131,7 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 })
 def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None, ray=None):
     """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
-    from npubuild.fit import compare_on_ray
+    from npubuild.chains import compare_on_ray
     from npubuild.pipeline import compare as run_compare
 
     _fail_cleanly(
@@ -159,8 +159,9 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
 def fit(c, model, target=None, max_drop=None, min_accuracy=None, objective="flash", with_=None, profile=None,
         techniques=None, sparsities=None, clusters=None, apply=False, ray=None):
     """Search the deployment tree for the best model that fits a target; write firmware_assets/fit/."""
+    from npubuild.candidates import CLUSTERS, SPARSITIES
     from npubuild.errors import OverBudget
-    from npubuild.fit import CLUSTERS, SPARSITIES, Bound
+    from npubuild.fit import Bound
     from npubuild.fit import fit as run_fit
 
     bound = Bound(max_drop=float(max_drop) if max_drop is not None else 1.0,
@@ -285,7 +286,7 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
 })
 def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
-    from npubuild.dataset_eval import evaluate_dataset
+    from npubuild.evaluation_report import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,

@@ -263,8 +263,8 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
 
     from npubuild.config import load_recipe
     from npubuild.kinds import get_kind
+    from npubuild.optimization_recipes import RECIPES, chain_name
     from npubuild.optimize import apply_qat, plan_recipe, wrap_for_step
-    from npubuild.techniques import RECIPES, chain_name
     from npubuild.tfenv import import_tf
     from npubuild.train import build_model, load_keras_model
 

@@ -353,7 +353,7 @@ def real_speech_benchmark(root: Path, *, profile: str, data_dir: Path, output: P
     from npubuild.config import resolve_models
     from npubuild.dataset_eval import dataset_name, evaluate_dataset
     from npubuild.kinds.kws.detector import KwsModel, detector_json, tuned_settings
-    from npubuild.kinds.kws.streams import folder_streams, stream_benchmark
+    from npubuild.kinds.kws.real_streams import folder_streams, stream_benchmark
     from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, "kws")[0]

@@ -116,16 +116,22 @@ def dataset_label(data_dir: Path | None) -> str:
 
 
 def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
-                  need: tuple[str, ...] = ("int8", "features")) -> ModelPaths:
-    """The build's paths of `recipe`'s shipped model for `profile` (built-in dataset), checked to
-    hold what `need`s (ModelPaths properties/methods: int8, evaluation, features)."""
+                  need: tuple[str, ...] = ("int8", "features"), trained_on: Path | None = None) -> ModelPaths:
+    """The build's paths of `recipe`'s shipped model for `profile`, trained on the built-in data or on
+    `trained_on` (a `--data-dir` folder, a `WithBuiltinData` one for a mix), checked to hold what `need`s
+    (ModelPaths properties/methods: int8, evaluation, features)."""
     recipe.profile(profile)
     layout = Layout.for_project(root, build_dir)
-    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(trained_on), recipe.name)
     for what in need:
         path = paths.features if what == "features" else getattr(paths, what)(recipe.ship)
         if not path.is_file():
-            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile})")
+            how = f" --data-dir {trained_on}" if trained_on is not None else ""
+            from npubuild.kinds.base import WithBuiltinData
+
+            how += " --voice-bank" if isinstance(trained_on, WithBuiltinData) else ""
+            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile}"
+                             f"{how})")
     return paths
 
 

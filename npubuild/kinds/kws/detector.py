@@ -113,13 +113,13 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
-        from npubuild.int8_runner import quantize, run_int8
+        from npubuild.int8_runner import quantize, run_quantized
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
             x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
             q = quantize(x, self.input.scale, self.input.zero_point)
-            out[i:i + MODEL_BATCH] = run_int8(self.int8, q)[0].reshape(len(q), -1)
+            out[i:i + MODEL_BATCH] = run_quantized(self.int8, q)[0].reshape(len(q), -1)
         return out
 
 

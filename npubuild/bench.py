@@ -176,7 +176,7 @@ def finetune_benchmark(root: Path, *, output: Path) -> dict:
     ones (`finetune_throughput`), merged into `output` under "finetune_throughput"."""
     figures = {
         "kws": finetune_throughput(root, model="kws", samples=1000),
-        # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
+        # MobileNetV2 is slow to fine-tune: the PCQAT chain only, on a few images
         "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
     }
     merge_results(output, {"finetune_throughput": figures})

@@ -5,13 +5,12 @@ golden vectors, streaming detections, the predictor's answers) comes from here, 
 number the device computes: TFLM's kernels are the reference kernels (tested bit for bit in
 tests/test_firmware_files.py), and Arm's Ethos-U is designed to match them. LiteRT's default
 kernels are faster but not the same bits: XNNPACK differs by one quantization step on a share
-of outputs, and so do the optimized builtin kernels without XNNPACK (measured on a DS-CNN-L:
-471 and 7 of 3,600 outputs, against 0 for this runner).
+of outputs, and so do the optimized builtin kernels without XNNPACK.
 
-The reference kernels are slow (DS-CNN-L: about 16 ms per inference here, against 0.5 ms with
-XNNPACK), and run one sample at a time: the models are converted with a fixed batch of 1. Long
-runs are therefore split over worker processes (`processes`), each with its own interpreter;
-a sample's outputs do not depend on which worker ran it. Workers also contain the reference
+The reference kernels are slow (tens of times slower than XNNPACK), and run one sample at a time:
+the models are converted with a fixed batch of 1. Long runs are therefore split over worker
+processes (`processes`), each with its own interpreter; a sample's outputs do not depend on which
+worker ran it. Workers also contain the reference
 kernels' hard failures: some kernels abort the process on quantization parameters they do not
 support (softmax with a very large input scale, seen on untrained models), which in a worker
 becomes one error line instead of a dead build.

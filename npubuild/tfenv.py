@@ -27,12 +27,10 @@ def import_tf(seed: int | None = None):
 
 def _without_thread_spinning() -> None:
     """TensorFlow's thread pools without spinning: an idle worker sleeps at once instead of spinning
-    on the core first. Alone, a model trains as fast either way (DS-CNN-L 437 and 439 samples/s);
-    beside another model's process, the spinning of one takes the cores from the other (MobileNetV2
-    159 -> 183 samples/s beside DS-CNN-L, DS-CNN-L 221 -> 224 beside MobileNetV2). How a thread waits
-    changes no arithmetic: the same weights bit for bit (DS-CNN-L alone, both models side by side, and
-    both shipped models of a clean build). Set before TensorFlow starts its pools (its first op); a
-    process where TensorFlow already runs keeps the pools it has."""
+    on the core first. Alone, a model trains as fast either way; beside another model's process
+    (models build side by side), the spinning threads of one take the cores from the other. How a
+    thread waits changes no arithmetic: the weights are the same bit for bit. Set before TensorFlow
+    starts its pools (its first op); a process where TensorFlow already runs keeps the pools it has."""
     from tensorflow.core.protobuf import config_pb2
     from tensorflow.python.eager import context
 
@@ -49,10 +47,9 @@ def _without_thread_spinning() -> None:
 def no_autotune(dataset):
     """`dataset` with tf.data's autotuning off. Autotuning keeps a thread that re-plans the pipeline at
     growing intervals (up to a minute), and an iterator's destructor waits for that thread to wake:
-    Keras's `fit` and `predict` spent 0-60 s after their last batch deleting their iterator (gdb:
-    `RootDataset::Iterator::~Iterator` waiting on the autotune thread; 47-57 s seen in the train and
-    pruning stages of default builds). The project's pipelines are fixed (arrays in memory, a prefetch
-    of two batches): nothing is left to tune."""
+    Keras's `fit` and `predict` can sit up to a minute after their last batch deleting their iterator.
+    The project's pipelines are fixed (arrays in memory, a prefetch of two batches): nothing is left
+    to tune."""
     import tensorflow as tf
 
     options = tf.data.Options()

@@ -264,8 +264,8 @@ def compose_stream(clips: np.ndarray, labels: Sequence[int], noise: np.ndarray, 
 
 
 # Strides share an 80 ms base, so the model runs on every fourth 20 ms window only: the tuning's cost is
-# the model (reference kernels, ~16 ms a window here) on every window of the streams; 12.5 runs a second
-# and slower is also what an NPU duty cycle wants.
+# the model (reference kernels, slow) on every window of the streams; 12.5 runs a second and slower is
+# also what an NPU duty cycle wants.
 DEFAULT_GRID = {"stride_ms": (80, 160, 240), "average_windows": (1, 2, 3, 5, 8),
                 "threshold": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "refractory_ms": (500, 1000, 1500, 2000)}
 

@@ -307,7 +307,7 @@ BUILTIN_SPLITS = (*SPLITS, "test_cam")
 @lru_cache(maxsize=256)
 def _texture(seed: int) -> np.ndarray:
     """`skin_texture(seed)`, read-only and kept: a split's chunks draw from the same few hundred seeds, and
-    rendering one took over half of an image's time when every chunk rendered its own."""
+    rendering a texture costs more than the rest of an image."""
     texture = skin_texture(seed)
     texture.flags.writeable = False
     return texture

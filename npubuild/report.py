@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from npubuild.config import Target
 from npubuild.errors import BuildError, OverBudget
-from npubuild.report_text import kib, short_layer
+from npubuild.report_text import fraction, kib, short_layer
 
 
 @dataclass(frozen=True)
@@ -138,10 +138,6 @@ def check_budget(report: dict) -> None:
         raise OverBudget("; ".join(problems))
 
 
-def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | None = None) -> str:
     t = report["target"]
     total = report["total"]
@@ -163,7 +159,7 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
             f"| {m.name} | {m.technique} | {made} | {kib(m.sram_bytes)} | {kib(m.dram_bytes)} | {kib(m.flash_bytes)} | "
             f"{kib(m.arena_bytes)} | {kib(m.vela_sram_bytes)} | {kib(m.vela_flash_bytes)} | {m.npu_ops} | "
             f"{m.cpu_ops} | {m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
-            f"{_fraction(m.accuracy['fp32'])} | {_fraction(m.accuracy['int8'])} |")
+            f"{fraction(m.accuracy['fp32'])} | {fraction(m.accuracy['int8'])} |")
     lines += [
         "",
         "## Firmware image budget",
@@ -298,7 +294,7 @@ def render_summary(reports: dict[str, dict]) -> str:
             made = f"{m['profile']}, {m['dataset']}" if m.get("profile") else "-"
             lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | {made} | "
                          f"{kib(m['sram_bytes'])} | {kib(m.get('dram_bytes', 0))} | {kib(m['flash_bytes'])} | "
-                         f"{m['inference_ms']:.3f} | {_fraction(m['accuracy']['int8'])} | "
+                         f"{m['inference_ms']:.3f} | {fraction(m['accuracy']['int8'])} | "
                          f"{'yes' if rep['total']['fits'] else 'NO'} |")
     lines += ["", "| target | SRAM used / budget KiB | DRAM used / budget KiB | flash used / budget KiB | fits |",
               "|---|---:|---:|---:|---|"]

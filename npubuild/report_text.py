@@ -9,6 +9,11 @@ def percent(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
+def fraction(value: float | None) -> str:
+    """A fraction (an accuracy) with four decimals; "-" for none (a deployed model has no accuracy)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def kib(n: int | float | None) -> str:
     """Bytes in KiB with one decimal and thousands separators; "-" for none."""
     return "-" if n is None else f"{n / 1024:,.1f}"

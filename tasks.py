@@ -211,12 +211,16 @@ def test(c, k=None, fast=False):
     "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
             "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
             "existing build), detector (the detector stage's tuning on an existing build's kws model) or "
-            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours)",
+            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours) or real "
+            "(the shipped kws model on real recordings: clip accuracy, and the detector on streams of them)",
+    "data-dir": "with --part real: a folder of real recordings in the Speech Commands layout",
+    "noise-seconds": "with --part real: seconds of the folder's background noise for the false-alarm rate "
+                     "(default 3600)",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
     "keep": "with --part build: build the scratch project in this new (or empty) folder and keep it",
 })
 def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None,
-          keep=None):
+          keep=None, data_dir=None, noise_seconds=3600):
     """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
     from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
@@ -232,8 +236,16 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
     if part == "finetune":
         _fail_cleanly(finetune_benchmark, ROOT, output=ROOT / output)
         return
+    if part == "real":
+        if not data_dir:
+            raise Exit("error: --part real needs --data-dir (real recordings in the Speech Commands layout)", code=1)
+        from npubuild.bench import real_speech_benchmark
+
+        _fail_cleanly(real_speech_benchmark, ROOT, profile=profile, data_dir=Path(data_dir), output=ROOT / output,
+                      build_dir=Path(build_dir) if build_dir else None, noise_seconds=float(noise_seconds))
+        return
     if part != "build":
-        raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
+        raise Exit(f"error: --part {part!r}: expected build, fit, detector, finetune or real", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
                   model=model or c.config.build.model, keep=Path(keep).resolve() if keep else None)
 

@@ -176,7 +176,7 @@ def finetune_benchmark(root: Path, *, output: Path) -> dict:
     ones (`finetune_throughput`), merged into `output` under "finetune_throughput"."""
     figures = {
         "kws": finetune_throughput(root, model="kws", samples=1000),
-        # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
+        # MobileNetV2 is slow to fine-tune: the PCQAT chain only, on a few images
         "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
     }
     merge_results(output, {"finetune_throughput": figures})
@@ -353,7 +353,7 @@ def real_speech_benchmark(root: Path, *, profile: str, data_dir: Path, output: P
     (`--data-dir`) instead of the built-in data's. Merged into `output` under "real_speech" (the built-in
     model's) or "real_speech_trained_on" (by the training data's name)."""
     from npubuild.config import resolve_models
-    from npubuild.dataset_eval import dataset_name, evaluate_dataset
+    from npubuild.evaluation_report import dataset_name, evaluate_dataset
     from npubuild.kinds.kws.detector import KwsModel, detector_json, tuned_settings
     from npubuild.kinds.kws.real_streams import folder_streams, stream_benchmark
     from npubuild.pipeline import shipped_paths

@@ -138,7 +138,6 @@ class Target:
                 "memory_mode": self.memory_mode}
 
 
-_DERIVED = ("source", "memory", "arena_memory", "model_memory", "fast_memory")
 _PORT_MEMORY = {"Sram": "sram", "Dram": "dram", "OnChipFlash": "flash", "OffChipFlash": "flash"}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from npubuild.config import Recipe, resolve_models
 from npubuild.errors import BuildError
-from npubuild.stages import atomic_path, write_json, write_text
+from npubuild.stages import write_json, write_text
 
 SKIPPED_LISTED = 20  # skipped files named in the report (all are counted)
 
@@ -131,13 +131,10 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
 def render_confusion(recipe: Recipe, scored: dict, path: Path, title: str) -> None:
     """The kind's INT8 confusion matrices (`ModelKind.confusion_matrices`: rows true, columns predicted,
     counts). Deterministic PNG (no timestamp)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from npubuild.charts import pyplot, save_png
     from npubuild.kinds import get_kind
 
+    plt = pyplot()
     matrices = get_kind(recipe.kind).confusion_matrices(recipe, scored)
     fig, axes = plt.subplots(1, len(matrices), figsize=(7.5 if len(matrices) == 1 else 3 * len(matrices), 6.5
                                                         if len(matrices) == 1 else 3.2), dpi=100, squeeze=False)
@@ -158,13 +155,7 @@ def render_confusion(recipe: Recipe, scored: dict, path: Path, title: str) -> No
             ax.set_title(head, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    save_png(fig, path)
 
 
 def render_markdown(recipe: Recipe, result: dict, chart: str) -> str:

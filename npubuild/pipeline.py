@@ -712,6 +712,8 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
 
 
 def render_summary(summary: BuildSummary) -> str:
+    from npubuild.report_text import fraction
+
     lines = ["", "stage                                        ran    seconds  reason", "-" * 78]
     for r in summary.results:
         lines.append(f"{r.name:<44} {'yes' if r.ran else 'no':<6} {r.seconds:>7.1f}  {r.reason}")
@@ -720,7 +722,7 @@ def render_summary(summary: BuildSummary) -> str:
     for name, rep in summary.reports.items():
         for m in rep["models"]:
             lines.append(f"{name:<24} {m['name']:<8} {m['sram_bytes'] / 1024:>9.1f} {m['flash_bytes'] / 1024:>10.1f} "
-                         f"{m['inference_ms']:>7.3f} {m['accuracy']['int8']:>9.4f} "
+                         f"{m['inference_ms']:>7.3f} {fraction(m['accuracy']['int8']):>9} "
                          f"{'yes' if rep['total']['fits'] else 'NO'}")
     lines.append(f"\nbuild finished in {summary.seconds:.1f} s")
     return "\n".join(lines)

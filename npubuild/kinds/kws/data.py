@@ -243,8 +243,8 @@ def _run_chunks(specs: list[ClipSpec], sample_rate: int, clip_samples: int, vari
 
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     # Every chunk in a fresh process (eSpeak NG keeps state from one utterance to the next), forked
-    # from a server that imported the modules once: a spawned process paid about 1.5 s of imports
-    # (scipy.signal alone 1.2 s) for each of the default profile's 50 chunks.
+    # from a server that imported the modules once: a spawned process would import them (scipy.signal
+    # above all) again for every chunk.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["npubuild.kinds.kws.data", "npubuild.kinds.kws.engines",
                                 "npubuild.kinds.kws.frontend", "scipy.signal", "threadpoolctl"])

@@ -397,6 +397,7 @@ class Recipe:
     detector: DetectorTuning | None = None  # keyword spotting only; None: no streaming detector
     keras: KerasSettings | None = None  # kind "keras": the user's model and data
     mix: MixSettings = MixSettings()  # a labelled folder with the built-in data (kinds that mix them)
+    unknown_weight: float = 1.0  # keyword spotting: weight of `_unknown_` clips in the training loss
 
     @property
     def task(self) -> str:
@@ -429,6 +430,7 @@ class _RecipeTop:
     labels: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
     unknown_words: tuple[str, ...] = ()
+    unknown_weight: float = 1.0
 
 
 
@@ -500,6 +502,9 @@ def load_recipe(path: Path) -> Recipe:
     if top.ship not in RECIPES:
         raise BuildError(f"{path}: field 'ship' names unknown technique {top.ship!r} "
                          f"(known: {', '.join(RECIPES)})")
+    if not 0.0 < top.unknown_weight <= 1.0 or (top.unknown_weight != 1.0 and "_unknown_" not in labels):
+        raise BuildError(f"{path}: field 'unknown_weight' must be in (0, 1] and needs an '_unknown_' label, "
+                         f"got {top.unknown_weight!r}")
     if len(set(labels)) != len(labels):
         raise BuildError(f"{path}: field '{kind.label_field}' has duplicates")
     if frontend is not None and (frontend.num_frames <= 0 or frontend.fft_size < frontend.window_samples):
@@ -524,7 +529,8 @@ def load_recipe(path: Path) -> Recipe:
         if not 0.0 < mix.real_share <= 1.0:
             raise BuildError(f"{path}: field 'mix.real_share' must be in (0, 1], got {mix.real_share!r}")
     recipe = Recipe(name=top.name, description=top.description, kind=kind_name, architecture=top.architecture,
-                    labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
+                    labels=labels, unknown_words=top.unknown_words, unknown_weight=top.unknown_weight,
+                    ship=top.ship, seed=top.seed,
                     frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
                     detector=detector, keras=keras, mix=mix)
     problem = kind.check_recipe(recipe)

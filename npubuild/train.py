@@ -145,6 +145,7 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
         validation_data = array_batches(validation_data, 32)
     clock = _EpochClock()
     history = model.fit(data, steps_per_epoch=batches, validation_data=validation_data,
+                        class_weight=kind.class_weight(recipe),
                         validation_freq=validation_freq, epochs=epochs, verbose=0,
                         callbacks=[*callbacks, clock.callback()])
     end = time.perf_counter()

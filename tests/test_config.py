@@ -151,6 +151,8 @@ def test_a_profile_like_must_name_another_plain_profile(tmp_path, like):
     ("num_mfcc = 10", "num_mfcc = 10\nnum_cepstra = 3", "frontend.num_cepstra"),
     ("epochs = 1\n", "", "profiles.smoke.epochs"),
     ("batchnorm_samples = 64", "batchnorm_samples = -1", "profiles.smoke.batchnorm_samples"),
+    ("unknown_weight = 0.5", "unknown_weight = 0", "unknown_weight"),
+    ("unknown_weight = 0.5", 'unknown_weight = "light"', "unknown_weight"),
 ])
 def test_bad_recipe_names_file_and_field(tmp_path, old, new, field):
     text = (ROOT / "models" / "kws.toml").read_text()

@@ -34,7 +34,7 @@ def test_voices_are_disjoint_between_splits():
     train, val, test = (set(splits[s]) for s in kws_data.SPLITS)
     assert train and val and test
     assert not (train & val or train & test or val & test)
-    assert len(train | val | test) == len(kws_data.voice_names())
+    assert len(train | val | test) == len(kws_data.voice_names(RECIPE.seed))
 
 
 def test_plan_is_balanced_and_uses_split_voices():
@@ -184,3 +184,15 @@ def test_one_list_is_used_and_the_rest_hashed(tmp_path):
                            "of the speaker id (10% test)")
     (root / "testing_list.txt").write_text("")
     assert recordings.SplitRule.for_folder(root).note() == ""  # both lists given: as before, nothing said
+
+
+def test_unknown_weight_is_the_training_class_weight():
+    import dataclasses
+
+    from npubuild.kinds import get_kind
+
+    kind = get_kind(RECIPE.kind)
+    weights = kind.class_weight(RECIPE)
+    assert weights == {i: (RECIPE.unknown_weight if label == "_unknown_" else 1.0)
+                       for i, label in enumerate(RECIPE.labels)} and RECIPE.unknown_weight < 1.0
+    assert kind.class_weight(dataclasses.replace(RECIPE, unknown_weight=1.0)) is None

@@ -60,7 +60,13 @@ def test_every_engine_speaks_in_every_split_and_voices_stay_whole():
     assert abs(share - kws_data.OTHER_SHARE) < 0.05
     assert {s.voice for s in speech} <= set(splits["train"])
     assert {engines.engine_of(s.voice) for s in specs if RECIPE.labels[s.label] == "_unknown_"} == {
-        engines.ESPEAK, engines.FLITE}
+        engines.ESPEAK, engines.FLITE, engines.FESTIVAL}
+    # eSpeak NG voices of other languages: training only, a share of its eSpeak clips
+    espeak = [s.voice for s in speech if engines.engine_of(s.voice) == engines.ESPEAK]
+    foreign = np.mean([v.split("+")[0] in kws_data.FOREIGN_ACCENTS for v in espeak])
+    assert abs(foreign - kws_data.FOREIGN_SHARE) < 0.06
+    for split in ("val", "test"):
+        assert not any(v.split("+")[0] in kws_data.FOREIGN_ACCENTS for v in splits[split])
 
 
 def test_renderings_differ_and_each_is_reproducible():

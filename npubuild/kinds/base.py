@@ -109,6 +109,10 @@ class ModelKind:
     def compile_args(self, recipe, keras) -> dict:
         return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 
+    def class_weight(self, recipe) -> dict[int, float] | None:
+        """Weights of the classes in the training loss (Keras `class_weight`); None: all 1."""
+        return None
+
     def fit_targets(self, recipe, y: np.ndarray):
         """Labels as Keras wants them for the model's outputs."""
         return y

@@ -62,8 +62,12 @@ AUGMENT_SHARE = 0.5
 # Share of each split's speech clips spoken by the voices of other engines than eSpeak NG.
 OTHER_SHARE = 0.5
 # Voices of the other engines (`engines.py`), dealt whole to splits.
-OTHER_VOICES = {"train": ("flite:awb", "flite:rms", "flite:kal16"), "val": ("festival:ked",),
+OTHER_VOICES = {"train": ("flite:awb", "flite:rms", "flite:kal16", "festival:kal"), "val": ("festival:ked",),
                 "test": ("flite:slt",)}
+# eSpeak NG voices of other languages reading the English words, as speakers with other first languages
+# would (their letter-to-sound rules and phonemes): training voices only, FOREIGN_SHARE of its eSpeak clips.
+FOREIGN_ACCENTS = ("de", "es", "fr", "hi")
+FOREIGN_SHARE = 0.15
 
 
 def variant_names() -> list[str]:
@@ -78,23 +82,27 @@ def voice_name(accent: str, variant: str) -> str:
     return accent if variant == "" else f"{accent}+{variant}"
 
 
-def voice_names() -> list[str]:
-    """Every voice of the bank: eSpeak NG accent x variant combinations, then the other engines' voices."""
+def voice_names(seed: int) -> list[str]:
+    """Every voice of the bank of a recipe's `seed`: eSpeak NG accent x variant combinations (the other
+    languages' with the training variants), then the other engines' voices."""
     return [*(voice_name(accent, v) for accent in ACCENTS for v in variant_names()),
+            *(v for v in split_voices(seed)["train"] if v.split("+")[0] in FOREIGN_ACCENTS),
             *(v for split in SPLITS for v in OTHER_VOICES[split])]
 
 
 def split_voices(seed: int) -> dict[str, list[str]]:
     """Whole eSpeak NG variants are dealt to train/val/test (70/15/15), each with every accent: a test
-    voice is a variant training never heard in any accent. The other engines' voices go whole to
-    the split OTHER_VOICES names."""
+    voice is a variant training never heard in any accent. The training variants also speak in the
+    FOREIGN_ACCENTS. The other engines' voices go whole to the split OTHER_VOICES names."""
     variants = variant_names()
     order = np.random.default_rng([seed, 1]).permutation(len(variants))
     n_train = round(SPLIT_SHARES[0] * len(variants))
     n_val = round(SPLIT_SHARES[1] * len(variants))
     cut = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return {split: [*sorted(voice_name(a, variants[i]) for i in idx for a in ACCENTS), *OTHER_VOICES[split]]
-            for split, idx in cut.items()}
+    out = {split: [*sorted(voice_name(a, variants[i]) for i in idx for a in ACCENTS), *OTHER_VOICES[split]]
+           for split, idx in cut.items()}
+    out["train"] += sorted(voice_name(a, variants[i]) for i in cut["train"] for a in FOREIGN_ACCENTS)
+    return out
 
 
 def engine_index(voice: str) -> int:
@@ -127,7 +135,8 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
     from npubuild.kinds.kws.engines import ESPEAK, engine_of
 
     voices = split_voices(recipe.seed)["test" if split == "test_rec" else split]
-    espeak_voices = [v for v in voices if engine_of(v) == ESPEAK]
+    foreign = [v for v in voices if engine_of(v) == ESPEAK and v.split("+")[0] in FOREIGN_ACCENTS]
+    espeak_voices = [v for v in voices if engine_of(v) == ESPEAK and v not in foreign]
     other_voices = [v for v in voices if engine_of(v) != ESPEAK]
     rng = np.random.default_rng([recipe.seed, BUILTIN_SPLITS.index(split), 2])
     specs = []
@@ -140,6 +149,8 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
             else:
                 word = name
             pool = other_voices if other_voices and rng.random() < OTHER_SHARE else espeak_voices
+            if foreign and pool is espeak_voices and rng.random() < FOREIGN_SHARE:
+                pool = foreign
             specs.append(ClipSpec(
                 label=label, word=word, voice=pool[rng.integers(len(pool))],
                 rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),

@@ -5,8 +5,9 @@ A voice is named `<engine>:<voice>`, or plainly by its eSpeak NG name ("en-us+m3
 - eSpeak NG (in-process, `espeak.py`): formant voices, many accents and variants. GPL-3.
 - Flite (Debian package `flite`, a subprocess per word): `kal16` (diphone) and `awb`, `rms`, `slt`
   (clustergen statistical voices built from CMU ARCTIC recordings of real people). BSD-style licence.
-- Festival (Debian packages `festival`, `festvox-kdlpc16k`): `ked` (diphone, a US male speaker). Festival
-  is free software under a BSD-style licence; the kdlpc16k voice is free for any use.
+- Festival (Debian packages `festival`, `festvox-kdlpc16k`, `festvox-kallpc16k`): `ked` and `kal` (diphone
+  voices of two US male speakers). Festival is free software under a BSD-style licence; both voices are
+  free for any use.
 
 Every engine is deterministic: the same word, voice and prosody give the same samples, so the
 dataset stays a function of the seed. Flite and Festival are found on PATH; a missing one is a
@@ -29,11 +30,11 @@ from npubuild.errors import BuildError
 ESPEAK, FLITE, FESTIVAL = "espeak", "flite", "festival"
 ENGINES = (ESPEAK, FLITE, FESTIVAL)
 # Debian package per engine run as a program (eSpeak NG comes with the Python package espeakng-loader).
-PACKAGES = {FLITE: "flite", FESTIVAL: "festival festvox-kdlpc16k"}
+PACKAGES = {FLITE: "flite", FESTIVAL: "festival festvox-kdlpc16k festvox-kallpc16k"}
 # Typical fundamental frequency (Hz) of each Flite voice, around which a clip's pitch is drawn
 # (`rms` ignores the f0 setting: its pitch varies by the clip's later perturbation only).
 FLITE_F0 = {"kal16": 105.0, "awb": 115.0, "rms": 110.0, "slt": 175.0}
-FESTIVAL_VOICES = {"ked": "voice_ked_diphone"}
+FESTIVAL_VOICES = {"ked": "voice_ked_diphone", "kal": "voice_kal_diphone"}
 
 
 def engine_of(voice: str) -> str:

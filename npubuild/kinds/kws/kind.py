@@ -82,6 +82,13 @@ class KeywordSpotting(ModelKind):
 
         return EpochInputs(features, rows)
 
+    def class_weight(self, recipe):
+        """`unknown_weight` on `_unknown_`: a synthetic voice bank's unknown words make real keywords, which
+        sound unlike any voice of the bank, fall into `_unknown_`; a lighter weight moves that boundary."""
+        if recipe.unknown_weight == 1.0:
+            return None
+        return {i: (recipe.unknown_weight if label == "_unknown_" else 1.0) for i, label in enumerate(recipe.labels)}
+
     def epoch_samples(self, recipe, features, rows, rows_count):
         """A folder of recordings trains at least as many samples an epoch as the built-in data (and with
         the voice bank, the recordings and the bank's clips together: `data.EpochInputs`)."""

@@ -18,7 +18,6 @@ from npubuild.kinds.kws.detector import (  # noqa: F401 (the streaming pieces, a
     Detector,
     KwsModel,
     StreamingMfcc,
-    compose_stream,
     detector_json,
     noise_segments,
     threshold_q,

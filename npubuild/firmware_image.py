@@ -393,9 +393,10 @@ def input_paths(target_folder: Path, names: list[str]) -> list[Path]:
     return [p for m in image_models(target_folder, names) for p in m.inputs() if p.is_file()]
 
 
-def make_image(target: Target, target_folder: Path, build_dir: Path) -> dict:
-    """Write the image's sources beside the target's assets, link it when the Arm toolchain is there,
-    compare it with the memory report; write and return the result (link_report.json)."""
+def make_image(target: Target, target_folder: Path, build_dir: Path, elf_name: str = "") -> dict:
+    """Write the image's sources beside the target's assets, link it into `build_dir` when the Arm toolchain
+    is there, compare it with the memory report; write and return the result (link_report.json, which names
+    the ELF as `elf_name`: a path relative to the project)."""
     from npubuild import stages
 
     report = json.loads((target_folder / "memory_report.json").read_text())
@@ -413,8 +414,7 @@ def make_image(target: Target, target_folder: Path, build_dir: Path) -> dict:
         if link.ok:
             from npubuild.stages import sha256_file
 
-            result.update(compare(report, context, link), elf=f"build/image/{target.name}/{ELF}",
-                          elf_sha256=sha256_file(link.elf))
+            result.update(compare(report, context, link), elf=elf_name or ELF, elf_sha256=sha256_file(link.elf))
     stages.write_json(image_dir / REPORT_JSON, result)
     stages.write_text(image_dir / REPORT_MD, render_markdown(target, result))
     return result

@@ -340,12 +340,17 @@ def image_stage(target: Target, target_file: Path, layout: Layout, models: list[
 
     folder = layout.assets_dir / target.name
     build_dir = layout.build_dir / "image" / target.name
+    try:  # the link report names the ELF relative to the project (no absolute paths in generated files)
+        elf_name = (build_dir / firmware_image.ELF).relative_to(layout.root.resolve()).as_posix()
+    except ValueError:
+        elf_name = f"<build dir>/image/{target.name}/{firmware_image.ELF}"
     return Stage(name=f"image {target.name}", version=1,
                  inputs=(target_file, folder / "memory_report.json",
                          *firmware_image.input_paths(folder, models)),
                  params={"models": models, "toolchain": firmware_image.toolchain() or "none"},
                  outputs=firmware_image.output_paths(folder),
-                 action=lambda: firmware_image.make_image(target, folder, build_dir), code=("firmware_image",))
+                 action=lambda: firmware_image.make_image(target, folder, build_dir, elf_name),
+                 code=("firmware_image",))
 
 
 def models_in_assets(assets_dir: Path, target: str) -> list[str]:

@@ -224,7 +224,7 @@ def _load_image(path: Path, table: Any, memory: dict[str, MemoryRegion]) -> Imag
                              f"puts the models' part of {kind} there)")
         spans.append((f"memory.{kind}", region.origin, region.budget_bytes))
     spans.sort(key=lambda s: s[1])
-    for (name_a, start_a, size_a), (name_b, start_b, _) in zip(spans, spans[1:]):
+    for (name_a, start_a, size_a), (name_b, start_b, _) in zip(spans, spans[1:], strict=False):
         if start_a + size_a > start_b:
             raise BuildError(f"{path}: field '{name_b}.origin' {start_b:#x} overlaps {name_a} "
                              f"({start_a:#x}, {size_a} bytes used by the image)")

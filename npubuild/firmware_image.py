@@ -382,8 +382,8 @@ def render_markdown(target: Target, result: dict) -> str:
 
 
 def output_paths(target_folder: Path) -> tuple[Path, ...]:
-    """The stage's outputs: the sources and the link report (the ELF in build/ is named, with its sha256,
-    in the link report: a model set over budget makes none)."""
+    """The stage's outputs: the sources and the link report (the ELF in build/ is named in the link report:
+    a model set over budget makes none)."""
     image_dir = target_folder / IMAGE_DIR
     return tuple(image_dir / n for n in (*SOURCES, REPORT_JSON, REPORT_MD))
 
@@ -412,9 +412,7 @@ def make_image(target: Target, target_folder: Path, build_dir: Path, elf_name: s
         link = compile_and_link(context, build_dir)
         result = {"linked": link.ok, "toolchain": version, "linker": link.messages}
         if link.ok:
-            from npubuild.stages import sha256_file
-
-            result.update(compare(report, context, link), elf=elf_name or ELF, elf_sha256=sha256_file(link.elf))
+            result.update(compare(report, context, link), elf=elf_name or ELF)
     stages.write_json(image_dir / REPORT_JSON, result)
     stages.write_text(image_dir / REPORT_MD, render_markdown(target, result))
     return result

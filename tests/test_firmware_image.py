@@ -91,7 +91,7 @@ def test_smoke_image_links_and_equals_the_memory_report(smoke_project):
     rows = {(r["memory"], r["kind"], r["part"]): r for r in result["parts"]}
     kinds = {k for _, k, _ in rows}
     assert kinds == {"arena", "io", "model", "app_code", "app_buffers"}
-    for (memory, kind, part), r in rows.items():
+    for (_, kind, _), r in rows.items():
         if kind in ("arena", "io", "model", "app_buffers"):
             assert r["elf_bytes"] == r["report_bytes"] > 0, r
         else:  # application code: equal, or larger by the linker stubs in it (and their alignment)

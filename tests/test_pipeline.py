@@ -94,7 +94,7 @@ def test_new_target_reruns_only_compile_assets_report(smoke_project):
     finally:
         other.unlink()
     ran = {r.name.split()[0] for r in summary.results if r.ran}
-    assert ran == {"compile", "assets", "report"}
+    assert ran == {"compile", "assets", "report", "image"}
     assert (root / "firmware_assets" / "tight-budget" / "memory_report.json").is_file()
 
 
@@ -215,7 +215,7 @@ def test_target_all_builds_every_target_with_vela_in_parallel(smoke_project):
     targets = resolve_targets(root, "all")
     assert len(targets) >= 5
     ran = {r.name.split()[0] for r in summary.results if r.ran}
-    assert ran <= {"compile", "assets", "report"}
+    assert ran <= {"compile", "assets", "report", "image"}
     table = (root / "firmware_assets" / "summary.md").read_text()
     for t in targets:
         folder = root / "firmware_assets" / t.name

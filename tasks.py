@@ -131,7 +131,7 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 })
 def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None, ray=None):
     """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
-    from npubuild.fit import compare_on_ray
+    from npubuild.chains import compare_on_ray
     from npubuild.pipeline import compare as run_compare
 
     _fail_cleanly(
@@ -159,8 +159,9 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
 def fit(c, model, target=None, max_drop=None, min_accuracy=None, objective="flash", with_=None, profile=None,
         techniques=None, sparsities=None, clusters=None, apply=False, ray=None):
     """Search the deployment tree for the best model that fits a target; write firmware_assets/fit/."""
+    from npubuild.candidates import CLUSTERS, SPARSITIES
     from npubuild.errors import OverBudget
-    from npubuild.fit import CLUSTERS, SPARSITIES, Bound
+    from npubuild.fit import Bound
     from npubuild.fit import fit as run_fit
 
     bound = Bound(max_drop=float(max_drop) if max_drop is not None else 1.0,
@@ -210,12 +211,16 @@ def test(c, k=None, fast=False):
     "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
             "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
             "existing build), detector (the detector stage's tuning on an existing build's kws model) or "
-            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours)",
+            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours) or real "
+            "(the shipped kws model on real recordings: clip accuracy, and the detector on streams of them)",
+    "data-dir": "with --part real: a folder of real recordings in the Speech Commands layout",
+    "noise-seconds": "with --part real: seconds of the folder's background noise for the false-alarm rate "
+                     "(default 3600)",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
     "keep": "with --part build: build the scratch project in this new (or empty) folder and keep it",
 })
 def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None,
-          keep=None):
+          keep=None, data_dir=None, noise_seconds=3600):
     """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
     from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
@@ -231,8 +236,16 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
     if part == "finetune":
         _fail_cleanly(finetune_benchmark, ROOT, output=ROOT / output)
         return
+    if part == "real":
+        if not data_dir:
+            raise Exit("error: --part real needs --data-dir (real recordings in the Speech Commands layout)", code=1)
+        from npubuild.bench import real_speech_benchmark
+
+        _fail_cleanly(real_speech_benchmark, ROOT, profile=profile, data_dir=Path(data_dir), output=ROOT / output,
+                      build_dir=Path(build_dir) if build_dir else None, noise_seconds=float(noise_seconds))
+        return
     if part != "build":
-        raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
+        raise Exit(f"error: --part {part!r}: expected build, fit, detector, finetune or real", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
                   model=model or c.config.build.model, keep=Path(keep).resolve() if keep else None)
 
@@ -273,7 +286,7 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
 })
 def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
-    from npubuild.dataset_eval import evaluate_dataset
+    from npubuild.evaluation_report import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,

@@ -5,14 +5,16 @@ Every problem found while loading names the file and the field.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from npubuild.errors import BuildError
-from npubuild.techniques import RECIPES
+from npubuild.optimization_recipes import RECIPES
 
 ACCELERATORS = (
     "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
@@ -636,3 +638,52 @@ def resolve_models(root: Path, name: str) -> list[Recipe]:
                 raise BuildError(f"{root / 'models' / (n + '.toml')}: no such model recipe")
         paths = [known[n] for n in dict.fromkeys(wanted)]
     return [load_recipe(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- editing a recipe file
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def edit_toml(text: str, table: str, key: str, value: Any) -> str:
+    """Set `key = value` in `[table]` ("" for the top level) by editing its line (comments, order and
+    the rest of the file kept); a missing key is added at the end of its table."""
+    lines = text.splitlines(keepends=True)
+    current, start, end = "", 0 if not table else None, None
+    for i, line in enumerate(lines):
+        header = re.match(r"\s*\[([^\]]+)\]\s*(#.*)?$", line)
+        if header:
+            if current == table and start is not None and end is None:
+                end = i
+            current = header.group(1).strip()
+            if current == table:
+                start = i + 1
+            continue
+        if current == table and start is not None:
+            m = re.match(rf"(\s*{re.escape(key)}\s*=\s*)(\"[^\"]*\"|[^#\s]+)(.*)$", line, re.DOTALL)
+            if m:
+                lines[i] = m.group(1) + _toml_value(value) + m.group(3)
+                return "".join(lines)
+    if start is None:
+        return text.rstrip("\n") + f"\n\n[{table}]\n{key} = {_toml_value(value)}\n"
+    end = len(lines) if end is None else end
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    lines.insert(end, f"{key} = {_toml_value(value)}\n")
+    return "".join(lines)
+
+
+def edit_recipe(path: Path, technique: str, changed: dict) -> None:
+    from npubuild.stages import write_text
+
+    text = edit_toml(path.read_text(), "", "ship", technique)
+    for name, value in sorted(changed.items()):
+        table, key = name.split(".", 1)
+        text = edit_toml(text, table, key, value)
+    write_text(path, text)

@@ -3,7 +3,7 @@
 Every INT8 number the project reports or bakes into a header (accuracy, per-head thresholds,
 golden vectors, streaming detections, the predictor's answers) comes from here, so it is the
 number the device computes: TFLM's kernels are the reference kernels (tested bit for bit in
-tests/test_firmware_kit.py), and Arm's Ethos-U is designed to match them. LiteRT's default
+tests/test_firmware_files.py), and Arm's Ethos-U is designed to match them. LiteRT's default
 kernels are faster but not the same bits: XNNPACK differs by one quantization step on a share
 of outputs, and so do the optimized builtin kernels without XNNPACK (measured on a DS-CNN-L:
 471 and 7 of 3,600 outputs, against 0 for this runner).

@@ -21,8 +21,9 @@ import numpy as np
 
 from npubuild.config import OptimizeSettings, Profile, Recipe
 from npubuild.errors import BuildError
-from npubuild.stages import atomic_path, epoch_logger, say, write_json
-from npubuild.techniques import RECIPES, STEPS
+from npubuild.optimization_recipes import RECIPES, STEPS
+from npubuild.stages import atomic_path, write_json
+from npubuild.terminal import epoch_logger, say
 from npubuild.weights import PRUNABLE_OPS
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from npubuild.config import Recipe, Target, resolve_models, resolve_targets
 from npubuild.errors import BuildError, OverBudget
 from npubuild.kinds import get_kind
+from npubuild.optimization_recipes import RECIPES, chain_name
 from npubuild.stages import BuildLock, Cache, Stage, StageResult
-from npubuild.techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
 LITERT = ("ai-edge-litert",)
@@ -193,7 +193,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
             action=lambda: get_kind(recipe.kind).evaluate(recipe, keras_model(), paths.int8(technique),
                                                           paths.features, paths.evaluation(technique)),
-            code=("evaluate", "optimize", *_kind_module(recipe)),
+            code=("classifier_accuracy", "optimize", *_kind_module(recipe)),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
@@ -653,7 +653,7 @@ def compare(root: Path, *, model: str, targets: str, profile: str = "default", d
             log: Callable[[str], None] = print, run_models: Callable | None = None) -> BuildSummary:
     """Build every recipe of the deployment tree for `model` and compare them on `targets`. `run_models`
     (cache, layout, recipe, profile, techniques, targets) -> ModelPaths runs the recipes' stages instead
-    of this process (on a Ray cluster: `fit.compare_on_ray`)."""
+    of this process (on a Ray cluster: `chains.compare_on_ray`)."""
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
         return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
                         techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log,
@@ -671,7 +671,7 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     if unknown:
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
     for recipe in recipes:
-        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (fit.compare_on_ray)
+        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (chains.compare_on_ray)
             paths = run_models(cache, layout, recipe, profile, techniques, target_list)
         else:
             paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)

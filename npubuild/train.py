@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.config import Profile, Recipe
-from npubuild.stages import atomic_path, epoch_logger, say, write_json
+from npubuild.stages import atomic_path, write_json
+from npubuild.terminal import epoch_logger, say
 
 
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path,

@@ -86,7 +86,7 @@ def _child(index: int, job: Job, messages, stop, terminal: bool) -> None:
     def log(line: str) -> None:
         send(("log", line))
 
-    from npubuild.stages import set_bar_factory
+    from npubuild.terminal import set_bar_factory
 
     keys = iter(range(1 << 30))
     set_bar_factory((lambda total, what: _RemoteBar(send, next(keys), total, what)) if terminal else None)
@@ -155,7 +155,7 @@ def run_side_by_side(jobs: list[Job], log: Callable[[str], None], slots: int) ->
     """Run `jobs` in child processes, at most `slots` at once, in the order given; return their values
     in that order. Raises the first BuildError a job raised (after the running ones stopped), or
     KeyboardInterrupt."""
-    from npubuild.stages import on_terminal
+    from npubuild.terminal import on_terminal
 
     ctx = multiprocessing.get_context("spawn")
     messages, stop = ctx.Queue(), ctx.Event()

@@ -187,7 +187,7 @@ def test_not_a_tflite_file_through_invoke(tmp_path):
 
 def test_file_litert_rejects_gets_golden_vectors_from_tflm(tmp_path, depthwise_int8):
     """Fault: TFLM's person-detection model; Vela compiles it, LiteRT refuses to load it."""
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors
     from npubuild.assets import io_tensors
     from npubuild.int8_runner import Int8Runner
 
@@ -202,9 +202,9 @@ def test_file_litert_rejects_gets_golden_vectors_from_tflm(tmp_path, depthwise_i
     folder = root / "firmware_assets" / TARGET / "person"
     golden_c = (folder / "person_golden.c").read_text()
     # the same numbers as LiteRT gives for the file before the rewrite (the bias field is all that changed)
-    expected = firmware_kit.random_golden(depthwise_int8, io_tensors(depthwise_int8)[0])
+    expected = golden_vectors.random_golden(depthwise_int8, io_tensors(depthwise_int8)[0])
     for row in (*expected["inputs"], *expected["outputs"]):
-        assert firmware_kit.c_rows(row) in golden_c
+        assert golden_vectors.c_rows(row) in golden_c
     assert "TFLM's interpreter" in (folder / "person_golden.h").read_text()
 
 
@@ -254,7 +254,7 @@ def test_file_compiled_by_older_vela_is_packaged(tmp_path, models):
 
 
 def test_16x8_model_gets_int16_assets(tmp_path, models):
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors
     from npubuild.assets import io_tensors
     from npubuild.int8_runner import run_tflm
 
@@ -271,11 +271,11 @@ def test_16x8_model_gets_int16_assets(tmp_path, models):
     assert f"#define NET16_INPUT_SCALE {inp.scale}f" in meta and "#define NET16_INPUT_ZERO_POINT (0)" in meta
     header = (folder / "net16_golden.h").read_text()
     assert "extern const int16_t net16_golden_input[" in header and "extern const int16_t net16_golden_output[" in header
-    expected = firmware_kit.random_golden(models["16x8"], inp)
+    expected = golden_vectors.random_golden(models["16x8"], inp)
     assert expected["inputs"].dtype == np.int16 and np.abs(expected["inputs"]).max() > 128
     golden_c = (folder / "net16_golden.c").read_text()
     for row in (*expected["inputs"], *expected["outputs"]):
-        assert firmware_kit.c_rows(row) in golden_c
+        assert golden_vectors.c_rows(row) in golden_c
     assert "data.i16" in (folder / "integration.md").read_text()
     # TFLM (what firmware runs) is within one step of these LiteRT numbers, as the notes say
     tflm = np.concatenate([o.reshape(3, -1) for o in run_tflm(models["16x8"], expected["inputs"])], axis=1)

@@ -51,7 +51,7 @@ def test_thresholds_and_predictor_use_the_reference_bits(smoke_project):
     """The quality evaluation's int8 thresholds were chosen on reference-kernel outputs: recomputing the
     validation scores with the runner gives the F1-best threshold it stored; the predictor's raw outputs
     are the runner's."""
-    from npubuild.kinds.quality.evaluate import choose_threshold, run_int8_heads, threshold_q
+    from npubuild.kinds.quality.head_metrics import choose_threshold, run_int8_heads, threshold_q
 
     root, _, _ = smoke_project
     base = root / "build" / "smoke" / "quality" / "builtin"

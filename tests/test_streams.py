@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from npubuild.config import load_recipe
-from npubuild.kinds.kws import streams
+from npubuild.kinds.kws import real_streams, streams
 from npubuild.kinds.kws.streams import Placement
 
 from .conftest import ROOT
@@ -86,7 +86,7 @@ def test_overlapping_windows_give_each_word_its_own_detection_and_order_counts()
 
 @pytest.mark.skipif(not SPEECH_DEV.is_dir(), reason="the real development set is not on this machine")
 def test_folder_streams_from_real_recordings_keep_speakers_together():
-    s = streams.folder_streams(RECIPE, SPEECH_DEV, seed=1)
+    s = real_streams.folder_streams(RECIPE, SPEECH_DEV, seed=1)
     words = sum(1 for stream in s.streams for _, label in stream if not LABELS[label].startswith("_"))
     keyword_files = sum(len(list((SPEECH_DEV / k).glob("*.wav"))) for k in RECIPE.keywords)
     assert words == s.same_speaker_words + s.mixed_words == keyword_files
@@ -100,4 +100,4 @@ def test_folder_streams_name_a_folder_without_keywords(tmp_path: Path):
 
     (tmp_path / "_silence_").mkdir()
     with pytest.raises(BuildError, match=f"^{tmp_path}: no keyword clips"):
-        streams.folder_streams(RECIPE, tmp_path)
+        real_streams.folder_streams(RECIPE, tmp_path)

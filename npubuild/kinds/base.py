@@ -125,7 +125,7 @@ class ModelKind:
 
     def evaluate(self, recipe, model, tflite: Path, features: Path, out: Path) -> None:
         """The evaluate stage: `model` is the Keras model the INT8 file came from."""
-        from npubuild.evaluate import evaluate_classifier
+        from npubuild.classifier_accuracy import evaluate_classifier
 
         x_test, y_test = self.load_split(recipe, features, "test")
         evaluate_classifier(list(recipe.labels), model, tflite, x_test, y_test, out)
@@ -139,7 +139,7 @@ class ModelKind:
 
     def score(self, recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, evaluation: dict) -> dict:
         """FP32 and INT8 metrics of one labelled set."""
-        from npubuild.evaluate import classification_metrics, run_int8
+        from npubuild.classifier_accuracy import classification_metrics, run_int8
         from npubuild.tfenv import array_batches
 
         labels = list(recipe.labels)

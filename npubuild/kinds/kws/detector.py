@@ -237,9 +237,9 @@ class Detector:
 
 def noise_segments(rng: np.random.Generator, count: int, seconds: float, sample_rate: int,
                    level_db: tuple[float, float] = (-60.0, -20.0)) -> list[np.ndarray]:
-    """Background noise (`kws_data.make_noise`: white, pink, brown or hum), each segment at an RMS level
+    """Background noise (`audio.make_noise`: white, pink, brown or hum), each segment at an RMS level
     in dBFS drawn from `level_db`."""
-    from npubuild.kinds.kws.data import make_noise
+    from npubuild.kinds.kws.audio import make_noise
 
     n = int(seconds * sample_rate)
     return [make_noise(rng, n, sample_rate) * np.float32(10 ** (rng.uniform(*level_db) / 20)) for _ in range(count)]
@@ -428,6 +428,7 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
     and `detector_unknown_clips` of other words, from the validation voices of the built-in data
     (`kws_data.plan_clips(..., "val")`) or the validation clips of a Speech Commands folder."""
     from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws.audio import fit_clip, read_wav
 
     fe = recipe.frontend
     per_keyword, unknown = profile.detector_clips_per_keyword, profile.detector_unknown_clips
@@ -440,7 +441,7 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
         return (kws_data.synthesise(specs, fe.sample_rate, fe.clip_samples), [s.label for s in specs],
                 "validation voices of the built-in data")
     files = kws_data.validation_files(recipe, data_dir, per_keyword, unknown)
-    audio = np.stack([kws_data.fit_clip(kws_data.read_wav(path, fe.sample_rate), fe.clip_samples)
+    audio = np.stack([fit_clip(read_wav(path, fe.sample_rate), fe.clip_samples)
                       for path, _ in files]) if files else np.zeros((0, fe.clip_samples), np.float32)
     return audio.astype(np.float32), [label for _, label in files], f"validation clips of {data_dir.name}"
 

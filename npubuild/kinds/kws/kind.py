@@ -58,7 +58,7 @@ class KeywordSpotting(ModelKind):
 
         engine = split.removeprefix("test_")
         if engine in ENGINES:
-            from npubuild.kinds.kws.engine_out import engine_rows
+            from npubuild.kinds.kws.held_out_engine import engine_rows
 
             x, y = load_split(features, "test")
             rows = engine_rows(features, "test", engine, keep=True)
@@ -95,13 +95,13 @@ class KeywordSpotting(ModelKind):
         return sets
 
     def evaluation_stages(self, recipe, profile, paths, technique, log):
-        """The leave-one-engine-out model (`engine_out`), on built-in data that has engines."""
-        from npubuild.kinds.kws.engine_out import engine_out_stage
+        """The leave-one-engine-out model (`held_out_engine`), on built-in data that has engines."""
+        from npubuild.kinds.kws.held_out_engine import held_out_engine_stage
 
         with np.load(paths.features) as d:
             if "e_train" not in d.files:
                 return []
-        return [engine_out_stage(recipe, profile, paths, log)]
+        return [held_out_engine_stage(recipe, profile, paths, log)]
 
     def read_folder(self, recipe, data_dir, features):
         from npubuild.kinds.kws.folder import read_kws_folder
@@ -116,7 +116,7 @@ class KeywordSpotting(ModelKind):
         if {"test", "test_rec"} <= set(sets):
             result["gap_int8_points"] = round(100 * (sets["test"]["int8"]["accuracy"]
                                                      - sets["test_rec"]["int8"]["accuracy"]), 2)
-        from npubuild.kinds.kws.engine_out import scores_json
+        from npubuild.kinds.kws.held_out_engine import scores_json
 
         path = scores_json(paths)
         if path.is_file():

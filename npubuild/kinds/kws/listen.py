@@ -124,13 +124,13 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
            build_dir: Path | None = None, block_ms: int = 100) -> ListenResult:
     """Run the shipped model of `profile` over a WAV file as firmware would, `block_ms` of audio at a time.
 
-    WAV policy (`kws_data.read_wav`): stereo is averaged, other rates are resampled to the front end's."""
+    WAV policy (`audio.read_wav`): stereo is averaged, other rates are resampled to the front end's."""
     import warnings
 
     import scipy.io.wavfile
 
     from npubuild.config import resolve_models, resolve_targets
-    from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws.audio import read_wav
     from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, model)[0]
@@ -143,7 +143,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
     resolve_settings(recipe, DetectorSettings(some_stride, 1, 0.5, 0), **overrides)  # bad options first
     with warnings.catch_warnings():  # scipy warns about chunks it skips; an unreadable file is one error line
         warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
-        audio = kws_data.read_wav(Path(wav), fe.sample_rate)
+        audio = read_wav(Path(wav), fe.sample_rate)
     paths = shipped_paths(root, recipe, profile, build_dir)
     tuned = tuned_settings(detector_json(paths, recipe.ship)) if recipe.detector is not None else None
     settings = resolve_settings(recipe, tuned, **overrides)

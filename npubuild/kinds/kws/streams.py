@@ -14,16 +14,13 @@ window is a wrong word; on an unknown word's window, a detection on an unknown w
 window, a stray detection. "In order" counts the detected keywords whose detection came after the
 previous detected keyword's: what a command sequence needs.
 
-`folder_streams` makes real-speech streams from a folder of recordings in the Speech Commands layout
-(the same speaker's keywords in a row where the folder has several of them, the rest mixed, with a
-share of the folder's other words among them) for `invoke bench --part streams`.
+Streams of real recordings, and the benchmark on them, are in `real_streams`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -131,78 +128,3 @@ def sum_counts(rows: Sequence[dict]) -> dict:
         for key, value in row.items():
             out[key] = out.get(key, [] if isinstance(value, list) else 0) + value
     return out
-
-
-# --------------------------------------------------------------------------- real-speech streams
-
-
-@dataclass
-class StreamSet:
-    """Real-speech streams of a folder: each a list of (clip, label) to compose, and noise to lay them on
-    and to run alone."""
-
-    streams: list[list[tuple[np.ndarray, int]]]
-    noise: list[np.ndarray]  # background recordings, each at least 1 s
-    same_speaker_words: int  # keywords in streams of one speaker
-    mixed_words: int  # keywords in streams of several speakers
-    unknown_words: int
-
-
-def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown_every: int = 5,
-                   seed: int = 0) -> StreamSet:
-    """Streams of the keyword clips of a Speech Commands-layout folder: each speaker's keywords in
-    streams of up to `words_per_stream` in a random order; speakers with a single keyword are pooled
-    into mixed streams. One of the folder's other words (`_unknown_/` or non-keyword folders) after
-    every `unknown_every` keywords. Noise: `_background_noise_/` files and `_silence_/` clips."""
-    from npubuild.errors import BuildError
-    from npubuild.kinds.kws.data import fit_clip, read_wav, speaker_id
-
-    fe = recipe.frontend
-    rng = np.random.default_rng(seed)
-    if not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-
-    def load(path: Path) -> np.ndarray:
-        audio = read_wav(path, fe.sample_rate)
-        return (audio - audio.mean()).astype(np.float32)
-
-    by_speaker: dict[str, list[tuple[Path, int]]] = {}
-    unknown: list[Path] = []
-    noise: list[np.ndarray] = []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        wavs = sorted(folder.glob("*.wav"))
-        if folder.name in recipe.keywords:
-            for path in wavs:
-                by_speaker.setdefault(speaker_id(path.name), []).append((path, recipe.labels.index(folder.name)))
-        elif folder.name in ("_silence_", "_background_noise_"):
-            noise += [a for a in (load(p) for p in wavs) if len(a) >= fe.clip_samples]
-        elif not folder.name.startswith("_") or folder.name == "_unknown_":
-            unknown += wavs
-    if not by_speaker:
-        raise BuildError(f"{data_dir}: no keyword clips (one folder per keyword: {', '.join(recipe.keywords)})")
-    if not noise:
-        raise BuildError(f"{data_dir}: no background noise (_background_noise_/ or _silence_/ clips of 1 s or more)")
-    groups, pool = [], []
-    for speaker in sorted(by_speaker):
-        clips = by_speaker[speaker]
-        if len(clips) < 2:
-            pool += clips
-            continue
-        order = rng.permutation(len(clips))
-        groups += [[clips[i] for i in order[k:k + words_per_stream]] for k in range(0, len(order), words_per_stream)]
-    same = sum(len(g) for g in groups)
-    order = rng.permutation(len(pool))
-    groups += [[pool[i] for i in order[k:k + words_per_stream]] for k in range(0, len(order), words_per_stream)]
-    unknown_label = recipe.labels.index("_unknown_")
-    unknown_order = list(rng.permutation(len(unknown)))
-    streams, used_unknown = [], 0
-    for group in groups:
-        stream = []
-        for n, (path, label) in enumerate(group, start=1):
-            stream.append((cut_to_speech(fit_clip(load(path), fe.clip_samples), fe.sample_rate), label))
-            if unknown_order and n % unknown_every == 0:
-                path = unknown[unknown_order.pop()]
-                stream.append((cut_to_speech(fit_clip(load(path), fe.clip_samples), fe.sample_rate), unknown_label))
-                used_unknown += 1
-        streams.append(stream)
-    return StreamSet(streams, noise, same, len(pool), used_unknown)

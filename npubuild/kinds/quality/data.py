@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.errors import BuildError
-from npubuild.stages import atomic_output, say
+from npubuild.stages import atomic_output
+from npubuild.terminal import say
 
 # Photos bundled in scikit-image 0.26's wheel (skimage/data/*.png|jpg), by loader name.
 # clock_motion is left out: it is motion-blurred already.
@@ -360,7 +361,7 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
     n_textures = max(4, count // 25)
     jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures, base_files)
             for c in range(-(-count // CHUNK))]
-    from npubuild.stages import Progress
+    from npubuild.terminal import Progress
 
     progress = Progress(count, f"{split} images made")
     parts = []

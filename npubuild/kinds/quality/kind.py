@@ -79,7 +79,7 @@ class ImageQuality(ModelKind):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, recipe, model, tflite, features, out):
-        from npubuild.kinds.quality.evaluate import evaluate_heads
+        from npubuild.kinds.quality.head_metrics import evaluate_heads
 
         evaluate_heads(recipe, model, tflite, self.load_split(recipe, features, "val"),
                        self.load_split(recipe, features, "test"), out)
@@ -96,7 +96,7 @@ class ImageQuality(ModelKind):
         """The camera-like gap, and per severity band what each head flagged (INT8, the build's thresholds)."""
         import json
 
-        from npubuild.kinds.quality.evaluate import bands_of_split
+        from npubuild.kinds.quality.head_metrics import bands_of_split
 
         sets = result["sets"]
         if {"test", "test_cam"} <= set(sets):
@@ -115,7 +115,7 @@ class ImageQuality(ModelKind):
 
     def score(self, recipe, model, tflite, x, y, evaluation):
         """Per head, at the thresholds the build chose on its validation split."""
-        from npubuild.kinds.quality.evaluate import fp32_scores, int8_head_scores, score_set
+        from npubuild.kinds.quality.head_metrics import fp32_scores, int8_head_scores, score_set
 
         heads = list(recipe.heads)
         int8, _ = int8_head_scores(tflite, x)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.stages import say, write_json
+from npubuild.stages import write_json
+from npubuild.terminal import say
 
 
 def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:

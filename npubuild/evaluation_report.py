@@ -51,8 +51,8 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     """Evaluate the shipped model of `profile` (trained on the built-in data) on `data_dir`, or
     on the built-in test sets; write the JSON, Markdown and confusion PNG; return the JSON.
     With `target`, the report also gives what the model costs there (from its memory report)."""
+    from npubuild.optimization_recipes import RECIPES
     from npubuild.pipeline import Layout, shipped_paths
-    from npubuild.techniques import RECIPES
 
     layout = Layout.for_project(root, build_dir, assets_dir)
     recipes = resolve_models(layout.root, model)

@@ -1,4 +1,4 @@
-"""Firmware kit on the smoke build: operators to register, golden vectors, TFLM parity."""
+"""Firmware files of the smoke build: operators to register, golden vectors, TFLM parity."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from npubuild.config import load_recipe
-from npubuild.firmware_kit import compiled_operators, quantized_test_inputs, run_litert, tflm_method
+from npubuild.golden_vectors import quantized_test_inputs, run_litert
+from npubuild.op_resolver import compiled_operators, tflm_method
 from npubuild.tflite_file import io_tensors
 
 from .conftest import TARGET

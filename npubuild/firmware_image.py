@@ -135,9 +135,9 @@ def regions(target: Target) -> list[dict]:
         out.append({"name": REGION[memory], "attributes": "rx" if memory == "flash" else "rwx",
                     "origin": f"0x{region.origin:08X}", "length": region.budget_bytes,
                     "comment": f"{memory}: {region.ml_share:g} of {region.region}"})
-    for kind, region in (("code", target.image.code), ("data", target.image.data)):
-        out.append({"name": kind.upper(), "attributes": "rx" if kind == "code" else "rwx",
-                    "origin": f"0x{region.origin:08X}", "length": region.bytes, "comment": region.region})
+    for name, attributes, region in (("CODE", "rx", target.image.code), ("DATA", "rwx", target.image.data)):
+        out.append({"name": name, "attributes": attributes, "origin": f"0x{region.origin:08X}", "length": region.bytes,
+                    "comment": region.region})
     return out
 
 
@@ -306,21 +306,21 @@ def compare(report: dict, context: dict, link: Link) -> dict:
         if not isinstance(total, dict):
             continue
         for part in total["parts"]:
-            kind, owner = part.get("kind"), symbol_of.get(part["models"][0], part["models"][0])
+            what, owner = part.get("kind"), symbol_of.get(part["models"][0], part["models"][0])
             stub = 0
-            if kind == "model":
+            if what == "model":
                 elf_bytes, where = model_fp.get(f"{owner}_model"), ".npu_model"
-            elif kind == "app_code":
+            elif what == "app_code":
                 where = f".app_code.{owner}"
                 elf_bytes, stub = size(where) + size(f".app_data.{owner}"), stubs.get(where, 0)
-            elif kind == "app_buffers":
+            elif what == "app_buffers":
                 elf_bytes, where = size(f".app_data.{owner}") + size(f".app_bss.{owner}"), f".app_bss.{owner}"
             else:
                 where = by_part.get((memory, part["part"]))
                 elf_bytes = symbols[where]["size"] if where in symbols else None
             difference = None if elf_bytes is None else elf_bytes - part["bytes"]
             explained = bool(stub) and difference is not None and 0 < difference <= stub + 15
-            rows.append({"memory": memory, "part": part["part"], "kind": kind, "report_bytes": part["bytes"],
+            rows.append({"memory": memory, "part": part["part"], "kind": what, "report_bytes": part["bytes"],
                          "elf_bytes": elf_bytes, "elf": where, "linker_stub_bytes": stub,
                          "equal": difference == 0, "ok": difference == 0 or explained})
     totals = []

@@ -52,10 +52,12 @@ def _count(option: str, value) -> int | None:
     "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
     "base-images": "image models: a folder of your own clean photos, degraded into the training data in place "
                    "of the built-in bases",
+    "voice-bank": "with --data-dir (kws): train on your recordings and the built-in voice bank together, "
+                  "[mix] real_share of each epoch from the recordings (default: the recipe's [mix] voice_bank)",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
           dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None, base_images=None,
-          models_at_once=None):
+          models_at_once=None, voice_bank=False):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.datasets import data_dir_for
     from npubuild.kinds.base import BaseImagesDir
@@ -73,7 +75,7 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         data_dir=data_dir,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
         dry_run=dry_run, jobs=_count("jobs", jobs), replace_assets=replace_assets,
-        models_at_once=_count("models-at-once", models_at_once),
+        models_at_once=_count("models-at-once", models_at_once), voice_bank=True if voice_bank else None,
     )
 
 

@@ -410,6 +410,15 @@ class KerasSettings:
 
 
 @dataclass(frozen=True)
+class MixSettings:
+    """`[mix]` of a recipe whose kind can train on a labelled folder together with its built-in data
+    (keyword spotting: your recordings and the voice bank; `invoke build --data-dir DIR --voice-bank`)."""
+
+    voice_bank: bool = False  # a --data-dir build mixes in the built-in data without being asked
+    real_share: float = 0.5  # share of each training epoch drawn from the folder's clips
+
+
+@dataclass(frozen=True)
 class DetectorSettings:
     """Streaming keyword detection (`[detector]`), as firmware and `invoke listen` run it: the model
     runs every `stride_ms` on the last second of audio; a keyword is reported when its posterior,
@@ -459,6 +468,7 @@ class Recipe:
     source: Path
     detector: DetectorTuning | None = None  # keyword spotting only; None: no streaming detector
     keras: KerasSettings | None = None  # kind "keras": the user's model and data
+    mix: MixSettings = MixSettings()  # a labelled folder with the built-in data (kinds that mix them)
 
     @property
     def task(self) -> str:
@@ -515,7 +525,7 @@ def load_recipe(path: Path) -> Recipe:
 
     table = dict(read_toml(path))
     subtables = {name: table.pop(name, None) for name in ("frontend", "image", "optimize", "profiles", "detector",
-                                                           "keras")}
+                                                           "keras", "mix")}
     top = _take(path, table, _RecipeTop)
     if top.kind and top.task and top.kind != top.task:
         raise BuildError(f"{path}: field 'task' {top.task!r} contradicts field 'kind' {top.kind!r} (give 'kind')")
@@ -576,10 +586,19 @@ def load_recipe(path: Path) -> Recipe:
             raise BuildError(f"{path}: field 'image.alpha' must be in (0, 1.4]")
     detector = (_load_detector(path, subtables["detector"], frontend) if subtables["detector"] is not None
                 else None)
+    mix = MixSettings()
+    if subtables["mix"] is not None:
+        if not kind.mixes_builtin_data:
+            raise BuildError(f"{path}: table '[mix]' is for kinds with built-in data to mix (kind {kind_name} has none)")
+        if not isinstance(subtables["mix"], dict):
+            raise BuildError(f"{path}: field 'mix' must be a table")
+        mix = _take(path, subtables["mix"], MixSettings, prefix="mix.")
+        if not 0.0 < mix.real_share <= 1.0:
+            raise BuildError(f"{path}: field 'mix.real_share' must be in (0, 1], got {mix.real_share!r}")
     recipe = Recipe(name=top.name, description=top.description, kind=kind_name, architecture=top.architecture,
                     labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
                     frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
-                    detector=detector, keras=keras)
+                    detector=detector, keras=keras, mix=mix)
     problem = kind.check_recipe(recipe)
     if problem:
         raise BuildError(f"{path}: field '{problem[0]}' {problem[1]}")

@@ -104,7 +104,8 @@ def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int,
     note = timing_note(history.timing, "fine-tuning")
     if note:
         say(note)
-    return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
+    per_epoch = get_kind(recipe.kind).epoch_samples(recipe, features, rows, len(x))
+    return {"seconds": round(seconds, 1), "samples_per_second": round(per_epoch * epochs / seconds, 1),
             "timing": history.timing,
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
 
@@ -227,7 +228,8 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
         x, y = x[pick], y[pick]
     model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
     epochs = profile.step_epochs(plan.step)
-    steps = epochs * int(np.ceil(len(x) / profile.batch_size))
+    per_epoch = get_kind(recipe.kind).epoch_samples(recipe, features, pick, len(x))
+    steps = epochs * int(np.ceil(per_epoch / profile.batch_size))
     say(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs")
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
     seed = [recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)]

@@ -97,17 +97,23 @@ class BuildSummary:
 
 
 def dataset_id(data_dir: Path | None) -> str:
-    from npubuild.kinds.base import BaseImagesDir
+    from npubuild.kinds.base import BaseImagesDir, WithBuiltinData
 
     if data_dir is None:
         return "builtin"
-    prefix = "bases-" if isinstance(data_dir, BaseImagesDir) else "dir-"
+    prefix = ("bases-" if isinstance(data_dir, BaseImagesDir) else
+              "mix-" if isinstance(data_dir, WithBuiltinData) else "dir-")
     return prefix + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def dataset_label(data_dir: Path | None) -> str:
     """How headers and reports name the data a model was trained on (no absolute path)."""
-    return "builtin" if data_dir is None else f"{data_dir.resolve().name} ({dataset_id(data_dir)})"
+    from npubuild.kinds.base import WithBuiltinData
+
+    if data_dir is None:
+        return "builtin"
+    also = " and the built-in data" if isinstance(data_dir, WithBuiltinData) else ""
+    return f"{data_dir.resolve().name}{also} ({dataset_id(data_dir)})"
 
 
 def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
@@ -126,10 +132,36 @@ def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | No
 
 def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
                log: Callable[[str], None] = print) -> Stage:
+    """The data stage of `recipe` for `data_dir`; with a `WithBuiltinData` folder it reads the built-in
+    data stage's file (`data_stages` runs that one first)."""
+    from npubuild.kinds.base import WithBuiltinData
 
-    plan = get_kind(recipe.kind).data_plan(recipe, recipe.profile(profile), data_dir, paths.features, log)
-    return Stage(name=f"data {recipe.name}", version=3, inputs=(), params=plan.params, outputs=(paths.features,),
-                 tools=plan.tools, action=plan.action, code=(*plan.code, *_kind_module(recipe)))
+    kind = get_kind(recipe.kind)
+    extra = {}
+    if isinstance(data_dir, WithBuiltinData):
+        if not kind.mixes_builtin_data:
+            raise BuildError(f"{recipe.source}: {recipe.name} ({kind.name}) has no built-in data to mix with "
+                             f"{data_dir}")
+        extra["builtin"] = builtin_paths(paths, recipe).features
+    plan = kind.data_plan(recipe, recipe.profile(profile), data_dir, paths.features, log, **extra)
+    return Stage(name=f"data {recipe.name}", version=3, inputs=plan.inputs, params=plan.params,
+                 outputs=(paths.features,), tools=plan.tools, action=plan.action,
+                 code=(*plan.code, *_kind_module(recipe)))
+
+
+def builtin_paths(paths: ModelPaths, recipe: Recipe) -> ModelPaths:
+    """The paths of the same model and profile on the built-in data (beside `paths`)."""
+    return ModelPaths(paths.base.parent / dataset_id(None), recipe.name)
+
+
+def data_stages(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
+                log: Callable[[str], None] = print) -> list[Stage]:
+    """The data stages to run in order: the built-in data's first when `data_dir` mixes it in."""
+    from npubuild.kinds.base import WithBuiltinData
+
+    first = ([data_stage(recipe, profile, None, builtin_paths(paths, recipe), log)]
+             if isinstance(data_dir, WithBuiltinData) else [])
+    return [*first, data_stage(recipe, profile, data_dir, paths, log)]
 
 
 def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
@@ -402,6 +434,25 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
     return layout, recipes, targets, Cache(layout.root, log, dry_run=dry_run)
 
 
+def mixed_data_dir(recipes: list[Recipe], data_dir: Path | None, voice_bank: bool | None) -> Path | None:
+    """`data_dir` as the build uses it: a `WithBuiltinData` folder when the built-in data is to be mixed in
+    (`voice_bank` True, or None and every recipe's `[mix] voice_bank` says so), else as given."""
+    from npubuild.kinds.base import BaseImagesDir, WithBuiltinData
+
+    if data_dir is None or isinstance(data_dir, (BaseImagesDir, WithBuiltinData)):
+        if voice_bank and data_dir is None:
+            raise BuildError("--voice-bank: give --data-dir too (the recordings to mix with the voice bank)")
+        return data_dir
+    wanted = voice_bank if voice_bank is not None else bool(recipes) and all(r.mix.voice_bank for r in recipes)
+    if not wanted:
+        return data_dir
+    for recipe in recipes:
+        if not get_kind(recipe.kind).mixes_builtin_data:
+            raise BuildError(f"--voice-bank: model {recipe.name} ({get_kind(recipe.kind).name}) has no built-in "
+                             f"data to mix with {data_dir}; name a keyword model with --model")
+    return WithBuiltinData(data_dir)
+
+
 def _check_writable(folder: Path) -> None:
     """Fail before any work when an output folder cannot be written (not at the end of a long build)."""
     import tempfile
@@ -422,7 +473,8 @@ def _check_writable(folder: Path) -> None:
 def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
                 techniques: list[str], should_stop: Callable[[], bool] = lambda: False) -> ModelPaths:
     paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
-    cache.run(data_stage(recipe, profile, data_dir, paths, cache.log))
+    for stage in data_stages(recipe, profile, data_dir, paths, cache.log):
+        cache.run(stage)
     stages = model_stages(recipe, profile, paths, techniques)
     for i, stage in enumerate(stages, start=1):  # a compare sweep says how far it is
         _check_stop(should_stop)
@@ -464,7 +516,7 @@ def _models_to_build(layout: Layout, recipes: list[Recipe], profile: str, data_d
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
           jobs: int | None = None, replace_assets: bool = False, models_at_once: int | None = None,
-          log: Callable[[str], None] = print) -> BuildSummary:
+          voice_bank: bool | None = None, log: Callable[[str], None] = print) -> BuildSummary:
     """Build every stage that is out of date for the models and targets asked for.
 
     With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
@@ -472,22 +524,24 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     stage chains run side by side, each in a process of its own (default: one per CPU; 1: one
     after another in this process). One build at a time per build folder (a second one stops
     with a clear message). Assets another profile or dataset made are replaced only with
-    `replace_assets`.
+    `replace_assets`. `voice_bank`: train on `data_dir` and the built-in data together (None: as the
+    recipes' `[mix]` say; `mixed_data_dir`).
     """
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir, enabled=not dry_run):
         return _build(root, model=model, target=target, profile=profile, data_dir=data_dir, build_dir=build_dir,
                       assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, replace_assets=replace_assets,
-                      models_at_once=models_at_once, log=log)
+                      models_at_once=models_at_once, voice_bank=voice_bank, log=log)
 
 
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
            assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
-           models_at_once: int | None, log: Callable[[str], None]) -> BuildSummary:
+           models_at_once: int | None, log: Callable[[str], None], voice_bank: bool | None = None) -> BuildSummary:
     from npubuild.report import check_budget, over_budget
 
     start = time.perf_counter()
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
                                              dry_run, log)
+    data_dir = mixed_data_dir(recipes, data_dir, voice_bank)
     provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     slots = 1 if dry_run else min(len(recipes), models_at_once or os.cpu_count() or 1)
@@ -666,6 +720,7 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     start = time.perf_counter()
     layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
                                                  False, log)
+    data_dir = mixed_data_dir(recipes, data_dir, None)
     techniques = techniques or list(RECIPES)
     unknown = [t for t in techniques if t not in RECIPES]
     if unknown:

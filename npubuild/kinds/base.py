@@ -23,6 +23,11 @@ class BaseImagesDir(type(Path())):
     labelled folder (`--data-dir`). A path like any other; its type tells the two apart."""
 
 
+class WithBuiltinData(type(Path())):
+    """A labelled folder (`--data-dir`) to train on together with the kind's built-in data (`--voice-bank`
+    for keyword spotting): the data stage mixes them (`ModelKind.mixes_builtin_data`)."""
+
+
 @dataclass
 class DataPlan:
     """How a kind makes its data stage: what the features depend on, and the action writing them."""
@@ -31,6 +36,7 @@ class DataPlan:
     tools: tuple[str, ...]
     action: Callable[[], None]
     code: tuple[str, ...]
+    inputs: tuple[Path, ...] = ()  # files the action reads besides the recipe's data (the built-in data)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ModelKind:
     profile_sizes: tuple[str, ...] = ()  # profile fields that size its dataset (must be positive)
     architectures: tuple[str, ...] = ()  # `architecture` values it builds; empty: the recipe names its model
     takes_base_images = False  # builds its data from a folder of clean photos (`--base-images`)
+    mixes_builtin_data = False  # can train on a labelled folder and its built-in data together
     metric_note = "Accuracy is top-1"
     folder_help = "a labelled folder"
 
@@ -78,7 +85,9 @@ class ModelKind:
 
     # ------------------------------------------------------------------ data
 
-    def data_plan(self, recipe, profile, data_dir: Path | None, out: Path, log) -> DataPlan:
+    def data_plan(self, recipe, profile, data_dir: Path | None, out: Path, log, builtin: Path | None = None) -> DataPlan:
+        """How the data stage makes `out`. `builtin`: with a `WithBuiltinData` folder, the built-in data
+        stage's file (made first), to mix in."""
         raise NotImplementedError
 
     def load_split(self, recipe, features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +120,15 @@ class ModelKind:
         """None when every epoch takes the training split's inputs as they are (`train.fit_epochs` only
         shuffles them); otherwise a function (epoch, rng) -> the inputs of that epoch, row for row the
         training split (`rows` of it when given): augmentation drawn afresh every epoch, with `rng`
-        (seeded per epoch)."""
+        (seeded per epoch). The function may also return (inputs, rows): inputs as many as the split's
+        rows, each the row of the split (of `rows` when given) whose labels it takes, for a kind that
+        draws its own mix of rows per epoch."""
         return None
+
+    def epoch_samples(self, recipe, features: Path, rows: np.ndarray | None, rows_count: int) -> int:
+        """How many samples one training epoch draws (`epoch_inputs`); the split's rows unless the kind
+        draws its own."""
+        return rows_count
 
     def search_space(self, recipe, technique: str) -> dict[str, tuple]:
         """Extra settings `invoke fit` may search for `technique`, beyond the optimization steps' own:

@@ -38,13 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.config import Profile, Recipe
-from npubuild.errors import BuildError
 from npubuild.kinds.kws.audio import (
     WavNotes,
-    fit_clip,
     make_noise,
     perturb_voice,
-    read_wav,
     recording_like,
     resample,
 )
@@ -283,215 +280,39 @@ def builtin_features(recipe: Recipe, profile: Profile,
     return data
 
 
-# --------------------------------------------------------------------------- Speech Commands v2
-
-# The Speech Commands recipe: silence and unknown each 10% of the keyword clips
-# of a split; background noise mixed into training clips with probability 0.8
-# at volume up to 0.1; training clips shifted by up to 100 ms.
-SC_SILENCE_PERCENT = 10
-SC_UNKNOWN_PERCENT = 10
-SC_BACKGROUND_VOLUME = 0.1
-SC_TIME_SHIFT_S = 0.1
-
-
-# Without the folder's own lists, split as Speech Commands made them (`which_set` in TensorFlow's
-# speech_commands/input_data.py): SHA-1 of the speaker id, the file name before `_nohash_`, modulo
-# 2**27, as a percentage: 10% validation, 10% testing. One speaker's clips all land in one split,
-# and a clip keeps its split when files are added. (TensorFlow hashes the whole file name when it has
-# no `_nohash_`; here the stem, so `a.wav` and `a.flac` would agree: no clip of Speech Commands differs.)
-SC_VALIDATION_PERCENT = 10
-SC_TESTING_PERCENT = 10
-_MAX_NUM_WAVS_PER_CLASS = 2**27 - 1
-_NOHASH = "_nohash_"
-
-
-def speaker_id(filename: str) -> str:
-    """The part of a clip's file name before `_nohash_`; the whole stem when there is none."""
-    name = Path(filename).name
-    return name.partition(_NOHASH)[0] if _NOHASH in name else Path(name).stem
-
-
-def hash_split(filename: str) -> str:
-    """train, val or test for a clip, from a stable hash of its speaker id (Speech Commands' rule)."""
-    import hashlib
-
-    digest = int(hashlib.sha1(speaker_id(filename).encode()).hexdigest(), 16)
-    percent = (digest % (_MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / _MAX_NUM_WAVS_PER_CLASS)
-    if percent < SC_VALIDATION_PERCENT:
-        return "val"
-    if percent < SC_VALIDATION_PERCENT + SC_TESTING_PERCENT:
-        return "test"
-    return "train"
-
-
-@dataclass(frozen=True)
-class SplitRule:
-    """How a Speech Commands folder's clips are dealt to splits: its `validation_list.txt` and
-    `testing_list.txt` (None when the file is missing), and the speaker hash for what they leave open."""
-
-    val_list: frozenset[str] | None
-    test_list: frozenset[str] | None
-
-    @classmethod
-    def for_folder(cls, data_dir: Path) -> SplitRule:
-        def read(name: str) -> frozenset[str] | None:
-            path = data_dir / name
-            return frozenset(path.read_text().split()) if path.is_file() else None
-
-        return cls(read("validation_list.txt"), read("testing_list.txt"))
-
-    def split_of(self, rel: str) -> str:
-        """The split of the clip at `rel` ("word/file.wav"). A split that has its list takes only the
-        clips listed; the hash's share of it goes to training."""
-        if self.val_list is not None and rel in self.val_list:
-            return "val"
-        if self.test_list is not None and rel in self.test_list:
-            return "test"
-        hashed = hash_split(rel)
-        listed = {"val": self.val_list is not None, "test": self.test_list is not None}
-        return "train" if hashed == "train" or listed[hashed] else hashed
-
-    def note(self) -> str:
-        """One line for the data stage's log when a list is missing ("" when both are there)."""
-        if self.val_list is not None and self.test_list is not None:
-            return ""
-        if self.val_list is None and self.test_list is None:
-            return (f"no validation_list.txt / testing_list.txt: split by a hash of the speaker id "
-                    f"({SC_VALIDATION_PERCENT}% val, {SC_TESTING_PERCENT}% test)")
-        missing, given, percent = (("testing_list.txt", "validation_list.txt", f"{SC_TESTING_PERCENT}% test")
-                                   if self.test_list is None else
-                                   ("validation_list.txt", "testing_list.txt", f"{SC_VALIDATION_PERCENT}% val"))
-        return f"no {missing}: {given} as given, the other clips split by a hash of the speaker id ({percent})"
-
-
-def speech_commands_dataset(recipe: Recipe, data_dir: Path,
-                            notes: WavNotes | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read a Speech Commands v2 folder: one folder per word, `_background_noise_/`,
-    `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips; without
-    a list, by Speech Commands' speaker hash: `SplitRule`)."""
-    if not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-    fe = recipe.frontend
-    rng = np.random.default_rng([recipe.seed, 3])
-    rule = SplitRule.for_folder(data_dir)
-    if notes is not None:
-        notes.split_rule = rule.note()
-    word_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    for keyword in recipe.keywords:
-        folder = data_dir / keyword
-        if not folder.is_dir() or not any(folder.glob("*.wav")):
-            raise BuildError(f"{folder}: no .wav clips for keyword '{keyword}'")
-    noise_files = sorted((data_dir / "_background_noise_").glob("*.wav"))
-    noises = [read_wav(p, fe.sample_rate) for p in noise_files]
-    noises = [n for n in noises if len(n) >= fe.clip_samples]
-
-    files: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
-    unknown: dict[str, list[Path]] = {s: [] for s in SPLITS}
-    unknown_label, silence_label = recipe.labels.index("_unknown_"), recipe.labels.index("_silence_")
-    for folder in word_dirs:
-        for wav in sorted(folder.glob("*.wav")):
-            rel = f"{folder.name}/{wav.name}"
-            split = rule.split_of(rel)
-            if folder.name in recipe.keywords:
-                files[split].append((wav, recipe.labels.index(folder.name)))
-            else:
-                unknown[split].append(wav)
-
-    def noise_crop(volume: float) -> np.ndarray:
-        if not noises:
-            return np.zeros(fe.clip_samples, np.float32)
-        noise = noises[rng.integers(len(noises))]
-        start = rng.integers(0, len(noise) - fe.clip_samples + 1)
-        return noise[start:start + fe.clip_samples] * volume
-
-    data = {}
-    for split in SPLITS:
-        n_kw = len(files[split])
-        n_unknown = min(len(unknown[split]), math.ceil(n_kw * SC_UNKNOWN_PERCENT / 100))
-        picks = [unknown[split][i] for i in sorted(rng.permutation(len(unknown[split]))[:n_unknown])]
-        entries = files[split] + [(p, unknown_label) for p in picks]
-        clips, labels = [], []
-        for path, label in entries:
-            audio = read_wav(path, fe.sample_rate, notes)
-            if notes is not None:
-                notes.count_length(len(audio), fe.clip_samples)
-            audio = fit_clip(audio, fe.clip_samples)
-            if split == "train":
-                shift = int(rng.integers(-int(SC_TIME_SHIFT_S * fe.sample_rate), int(SC_TIME_SHIFT_S * fe.sample_rate) + 1))
-                audio = np.roll(audio, shift)
-                if shift > 0:
-                    audio[:shift] = 0
-                elif shift < 0:
-                    audio[shift:] = 0
-                if rng.random() < 0.8:
-                    audio = audio + noise_crop(rng.uniform(0, SC_BACKGROUND_VOLUME))
-            clips.append(np.clip(audio, -1, 1))
-            labels.append(label)
-        for _ in range(math.ceil(n_kw * SC_SILENCE_PERCENT / 100)):
-            clips.append(np.clip(noise_crop(rng.uniform(0, 1.0)), -1, 1))
-            labels.append(silence_label)
-        if not clips:
-            hint = ("check validation_list.txt / testing_list.txt" if not rule.note() else
-                    "the speaker hash sent no speaker there: add validation_list.txt / testing_list.txt, or speakers")
-            raise BuildError(f"{data_dir}: split '{split}' has no clips ({hint})")
-        data[split] = (np.stack(clips).astype(np.float32), np.array(labels, np.int32))
-    return data
-
-
-def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: int) -> list[tuple[Path, int]]:
-    """(file, label) of up to `per_keyword` validation clips of each keyword and `unknown` of other words
-    (spread over the other words) from a Speech Commands folder's validation split (`SplitRule`)."""
-    rule = SplitRule.for_folder(data_dir)
-    if rule.val_list is not None:
-        val_list = sorted(rule.val_list)
-    else:
-        val_list = sorted(f"{p.parent.name}/{p.name}" for p in data_dir.glob("*/*.wav")
-                          if not p.parent.name.startswith("_") and rule.split_of(f"{p.parent.name}/{p.name}") == "val")
-    by_word: dict[str, list[Path]] = {}
-    for rel in val_list:
-        word = rel.split("/")[0]
-        if (data_dir / rel).is_file() and not word.startswith("_"):
-            by_word.setdefault(word, []).append(data_dir / rel)
-    picked = []
-    for keyword in recipe.keywords:
-        picked += [(path, recipe.labels.index(keyword)) for path in by_word.get(keyword, [])[:per_keyword]]
-    others = [w for w in sorted(by_word) if w not in recipe.keywords]
-    unknown_label = recipe.labels.index("_unknown_")
-    for i in range(unknown):
-        if not others:
-            break
-        word = others[i % len(others)]
-        if i // len(others) < len(by_word[word]):
-            picked.append((by_word[word][i // len(others)], unknown_label))
-    return picked
-
-
-def fingerprint_dir(data_dir: Path) -> str:
-    """A cheap identity of a data folder: every file's relative path, size and mtime."""
-    from npubuild.stages import folder_fingerprint
-
-    if not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-    return folder_fingerprint(data_dir)
-
-
 def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path,
-                   log: Callable[[str], None] = print) -> None:
+                   log: Callable[[str], None] = print, *, builtin: Path | None = None,
+                   real_share: float = 0.5) -> None:
     """The data stage: clips -> MFCC features per split, with the training split's statistics.
-    For a folder of recordings, says once what the read policy converted."""
+    For a folder of recordings (`recordings`), says once what the read policy converted; with `builtin`
+    (the built-in data stage's file), the voice bank's training split goes in too, `real_share` of each
+    training epoch drawn from the recordings (`EpochInputs`)."""
     from npubuild.kinds.kws.frontend import mfcc_batched
     from npubuild.stages import atomic_output
 
     arrays = {}
     if data_dir:
+        from npubuild.kinds.kws.recordings import render_training, speech_commands_dataset
+
         notes = WavNotes()
-        data = speech_commands_dataset(recipe, data_dir, notes)
+        recorded = speech_commands_dataset(recipe, data_dir, notes)
         log(f"  {data_dir}: {notes.summary(recipe.frontend.sample_rate)}")
         if notes.split_rule:
             log(f"  {data_dir}: {notes.split_rule}")
-        for split, (audio, labels) in data.items():
-            arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)
-            arrays[f"y_{split}"] = labels
+        audio, labels = recorded.splits["train"]
+        variants = max(1, profile.train_variants)
+        train = render_training(recipe, audio, labels, recorded.noise, variants)
+        arrays["x_train"], arrays["y_train"] = train[0], labels
+        if variants > 1:  # further renderings of the training clips, one per epoch
+            arrays["x_train_variants"] = train[1:]
+        for split in ("val", "test"):
+            audio, labels = recorded.splits[split]
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = mfcc_batched(audio, recipe.frontend), labels
+        # an epoch is at least what an epoch of the built-in data is: a small folder trains as long
+        arrays["epoch_samples"] = np.int64(profile.train_per_class * len(recipe.labels))
+        log(f"  {data_dir}: {len(arrays['y_train'])} training clips rendered {variants} times, "
+            f"{len(arrays['y_val'])} validation and {len(arrays['y_test'])} test clips; an epoch is "
+            f"{max(int(arrays['epoch_samples']), len(arrays['y_train']))} samples")
     else:
         for split, (features, labels, engines) in builtin_features(recipe, profile).items():
             arrays[f"x_{split}"] = features[0]
@@ -499,8 +320,24 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
                 arrays[f"x_{split}_variants"] = features[1:]
             arrays[f"y_{split}"] = labels
             arrays[f"e_{split}"] = engines
-    arrays["mean"] = arrays["x_train"].mean(axis=(0, 1)).astype(np.float32)
-    arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
+    mean = arrays["x_train"].mean(axis=(0, 1), dtype=np.float64)
+    var = arrays["x_train"].var(axis=(0, 1), dtype=np.float64)
+    if builtin is not None:
+        with np.load(builtin) as bank:
+            arrays["x_bank"], arrays["y_bank"] = bank["x_train"], bank["y_train"]
+            if "x_train_variants" in bank.files:
+                arrays["x_bank_variants"] = bank["x_train_variants"]
+        arrays["real_share"] = np.float32(real_share)
+        # the statistics of the training mixture: the recordings' and the bank's, weighted by their share
+        bank_mean = arrays["x_bank"].mean(axis=(0, 1), dtype=np.float64)
+        bank_var = arrays["x_bank"].var(axis=(0, 1), dtype=np.float64)
+        mixed = real_share * mean + (1 - real_share) * bank_mean
+        var = real_share * (var + mean**2) + (1 - real_share) * (bank_var + bank_mean**2) - mixed**2
+        mean = mixed
+        log(f"  voice bank: {len(arrays['y_bank'])} built-in training clips beside the recordings, "
+            f"{real_share:.0%} of each epoch from the recordings")
+    arrays["mean"] = mean.astype(np.float32)
+    arrays["std"] = (np.sqrt(var) + 1e-6).astype(np.float32)
     with atomic_output(out) as f:
         np.savez(f, **arrays)
 
@@ -527,7 +364,14 @@ def mask_features(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 
 class EpochInputs:
     """The training split as each epoch sees it: rendering `epoch mod renderings` (the data stage's
-    `x_train` and `x_train_variants`), standardised, with fresh masks (`mask_features`)."""
+    `x_train` and `x_train_variants`), standardised, with fresh masks (`mask_features`).
+
+    A folder of recordings stores how many samples an epoch is (`epoch_samples`: at least what an epoch
+    of the built-in data is, so a small folder still trains as long); with the voice bank in the file
+    (`x_bank`), `real_share` of them are recordings and the rest voice-bank clips. Such an epoch takes
+    the recordings in shuffled passes (continued from epoch to epoch) and the bank's clips drawn without
+    repeats, each source at its own rendering for the epoch; the call then returns (inputs, the row of
+    the split each input is)."""
 
     def __init__(self, features: Path, rows: np.ndarray | None) -> None:
         from npubuild.kinds.kws.frontend import standardise
@@ -536,17 +380,61 @@ class EpochInputs:
             renderings = [d["x_train"]]
             if "x_train_variants" in d.files:
                 renderings += list(d["x_train_variants"])
-            self.renderings = [standardise(r if rows is None else r[rows], d["mean"], d["std"]) for r in renderings]
+            n_real = len(d["y_train"])
+            self.bank, self.samples = None, None
+            if "x_bank" in d.files:
+                bank = [d["x_bank"], *(list(d["x_bank_variants"]) if "x_bank_variants" in d.files else [])]
+                self.bank = [standardise(r, d["mean"], d["std"]) for r in bank]
+            mixed = self.bank is not None or "epoch_samples" in d.files
+            if mixed:
+                self.share = float(d["real_share"]) if self.bank is not None else 1.0
+                self.samples = epoch_samples(features, rows)
+            self.renderings = [standardise(r if rows is None or mixed else r[rows], d["mean"], d["std"])
+                               for r in renderings]
+        if self.samples is not None:
+            n_bank = len(self.bank[0]) if self.bank is not None else 0
+            self.rows = np.arange(n_real + n_bank) if rows is None else np.asarray(rows)
+            self.real_at = np.flatnonzero(self.rows < n_real)  # positions in `rows` of recordings
+            self.bank_at = np.flatnonzero(self.rows >= n_real)
+            self.n_real = n_real
+            self._cycle: list[int] = []
 
-    def __call__(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
-        x = mask_features(rng, self.renderings[epoch % len(self.renderings)])
-        return x.reshape(len(x), -1)
+    def __call__(self, epoch: int, rng: np.random.Generator):
+        if self.samples is None:
+            x = mask_features(rng, self.renderings[epoch % len(self.renderings)])
+            return x.reshape(len(x), -1)
+        n = self.samples
+        k = int(round(self.share * n)) if len(self.bank_at) else n
+        k = k if len(self.real_at) else 0
+        while len(self._cycle) < k:  # recordings in shuffled passes, continued across epochs
+            self._cycle += list(rng.permutation(self.real_at))
+        real, self._cycle = np.array(self._cycle[:k], np.int64), self._cycle[k:]
+        bank = rng.choice(self.bank_at, n - k, replace=n - k > len(self.bank_at)) if n > k else real[:0]
+        parts = [self.renderings[epoch % len(self.renderings)][self.rows[real]]]
+        if self.bank is not None:
+            parts.append(self.bank[epoch % len(self.bank)][self.rows[bank] - self.n_real])
+        x = mask_features(rng, np.concatenate(parts))
+        return x.reshape(len(x), -1), np.concatenate([real, bank])
+
+
+def epoch_samples(features: Path, rows: np.ndarray | None) -> int:
+    """How many samples a training epoch is: the data file's `epoch_samples` (a folder of recordings),
+    else as many as the training split has rows (`rows` when given)."""
+    with np.load(features) as d:
+        if rows is not None:
+            return len(rows)
+        n = len(d["y_train"]) + (len(d["y_bank"]) if "y_bank" in d.files else 0)
+        return max(n, int(d["epoch_samples"])) if "epoch_samples" in d.files else n
 
 
 def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised, flattened features and labels of one split, as the model takes them."""
+    """Standardised, flattened features and labels of one split, as the model takes them; with the voice
+    bank in the file, the training split is the recordings followed by the bank's clips."""
     from npubuild.kinds.kws.frontend import standardise
 
     with np.load(features) as d:
-        x = standardise(d[f"x_{split}"], d["mean"], d["std"])
-        return x.reshape(len(x), -1), d[f"y_{split}"]
+        x, y = d[f"x_{split}"], d[f"y_{split}"]
+        if split == "train" and "x_bank" in d.files:
+            x, y = np.concatenate([x, d["x_bank"]]), np.concatenate([y, d["y_bank"]])
+        x = standardise(x, d["mean"], d["std"])
+        return x.reshape(len(x), -1), y

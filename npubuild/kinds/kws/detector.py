@@ -440,7 +440,9 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
             specs += [s for s in plan if s.label == recipe.labels.index(label)][:take]
         return (kws_data.synthesise(specs, fe.sample_rate, fe.clip_samples), [s.label for s in specs],
                 "validation voices of the built-in data")
-    files = kws_data.validation_files(recipe, data_dir, per_keyword, unknown)
+    from npubuild.kinds.kws.recordings import validation_files
+
+    files = validation_files(recipe, data_dir, per_keyword, unknown)
     audio = np.stack([fit_clip(read_wav(path, fe.sample_rate), fe.clip_samples)
                       for path, _ in files]) if files else np.zeros((0, fe.clip_samples), np.float32)
     return audio.astype(np.float32), [label for _, label in files], f"validation clips of {data_dir.name}"
@@ -494,8 +496,8 @@ def detector_json(paths, technique: str) -> Path:
 def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir: Path | None,
                    log: Callable[[str], None] = print):
     """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
-    from npubuild.kinds.kws import data as kws_data
     from npubuild.kinds.kws.engines import program_versions
+    from npubuild.kinds.kws.recordings import fingerprint_dir
     from npubuild.stages import Stage
 
     prof = recipe.profile(profile)
@@ -505,7 +507,7 @@ def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir
                 "clips_per_keyword": prof.detector_clips_per_keyword, "unknown_clips": prof.detector_unknown_clips,
                 "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
                 "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
-                "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir),
+                "source": "builtin" if data_dir is None else fingerprint_dir(data_dir),
                 **({"engines": program_versions()} if data_dir is None else {})},
         outputs=(detector_json(paths, technique),), tools=("ai-edge-litert", "espeakng-loader"),
         action=lambda: tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,

@@ -15,6 +15,7 @@ SIZES = ("train_per_class", "val_per_class", "test_per_class")
 
 class KeywordSpotting(ModelKind):
     name = "keyword_spotting"
+    mixes_builtin_data = True  # your recordings with the voice bank (`--voice-bank`, `[mix]`)
     label_field = "labels"
     tables = ("frontend",)
     profile_sizes = SIZES
@@ -33,7 +34,7 @@ class KeywordSpotting(ModelKind):
                         return f"profiles.{name}.{size}", "must be given and positive (the [detector] is tuned on it)"
         return None
 
-    def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:
+    def data_plan(self, recipe, profile, data_dir, out, log, builtin=None) -> DataPlan:
         from npubuild.kinds.kws import data
 
         params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
@@ -46,10 +47,18 @@ class KeywordSpotting(ModelKind):
                           engines=program_versions())
             tools = ("espeakng-loader", "scipy", "numpy")
         else:
-            params.update(source="speech_commands", fingerprint=data.fingerprint_dir(data_dir))
+            from npubuild.kinds.kws.recordings import fingerprint_dir
+
+            params.update(source="speech_commands", fingerprint=fingerprint_dir(data_dir),
+                          train_variants=profile.train_variants)
+            if builtin is not None:
+                params.update(voice_bank=True, real_share=recipe.mix.real_share)
             tools = ("scipy", "numpy")
-        return DataPlan(params, tools, lambda: data.build_features(recipe, profile, data_dir, out, log),
-                        ("kinds.kws.data",))
+        share = recipe.mix.real_share
+        return DataPlan(params, tools,
+                        lambda: data.build_features(recipe, profile, data_dir, out, log, builtin=builtin,
+                                                    real_share=share),
+                        ("kinds.kws.data", "kinds.kws.recordings"), inputs=(builtin,) if builtin else ())
 
     def load_split(self, recipe, features, split):
         """A split of the data stage's file, or `test_<engine>`: the test clips that engine spoke."""
@@ -71,6 +80,13 @@ class KeywordSpotting(ModelKind):
         from npubuild.kinds.kws.data import EpochInputs
 
         return EpochInputs(features, rows)
+
+    def epoch_samples(self, recipe, features, rows, rows_count):
+        """A folder of recordings trains at least as many samples an epoch as the built-in data (and with
+        the voice bank, the recordings and the bank's clips together: `data.EpochInputs`)."""
+        from npubuild.kinds.kws.data import epoch_samples
+
+        return epoch_samples(features, rows)
 
     def build_model(self, recipe):
         from npubuild.kinds.kws.model import ds_cnn_l

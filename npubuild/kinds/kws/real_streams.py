@@ -37,7 +37,7 @@ def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown
     every `unknown_every` keywords. Noise: `_background_noise_/` files and `_silence_/` clips."""
     from npubuild.errors import BuildError
     from npubuild.kinds.kws.audio import fit_clip, read_wav
-    from npubuild.kinds.kws.data import speaker_id
+    from npubuild.kinds.kws.recordings import speaker_id
 
     fe = recipe.frontend
     rng = np.random.default_rng(seed)

@@ -131,6 +131,7 @@ def test_makefile_builds_the_same_image(smoke_project, tmp_path):
 def _speech_clips() -> list[tuple[str, np.ndarray]]:
     """Spoken keywords: the built-in synthesiser's (always), real people's from shared/data (when present)."""
     from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws.audio import read_wav
 
     rng = np.random.default_rng(5)
     voices = kws_data.split_voices(KWS.seed)["test"]
@@ -143,7 +144,7 @@ def _speech_clips() -> list[tuple[str, np.ndarray]]:
     if SPEECH_DEV.is_dir():
         for label in KWS.labels:
             for path in sorted((SPEECH_DEV / label).glob("*.wav"))[:1]:
-                audio = kws_data.read_wav(path, FE.sample_rate)[:FE.clip_samples]
+                audio = read_wav(path, FE.sample_rate)[:FE.clip_samples]
                 audio = np.pad(audio, (0, FE.clip_samples - len(audio)))
                 clips.append((f"real {label}", to_int16(audio)))
     return clips

@@ -23,6 +23,17 @@ def _fail_cleanly(fn, *args, **kwargs):
                    code=130) from None
 
 
+def _trained_on(folder, voice_bank: bool):
+    """The --data-dir of the build whose model a task reads (None: the built-in data)."""
+    from npubuild.kinds.base import WithBuiltinData
+
+    if folder is None:
+        if voice_bank:
+            raise Exit("error: --voice-bank: give --trained-on too (the folder the model was trained on)", code=1)
+        return None
+    return WithBuiltinData(folder) if voice_bank else Path(folder)
+
+
 def _count(option: str, value) -> int | None:
     """A count option (--jobs, --models-at-once): a whole number of at least 1, or a one-line error."""
     if value is None:
@@ -218,11 +229,13 @@ def test(c, k=None, fast=False):
     "data-dir": "with --part real: a folder of real recordings in the Speech Commands layout",
     "noise-seconds": "with --part real: seconds of the folder's background noise for the false-alarm rate "
                      "(default 3600)",
+    "trained-on": "with --part real: the model a build trained on this --data-dir folder (default: built-in data)",
+    "voice-bank": "with --trained-on: the build that mixed that folder with the voice bank",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
     "keep": "with --part build: build the scratch project in this new (or empty) folder and keep it",
 })
 def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None,
-          keep=None, data_dir=None, noise_seconds=3600):
+          keep=None, data_dir=None, noise_seconds=3600, trained_on=None, voice_bank=False):
     """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
     from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
@@ -244,7 +257,8 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
         from npubuild.bench import real_speech_benchmark
 
         _fail_cleanly(real_speech_benchmark, ROOT, profile=profile, data_dir=Path(data_dir), output=ROOT / output,
-                      build_dir=Path(build_dir) if build_dir else None, noise_seconds=float(noise_seconds))
+                      build_dir=Path(build_dir) if build_dir else None, noise_seconds=float(noise_seconds),
+                      trained_on=_trained_on(trained_on, voice_bank))
         return
     if part != "build":
         raise Exit(f"error: --part {part!r}: expected build, fit, detector, finetune or real", code=1)
@@ -285,15 +299,19 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
     "target": "also report the model's inference time and memory on this target (from its memory report)",
     "assets-dir": "where firmware assets go (default: firmware_assets/): writes evaluate/<model>-<dataset>.*",
     "build-dir": "the build folder holding the model (default: build/)",
+    "trained-on": "evaluate the model a build trained on this --data-dir folder (default: the built-in data)",
+    "voice-bank": "with --trained-on: the build that mixed that folder with the voice bank (--voice-bank)",
 })
-def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
+def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None,
+             trained_on=None, voice_bank=False):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
     from npubuild.evaluation_report import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,
                   assets_dir=Path(assets_dir) if assets_dir else None,
-                  build_dir=Path(build_dir) if build_dir else None)
+                  build_dir=Path(build_dir) if build_dir else None,
+                  trained_on=_trained_on(trained_on, voice_bank))
 
 
 @task(help={"all": "also remove the generated firmware assets (firmware_assets/README.md is kept)",

@@ -115,10 +115,6 @@ def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict, worke
     return results
 
 
-def stamp_paths(chains: list[Chain]) -> list[Path]:
-    return [s for c in chains for s in c.stamps]
-
-
 # --------------------------------------------------------------------------- candidates as chains
 
 

@@ -165,7 +165,6 @@ class Target:
                 "memory_mode": self.memory_mode}
 
 
-_DERIVED = ("source", "memory", "arena_memory", "model_memory", "fast_memory", "image")
 ADDRESS_SPACE = 1 << 32  # the Cortex-M's
 _PORT_MEMORY = {"Sram": "sram", "Dram": "dram", "OnChipFlash": "flash", "OffChipFlash": "flash"}
 

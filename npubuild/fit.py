@@ -304,12 +304,9 @@ def render_markdown(result: dict, chart: str) -> str:
 def render_chart(result: dict, path: Path) -> None:
     """Validation accuracy against flash and against latency; the Pareto front joined, candidates that
     do not fit hollow, the choice starred. Deterministic PNG (no software tag, no date)."""
-    import matplotlib
+    from npubuild.charts import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from npubuild.stages import atomic_path
+    plt = pyplot()
 
     records = result["candidates"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -336,9 +333,7 @@ def render_chart(result: dict, path: Path) -> None:
     verdict = f"chose {result['chosen']}" if result["chosen"] else f"nothing fits (closest: {result['closest']})"
     fig.suptitle(f"{result['model']} on {result['target']['name']} ({result['objective']}): {verdict}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- stages on workers

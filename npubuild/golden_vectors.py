@@ -32,9 +32,9 @@ def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndar
 def run_litert(int8: Path, inputs: np.ndarray) -> np.ndarray:
     """Integer outputs of the quantized model for integer inputs, every output flattened in the
     file's order, one row per input: `int8_runner` (the reference kernels TFLM computes)."""
-    from npubuild.int8_runner import run_int8
+    from npubuild.int8_runner import run_quantized
 
-    outputs = run_int8(int8, inputs)
+    outputs = run_quantized(int8, inputs)
     return np.concatenate([o.reshape(len(inputs), -1) for o in outputs], axis=1)
 
 

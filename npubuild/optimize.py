@@ -59,7 +59,7 @@ def apply_qat(model, scheme: str, stock_cqat: bool = False):
     """Wrap `model` for quantization-aware training with the scheme that keeps earlier gains.
 
     CQAT/PCQAT use tfmot's scheme with its per-channel clustering vectorized
-    (`fast_cqat`: same results, ~6x faster here); `stock_cqat` selects tfmot's own
+    (`fast_cqat`: the same results, several times faster); `stock_cqat` selects tfmot's own
     for comparison (tests, benchmark)."""
     import tensorflow_model_optimization as tfmot
 
@@ -140,9 +140,8 @@ def _wrap(model, wrap, supports, wanted, what: str) -> tuple[object, list[str]]:
     be, and says where not.
 
     tfmot's whole-model call wraps every layer, weightless ones too (a ReLU, a reshape), and each wrapper
-    adds its step counter, mask or cluster updates to the training graph: MobileNetV2's first pruning
-    epoch took 29 s with its 158 wrappers and 18-19 s with the 39 that prune (48 or 320 images), DS-CNN-L's
-    12.2 s and 8.6 s (2,000 clips), with the same weights bit for bit (`invoke bench` in the README)."""
+    adds its step counter, mask or cluster updates to the training graph, which slows every step;
+    wrapping only the layers that are optimized gives the same weights bit for bit, faster."""
     from npubuild.tfenv import import_tf
 
     _, keras = import_tf()

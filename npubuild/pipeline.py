@@ -117,16 +117,22 @@ def dataset_label(data_dir: Path | None) -> str:
 
 
 def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
-                  need: tuple[str, ...] = ("int8", "features")) -> ModelPaths:
-    """The build's paths of `recipe`'s shipped model for `profile` (built-in dataset), checked to
-    hold what `need`s (ModelPaths properties/methods: int8, evaluation, features)."""
+                  need: tuple[str, ...] = ("int8", "features"), trained_on: Path | None = None) -> ModelPaths:
+    """The build's paths of `recipe`'s shipped model for `profile`, trained on the built-in data or on
+    `trained_on` (a `--data-dir` folder, a `WithBuiltinData` one for a mix), checked to hold what `need`s
+    (ModelPaths properties/methods: int8, evaluation, features)."""
     recipe.profile(profile)
     layout = Layout.for_project(root, build_dir)
-    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(trained_on), recipe.name)
     for what in need:
         path = paths.features if what == "features" else getattr(paths, what)(recipe.ship)
         if not path.is_file():
-            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile})")
+            how = f" --data-dir {trained_on}" if trained_on is not None else ""
+            from npubuild.kinds.base import WithBuiltinData
+
+            how += " --voice-bank" if isinstance(trained_on, WithBuiltinData) else ""
+            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile}"
+                             f"{how})")
     return paths
 
 
@@ -739,6 +745,8 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
 
 
 def render_summary(summary: BuildSummary) -> str:
+    from npubuild.report_text import fraction
+
     lines = ["", "stage                                        ran    seconds  reason", "-" * 78]
     for r in summary.results:
         lines.append(f"{r.name:<44} {'yes' if r.ran else 'no':<6} {r.seconds:>7.1f}  {r.reason}")
@@ -747,7 +755,7 @@ def render_summary(summary: BuildSummary) -> str:
     for name, rep in summary.reports.items():
         for m in rep["models"]:
             lines.append(f"{name:<24} {m['name']:<8} {m['sram_bytes'] / 1024:>9.1f} {m['flash_bytes'] / 1024:>10.1f} "
-                         f"{m['inference_ms']:>7.3f} {m['accuracy']['int8']:>9.4f} "
+                         f"{m['inference_ms']:>7.3f} {fraction(m['accuracy']['int8']):>9} "
                          f"{'yes' if rep['total']['fits'] else 'NO'}")
     lines.append(f"\nbuild finished in {summary.seconds:.1f} s")
     return "\n".join(lines)

@@ -63,9 +63,8 @@ def recalibrate_batchnorm(model, x: np.ndarray, profile: Profile, seed: list[int
     wrapper calls the layer it wraps without the `training` flag, so during a clustering fine-tune batch
     normalization runs in inference mode on the statistics the model came with (never updating them):
     the pruned model's estimate is what clustering trains against, and the clustered weights need
-    statistics of their own. On the kws chain of the default build (the same data, training seeds 1234,
-    1, 2, 3) the shipped INT8 top-1 went from a mean of 80.90% to 82.31% (README, "Batch normalization
-    statistics")."""
+    statistics of their own. Recomputed statistics raise the shipped kws model's INT8 accuracy (README,
+    "Batch normalization statistics")."""
     from npubuild.tfenv import import_tf
 
     _, keras = import_tf()
@@ -105,8 +104,7 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     """`model.fit` on the training split, fed from a generator: epoch e takes the kind's inputs for e
     (`ModelKind.epoch_inputs`: augmentation drawn afresh, or `x` as it is) in an order drawn from
     (seed, e), so the run is a function of the seed. Batches are numpy slices handed to tf.data with
-    prefetch (`invoke bench --part fit` compares it with a plain `model.fit`: 1.24x for MobileNetV2,
-    0.93x for DS-CNN-L with its per-epoch masks, on a busy machine).
+    prefetch (`invoke bench --part fit` compares it with a plain `model.fit`).
     `rows` are the rows of the split that `x` holds (None: all)."""
     import tensorflow as tf
 

@@ -1,7 +1,7 @@
 """Models built side by side: one process per model's stage chain, the build's log fed by all of them.
 
-One model's chain leaves part of the two cores idle (quality training keeps about 1.5 busy, its
-pruning one, conversion and evaluation 1.3), so a build of several models runs their chains at
+One model's chain leaves part of the cores idle (training, pruning, conversion and evaluation
+each keep fewer cores busy than a machine has), so a build of several models runs their chains at
 once, each in a process of its own (TensorFlow holds one model's graph and threads per process).
 The parent process prints what the children say, in the order they say it; each child's progress
 bars (on a terminal) are drawn by the parent, one line per model.

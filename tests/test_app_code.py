@@ -638,7 +638,7 @@ def test_smoke_build_ships_the_loop_equal_to_listen(smoke_project, tmp_path):
     host = Detector(model, settings, FE)
     host.push(samples.astype(np.float32) / 32768.0)
     # the host's windows are the C windows but for the rare one-step input differences measured above
-    # (about 1 value in 5,000, so about one window in ten of 490 values has one): where a window's inputs
+    # (rare per value, so a share of the 490-value windows has one): where a window's inputs
     # are the same, so are the model's outputs; where they are not, a one-step input can move an output
     # by a few steps, as much as the model's sensitivity makes it (the smoke model is trained one epoch)
     same = np.all(host.outputs_q == q, axis=1)

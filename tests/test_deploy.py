@@ -163,6 +163,26 @@ def test_int8_model_gets_assets_and_a_report(tmp_path, models):
     assert f"#define MYNET_COMPILED_MODEL_LEN {compiled.stat().st_size}u" in array
 
 
+def test_a_deployed_model_beside_a_built_one_builds_reports_and_summarises(tmp_path, models, smoke_project):
+    """A target folder holding a deployed model (no accuracy) and a built one: the next build's report
+    and summary show the deployed model with "-" for its accuracy."""
+    from npubuild.pipeline import build
+
+    built = smoke_project[0]
+    root = make_project(tmp_path / "project")
+    for part in ("build", "firmware_assets"):  # the session's smoke build, as it was left
+        shutil.copytree(built / part, root / part, ignore=shutil.ignore_patterns(".lock"))
+    deploy(root, tflite=models["int8"], target=TARGET, name="mynet", log=lambda s: None)
+    lines: list[str] = []
+    summary = build(root, model="kws", target=TARGET, profile="smoke", log=lines.append)
+    names = [m["name"] for m in summary.reports[TARGET]["models"]]
+    assert "kws" in names and "mynet" in names
+    rows = {line.split()[1]: line.split() for line in lines[-1].splitlines() if line.startswith(TARGET)}
+    assert rows["mynet"][5] == "-" and float(rows["kws"][5]) >= 0.0  # INT8 accuracy column
+    assert "| mynet |" in (root / "firmware_assets" / TARGET / "memory_report.md").read_text()
+    assert (root / "firmware_assets" / "index.html").is_file()
+
+
 @pytest.mark.parametrize(("kind", "message"), [
     ("float", "a float model: the Ethos-U NPU needs full INT8"),
     ("dynamic", "needs full INT8"),

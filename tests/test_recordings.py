@@ -178,3 +178,15 @@ def test_recordings_with_the_voice_bank_build_a_model(smoke_project, tmp_path):
     assert re.search(r'#define KWS_DATASET "my recordings and the built-in data \(mix-[0-9a-f]{12}\)"', header)
     assert any(re.match(r"  voice bank: \d+ built-in training clips beside the recordings, 50% of each epoch", line)
                for line in lines)
+    # invoke evaluate on that model: the test speaker's keyword clips (testing_list.txt) and, as the released
+    # test set's layout has it, every _unknown_/ and _silence_/ clip
+    from npubuild.evaluation_report import evaluate_dataset
+    from npubuild.kinds.base import WithBuiltinData
+
+    result = evaluate_dataset(root, model="kws", data_dir=folder, profile="smoke", assets_dir=tmp_path / "assets",
+                              trained_on=WithBuiltinData(folder), log=lambda s: None)
+    assert result["sets"]["folder"]["count"] == 10 + 3 + 3 and result["trained_on"].startswith("my recordings and the")
+    assert (tmp_path / "assets" / "evaluate" / f"kws-my_recordings-by-{base.name}.json").is_file()
+    with pytest.raises(BuildError, match=r"not found; run invoke build first \(--model kws --profile smoke "
+                                         r"--data-dir .*my recordings\)"):
+        evaluate_dataset(root, model="kws", data_dir=folder, profile="smoke", trained_on=folder, log=lambda s: None)

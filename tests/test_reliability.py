@@ -377,6 +377,7 @@ def test_stereo_other_rates_and_lengths_are_converted_and_said_once(tmp_path):
     write_wav(folder / "up" / "long.wav", rng.uniform(-0.3, 0.3, 24000))
     lines: list[str] = []
     kws_data.build_features(RECIPE, RECIPE.profile("smoke"), folder, tmp_path / "features.npz", lines.append)
-    assert lines == [f"  {folder}: 13 clips read: 1 stereo averaged to mono; resampled to 16000 Hz: 1 at 44100 Hz; "
-                     "1 shorter than 1 s zero-padded; 1 longer cut to their loudest second"]
+    assert lines[0] == (f"  {folder}: 13 clips read: 1 stereo averaged to mono; resampled to 16000 Hz: 1 at 44100 Hz; "
+                        "1 shorter than 1 s zero-padded; 1 longer cut to their loudest second")
+    assert len(lines) == 2 and lines[1].startswith(f"  {folder}: ") and "training clips rendered 2 times" in lines[1]
     assert np.load(tmp_path / "features.npz")["x_train"].shape[1:] == (49, 10)

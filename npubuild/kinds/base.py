@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.errors import BuildError
+from npubuild.report_text import percent
 
 
 class BaseImagesDir(type(Path())):
@@ -58,10 +59,6 @@ def problem_of(error: BuildError, path: Path) -> str:
     """The problem part of a one-line error (`<path>: <problem> (<detail>)`)."""
     text = str(error).removeprefix(f"{path}: ")
     return re.sub(r" \(.*\)$", "", text)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 class ModelKind:
@@ -155,12 +152,12 @@ class ModelKind:
 
     def score(self, recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, evaluation: dict) -> dict:
         """FP32 and INT8 metrics of one labelled set."""
-        from npubuild.classifier_accuracy import classification_metrics, run_int8
+        from npubuild.classifier_accuracy import classification_metrics, int8_scores
         from npubuild.tfenv import array_batches
 
         labels = list(recipe.labels)
         fp32 = model.predict(array_batches(x, 256), verbose=0).argmax(axis=1)
-        int8 = run_int8(tflite, x).argmax(axis=1)
+        int8 = int8_scores(tflite, x).argmax(axis=1)
         return {"count": int(len(y)), "fp32": classification_metrics(labels, y, fp32),
                 "int8": classification_metrics(labels, y, int8),
                 "int8_fp32_agreement": round(float(np.mean(fp32 == int8)), 6) if len(y) else 0.0}
@@ -180,12 +177,12 @@ class ModelKind:
         lines = ["| set | samples | FP32 top-1 | INT8 top-1 | INT8 = FP32 |", "|---|---:|---:|---:|---:|"]
         for n in names:
             s = sets[n]
-            lines.append(f"| {n} | {s['count']} | {_pct(s['fp32']['accuracy'])} | {_pct(s['int8']['accuracy'])} | "
-                         f"{_pct(s['int8_fp32_agreement'])} |")
+            lines.append(f"| {n} | {s['count']} | {percent(s['fp32']['accuracy'], 1)} | {percent(s['int8']['accuracy'], 1)} | "
+                         f"{percent(s['int8_fp32_agreement'], 1)} |")
         lines += ["", "INT8 accuracy per class:", "",
                   "| class | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for label in recipe.labels:
-            lines.append(f"| {label} | " + " | ".join(_pct(sets[n]["int8"]["per_class"][label]) for n in names) + " |")
+            lines.append(f"| {label} | " + " | ".join(percent(sets[n]["int8"]["per_class"][label], 1) for n in names) + " |")
         return lines
 
     def confusion_matrices(self, recipe, scored: dict) -> list[tuple[str, np.ndarray, list[str]]]:

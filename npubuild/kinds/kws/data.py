@@ -243,8 +243,8 @@ def _run_chunks(specs: list[ClipSpec], sample_rate: int, clip_samples: int, vari
 
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     # Every chunk in a fresh process (eSpeak NG keeps state from one utterance to the next), forked
-    # from a server that imported the modules once: a spawned process paid about 1.5 s of imports
-    # (scipy.signal alone 1.2 s) for each of the default profile's 50 chunks.
+    # from a server that imported the modules once: a spawned process would import them (scipy.signal
+    # above all) again for every chunk.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["npubuild.kinds.kws.data", "npubuild.kinds.kws.engines",
                                 "npubuild.kinds.kws.frontend", "scipy.signal", "threadpoolctl"])
@@ -320,24 +320,24 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
                 arrays[f"x_{split}_variants"] = features[1:]
             arrays[f"y_{split}"] = labels
             arrays[f"e_{split}"] = engines
-    mean = arrays["x_train"].mean(axis=(0, 1), dtype=np.float64)
-    var = arrays["x_train"].var(axis=(0, 1), dtype=np.float64)
-    if builtin is not None:
+    if builtin is None:
+        arrays["mean"] = arrays["x_train"].mean(axis=(0, 1)).astype(np.float32)
+        arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
+    else:
         with np.load(builtin) as bank:
             arrays["x_bank"], arrays["y_bank"] = bank["x_train"], bank["y_train"]
             if "x_train_variants" in bank.files:
                 arrays["x_bank_variants"] = bank["x_train_variants"]
         arrays["real_share"] = np.float32(real_share)
         # the statistics of the training mixture: the recordings' and the bank's, weighted by their share
-        bank_mean = arrays["x_bank"].mean(axis=(0, 1), dtype=np.float64)
-        bank_var = arrays["x_bank"].var(axis=(0, 1), dtype=np.float64)
-        mixed = real_share * mean + (1 - real_share) * bank_mean
-        var = real_share * (var + mean**2) + (1 - real_share) * (bank_var + bank_mean**2) - mixed**2
-        mean = mixed
+        parts = [(real_share, arrays["x_train"]), (1 - real_share, arrays["x_bank"])]
+        means = [x.mean(axis=(0, 1), dtype=np.float64) for _, x in parts]
+        mean = sum(w * m for (w, _), m in zip(parts, means, strict=True))
+        var = sum(w * (x.var(axis=(0, 1), dtype=np.float64) + m**2) for (w, x), m in zip(parts, means, strict=True))
+        arrays["mean"] = mean.astype(np.float32)
+        arrays["std"] = (np.sqrt(var - mean**2) + 1e-6).astype(np.float32)
         log(f"  voice bank: {len(arrays['y_bank'])} built-in training clips beside the recordings, "
             f"{real_share:.0%} of each epoch from the recordings")
-    arrays["mean"] = mean.astype(np.float32)
-    arrays["std"] = (np.sqrt(var) + 1e-6).astype(np.float32)
     with atomic_output(out) as f:
         np.savez(f, **arrays)
 

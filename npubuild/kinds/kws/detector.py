@@ -123,13 +123,13 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
-        from npubuild.int8_runner import quantize, run_int8
+        from npubuild.int8_runner import quantize, run_quantized
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
             x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
             q = quantize(x, self.input.scale, self.input.zero_point)
-            out[i:i + MODEL_BATCH] = run_int8(self.int8, q)[0].reshape(len(q), -1)
+            out[i:i + MODEL_BATCH] = run_quantized(self.int8, q)[0].reshape(len(q), -1)
         return out
 
 
@@ -246,8 +246,8 @@ def noise_segments(rng: np.random.Generator, count: int, seconds: float, sample_
 
 
 # Strides share an 80 ms base, so the model runs on every fourth 20 ms window only: the tuning's cost is
-# the model (reference kernels) on every window of the streams; 12.5 runs a second and slower is also
-# what an NPU duty cycle wants. Refractory periods reach down to 250 ms: words said 0.3 s apart.
+# the model (reference kernels, slow) on every window of the streams; 12.5 runs a second and slower is
+# also what an NPU duty cycle wants. Refractory periods reach down to 250 ms: words said 0.3 s apart.
 DEFAULT_GRID = {"stride_ms": (80, 160, 240), "average_windows": (1, 2, 3, 5, 8),
                 "threshold": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "refractory_ms": (250, 500, 1000, 1500, 2000)}
 # Gap ranges of the tuning streams, taken in turn: commands in a row, and words far apart (`streams`).

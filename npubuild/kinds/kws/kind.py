@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.kinds.base import DataPlan, ModelKind, _pct
+from npubuild.kinds.base import DataPlan, ModelKind
+from npubuild.report_text import percent
 
 SIZES = ("train_per_class", "val_per_class", "test_per_class")
 
@@ -164,11 +165,11 @@ class KeywordSpotting(ModelKind):
             at = lines.index("INT8 accuracy per class:") - 1
             shipped = out["shipped_fp32_on_engine"]
             lines[at:at] = ["", f"Leave one engine out: the FP32 model trained again without {e} "
-                                f"({out['train_clips']} training clips) scores {_pct(out['test'][e]['fp32_accuracy'])} on the "
+                                f"({out['train_clips']} training clips) scores {percent(out['test'][e]['fp32_accuracy'], 1)} on the "
                                 f"{out['test'][e]['count']} test clips of {e}, an engine it never heard, "
-                                f"{_pct(out['test']['others']['fp32_accuracy'])} on the other test clips: a gap of "
+                                f"{percent(out['test']['others']['fp32_accuracy'], 1)} on the other test clips: a gap of "
                                 f"{out['gap_fp32_points']:.2f} points. The shipped model (which heard other {e} voices) "
-                                f"scores {_pct(shipped)} FP32 on the same {e} clips."]
+                                f"scores {percent(shipped, 1)} FP32 on the same {e} clips."]
         detector = result.get("detector")
         if detector and detector["settings"]:
             d = detector["settings"]

@@ -31,12 +31,9 @@ def plot_timeline(times: np.ndarray, scores: np.ndarray, keywords: Sequence[str]
                   detections: Sequence[Detection], path: Path, title: str = "") -> None:
     """PNG of the averaged keyword scores over time, the threshold, and the detections (deterministic:
     no timestamp or software version in the file)."""
-    import matplotlib
+    from npubuild.charts import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from npubuild.stages import atomic_path
+    plt = pyplot()
 
     palette = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
@@ -56,9 +53,7 @@ def plot_timeline(times: np.ndarray, scores: np.ndarray, keywords: Sequence[str]
     ax.set_title(title or f"{len(detections)} detection{'s' if len(detections) != 1 else ''}")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- invoke listen

@@ -45,19 +45,8 @@ NATURAL = ("astronaut", "camera", "chelsea", "coffee", "rocket", "brick", "grass
            "text", "cell")
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"train": 0.7, "val": 0.15, "test": 0.15}
-MIN_SIDE = 32
-BASE_SIDE = 288  # photos are scaled so their short side is at most this before cropping  # smaller real images are rejected rather than upscaled beyond recognition
-
-# Degradation parameter ranges: (clean range, degraded range). The gap between them is the margin band.
-BLUR_SIGMA = ((0.0, 0.5), (1.8, 4.0))  # Gaussian blur sigma, pixels at model resolution
-MOTION_LENGTH = (9, 21)  # motion blur kernel length (degraded only)
-DEFOCUS_RADIUS = (3.0, 7.0)  # defocus disc radius (degraded only)
-DARK_GAIN = ((0.8, 1.25), (0.15, 0.35))
-BRIGHT_GAIN = ((0.8, 1.25), (2.3, 3.3))
-NOISE_SIGMA = ((0.0, 0.015), (0.07, 0.18))  # noise standard deviation at mid-grey, in [0, 1] units
-# How often each issue is present in the built-in data.
-P_BLUR, P_NOISE = 0.4, 0.4
-P_DARK, P_BRIGHT = 0.25, 0.25  # exposure is one of clean / dark / bright
+MIN_SIDE = 32  # smaller real images are rejected rather than upscaled beyond recognition
+BASE_SIDE = 288  # photos are scaled so their short side is at most this before cropping
 
 
 # --------------------------------------------------------------------------- base images
@@ -318,7 +307,7 @@ BUILTIN_SPLITS = (*SPLITS, "test_cam")
 @lru_cache(maxsize=256)
 def _texture(seed: int) -> np.ndarray:
     """`skin_texture(seed)`, read-only and kept: a split's chunks draw from the same few hundred seeds, and
-    rendering one took over half of an image's time when every chunk rendered its own."""
+    rendering a texture costs more than the rest of an image."""
     texture = skin_texture(seed)
     texture.flags.writeable = False
     return texture

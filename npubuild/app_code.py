@@ -13,8 +13,8 @@ the detector's numbers (the context's `detector` dict, the one meta.h uses) and 
 | `<model>_detector.{c,h}`    | `frontend` and `detector`          | `<model>_detector_`     |
 | `<model>_preprocess.{c,h}`  | `quality` (image quality)          | `<model>_preprocess_`   |
 
-`app_sizes` measures what the generated C costs on a Cortex-M55 (arm-none-eabi-gcc -O2): code and
-constants in flash, static buffers in SRAM.
+`app_sizes` measures what the generated C costs on a Cortex-M55 (arm-none-eabi-gcc -O2, hard float): code
+and constants in flash, static buffers in SRAM, as the firmware image (firmware_image.py) links them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ SIZES_SUFFIX = "_app_sizes.json"
 # radius = int(4 * sigma + 0.5) with sigma = (side / output side - 1) / 2, so frames whose centre square
 # is up to ~ 32 times the model input side (4096 pixels for 128).
 MAX_BLUR_RADIUS = 64
-CORTEX_M55_FLAGS = ("-mcpu=cortex-m55", "-mthumb", "-O2", "-std=c99")
+# How the application C is compiled for the Cortex-M55: hard-float ABI (its FPU and MVE; newlib's
+# thumb/v8-m.main+dp/hard libraries), and an ISO C mode. The firmware image uses the same flags.
+CORTEX_M55_FLAGS = ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard", "-O2", "-std=c99")
+# The application parts, in file-name order: `<model>_<part>.c` beside the model (render_app_code)
+PARTS = ("detector", "frontend", "preprocess")
+# Input sections of one object, as the image's linker script collects them (templates/image.ld.j2)
+CODE_SECTIONS = (".text", ".rodata")
+DATA_SECTIONS = (".data",)
+BSS_SECTIONS = (".bss",)
+LINK_ALIGNMENT = 16  # each model's application code, data and buffers start and end 16-byte aligned
 
 
 def _f(x: float) -> str:
@@ -130,20 +139,22 @@ def app_sizes_of_texts(files: dict[str, str]) -> dict:
 
 
 def app_sizes(sources: list[Path]) -> dict:
-    """What the C files cost on a Cortex-M55 (arm-none-eabi-gcc -O2, each compiled alone):
-    `code_flash_bytes` = .text + .rodata + .data (its initial values sit in flash),
-    `app_sram_bytes` = .bss + .data (static buffers and state). Library code (libm's logf, expf) and the
+    """What the C files cost on a Cortex-M55 (arm-none-eabi-gcc, CORTEX_M55_FLAGS, each compiled alone),
+    as the image links them: each object's code and constants (.text, .rodata), initialised data (.data)
+    and zeroed buffers (.bss) placed one after the other at their alignments, objects in file-name order,
+    each of the three padded to 16 bytes (`packed_size`). `code_flash_bytes` = code + data (its initial
+    values sit in flash), `app_sram_bytes` = data + buffers. Library code (libm's logf, expf) and the
     stack are not included. Without arm-none-eabi-gcc: both None and a `note` saying why."""
-    gcc, size = _tool("gcc"), _tool("size")
+    gcc, objdump = _tool("gcc"), _tool("objdump")
     result = {"code_flash_bytes": None, "app_sram_bytes": None, "compiler": " ".join(["arm-none-eabi-gcc",
                                                                                        *CORTEX_M55_FLAGS]),
               "files": {}}
     if not sources:
         return {**result, "code_flash_bytes": 0, "app_sram_bytes": 0}
-    if not (gcc and size):
-        return {**result, "note": "arm-none-eabi-gcc/size not found: application code sizes not measured "
+    if not (gcc and objdump):
+        return {**result, "note": "arm-none-eabi-gcc/objdump not found: application code sizes not measured "
                                   "(apt install gcc-arm-none-eabi)"}
-    flash = sram = 0
+    sections: list[tuple[str, int, int]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for source in sorted(sources, key=lambda p: p.name):
             obj = Path(tmp) / (source.stem + ".o")
@@ -152,24 +163,39 @@ def app_sizes(sources: list[Path]) -> dict:
             if proc.returncode != 0:
                 return {**result, "note": f"{source.name} does not compile for the Cortex-M55: "
                                           f"{proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else ''}"}
-            sections = _sections(subprocess.run([size, "-A", str(obj)], capture_output=True, text=True,
-                                                check=True).stdout)
-            text = sum(v for k, v in sections.items() if k.startswith((".text", ".rodata")))
-            data = sum(v for k, v in sections.items() if k.startswith(".data"))
-            bss = sum(v for k, v in sections.items() if k.startswith(".bss") or k == "COMMON")
-            result["files"][source.name] = {"text_rodata": text, "data": data, "bss": bss}
-            flash += text + data
-            sram += data + bss
-    return {**result, "code_flash_bytes": flash, "app_sram_bytes": sram}
+            found = object_sections(subprocess.run([objdump, "-h", str(obj)], capture_output=True, text=True,
+                                                   check=True).stdout)
+            result["files"][source.name] = {
+                "text_rodata": sum(size for name, size, _ in found if _matches(name, CODE_SECTIONS)),
+                "data": sum(size for name, size, _ in found if _matches(name, DATA_SECTIONS)),
+                "bss": sum(size for name, size, _ in found if _matches(name, BSS_SECTIONS))}
+            sections += found
+    code, data, bss = (packed_size(sections, kinds) for kinds in (CODE_SECTIONS, DATA_SECTIONS, BSS_SECTIONS))
+    return {**result, "code_flash_bytes": code + data, "app_sram_bytes": data + bss}
 
 
-def _sections(size_output: str) -> dict[str, int]:
-    out = {}
-    for line in size_output.splitlines():
+def _matches(name: str, kinds: tuple[str, ...]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in kinds) or (kinds == BSS_SECTIONS and name == "COMMON")
+
+
+def object_sections(objdump_h: str) -> list[tuple[str, int, int]]:
+    """(name, size, alignment) of every section in `objdump -h` output, in file order."""
+    out = []
+    for line in objdump_h.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith((".", "COMMON")) and parts[1].isdigit():
-            out[parts[0]] = out.get(parts[0], 0) + int(parts[1])
+        if len(parts) == 7 and parts[0].isdigit() and parts[6].startswith("2**"):
+            out.append((parts[1], int(parts[2], 16), 2 ** int(parts[6][3:])))
     return out
+
+
+def packed_size(sections: list[tuple[str, int, int]], kinds: tuple[str, ...]) -> int:
+    """Bytes the linker takes for the sections of `kinds`, in the order given, each at its alignment
+    from a 16-byte aligned start, the end padded to 16 (LINK_ALIGNMENT); empty sections take nothing."""
+    at = 0
+    for name, size, align in sections:
+        if size and _matches(name, kinds):
+            at = -(-at // align) * align + size
+    return -(-at // LINK_ALIGNMENT) * LINK_ALIGNMENT
 
 
 # --------------------------------------------------------------------------- the memory report

@@ -61,6 +61,7 @@ def _has_type(value: Any, expected: str) -> bool:
         "str": lambda v: isinstance(v, str),
         "bool": lambda v: isinstance(v, bool),
         "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "int | None": lambda v: isinstance(v, int) and not isinstance(v, bool),
     }
     return checks.get(expected, lambda v: True)(value)
 
@@ -80,10 +81,35 @@ class MemoryRegion:
     region: str  # what it is on the board, e.g. "ISRAM0 + ISRAM1 (0x31000000)"
     bytes: int
     ml_share: float  # fraction of `bytes` budgeted for the models (the rest is the application's)
+    # Address of the region's first byte, as the CPU sees it (the firmware image's linker script puts
+    # the models' part, `budget_bytes` long, there); None: the target cannot be linked.
+    origin: int | None = None
 
     @property
     def budget_bytes(self) -> int:
         return int(self.bytes * self.ml_share)
+
+
+@dataclass(frozen=True)
+class ImageRegion:
+    """Where the firmware test image puts its own code or data (`[image.code]`, `[image.data]`): memory
+    outside the models' budgets."""
+
+    kind: str  # code | data
+    region: str
+    origin: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """`[image]` of a target: the firmware test image's own memory, and the QEMU machine that emulates
+    the board ("" when none does)."""
+
+    code: ImageRegion
+    data: ImageRegion
+    qemu_machine: str = ""
+    stack_bytes: int = 32_768
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class Target:
     fast_memory: bool  # a separate NPU scratch buffer in SRAM (Dedicated_Sram memory modes)
     vela_config: str = ""  # a Vela .ini beside this file; empty: Vela's bundled Arm/vela.ini
     fast_memory_section: str = ".bss.ethosu_fast_memory"
+    image: ImageLayout | None = None  # `[image]`: how the firmware test image is linked (None: it is not)
 
     @property
     def npu_family(self) -> str:
@@ -138,6 +165,7 @@ class Target:
                 "memory_mode": self.memory_mode}
 
 
+ADDRESS_SPACE = 1 << 32  # the Cortex-M's
 _PORT_MEMORY = {"Sram": "sram", "Dram": "dram", "OnChipFlash": "flash", "OffChipFlash": "flash"}
 
 
@@ -155,11 +183,53 @@ def _load_memory(path: Path, table: Any) -> dict[str, MemoryRegion]:
             raise BuildError(f"{path}: field 'memory.{kind}.bytes' must be positive")
         if not 0.0 < region.ml_share <= 1.0:
             raise BuildError(f"{path}: field 'memory.{kind}.ml_share' must be in (0, 1]")
+        _check_span(path, f"memory.{kind}", region.origin, region.bytes)
         memory[kind] = region
     for kind in ("sram", "flash"):
         if kind not in memory:
             raise BuildError(f"{path}: missing field 'memory.{kind}'")
     return memory
+
+
+def _check_span(path: Path, field: str, origin: int | None, size: int) -> None:
+    if origin is not None and not (0 <= origin and origin + size <= ADDRESS_SPACE):
+        raise BuildError(f"{path}: field '{field}.origin' {origin:#x} puts the region outside the 32-bit "
+                         f"address space (it is {size} bytes long)")
+
+
+def _load_image(path: Path, table: Any, memory: dict[str, MemoryRegion]) -> ImageLayout | None:
+    """`[image]`: the test image's code and data regions. Every memory region then needs its origin,
+    and no two of the regions the image uses (the models' part of each memory, code, data) overlap."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise BuildError(f"{path}: field 'image' must be a table")
+    regions = {}
+    for kind in ("code", "data"):
+        sub = table.get(kind)
+        if not isinstance(sub, dict):
+            raise BuildError(f"{path}: missing field 'image.{kind}' (a table with region, origin, bytes)")
+        region = _take(path, sub, ImageRegion, prefix=f"image.{kind}.", kind=kind)
+        if region.bytes <= 0:
+            raise BuildError(f"{path}: field 'image.{kind}.bytes' must be positive")
+        _check_span(path, f"image.{kind}", region.origin, region.bytes)
+        regions[kind] = region
+    layout = _take(path, {k: v for k, v in table.items() if k not in regions}, ImageLayout, prefix="image.",
+                   **regions)
+    if layout.stack_bytes <= 0 or layout.stack_bytes >= layout.data.bytes:
+        raise BuildError(f"{path}: field 'image.stack_bytes' must be positive and less than image.data.bytes")
+    spans = [(f"image.{k}", r.origin, r.bytes) for k, r in regions.items()]
+    for kind, region in memory.items():
+        if region.origin is None:
+            raise BuildError(f"{path}: missing field 'memory.{kind}.origin' (the firmware image of [image] "
+                             f"puts the models' part of {kind} there)")
+        spans.append((f"memory.{kind}", region.origin, region.budget_bytes))
+    spans.sort(key=lambda s: s[1])
+    for (name_a, start_a, size_a), (name_b, start_b, _) in zip(spans, spans[1:], strict=False):
+        if start_a + size_a > start_b:
+            raise BuildError(f"{path}: field '{name_b}.origin' {start_b:#x} overlaps {name_a} "
+                             f"({start_a:#x}, {size_a} bytes used by the image)")
+    return layout
 
 
 def load_target(path: Path) -> Target:
@@ -168,8 +238,9 @@ def load_target(path: Path) -> Target:
 
     table = dict(read_toml(path))
     memory = _load_memory(path, table.pop("memory", None))
+    image = _load_image(path, table.pop("image", None), memory)
     draft = _take(path, table, Target, source=path, memory=memory, arena_memory="", model_memory="",
-                  fast_memory=False)
+                  fast_memory=False, image=image)
     if draft.name != path.stem:
         raise BuildError(f"{path}: field 'name' is {draft.name!r} but the file is named {path.stem!r}")
     if draft.accelerator not in ACCELERATORS:

@@ -91,6 +91,7 @@ class ModelPaths:
 class BuildSummary:
     results: list[StageResult] = field(default_factory=list)
     reports: dict[str, dict] = field(default_factory=dict)  # target name -> memory report
+    images: dict[str, dict] = field(default_factory=dict)  # target name -> its firmware image's link report
     seconds: float = 0.0
     models_at_once: int = 1  # models whose stages ran side by side (a process each)
 
@@ -372,6 +373,26 @@ def report_stage(target: Target, target_file: Path, assets_dir: Path, models: li
                  tools=("matplotlib",), action=action, code=("report",))
 
 
+def image_stage(target: Target, target_file: Path, layout: Layout, models: list[str]) -> Stage:
+    """The firmware test image of the target (firmware_image.py): its sources beside the assets, linked
+    into build/image/<target>/ when the Arm toolchain is installed, compared with the memory report."""
+    from npubuild import firmware_image
+
+    folder = layout.assets_dir / target.name
+    build_dir = layout.build_dir / "image" / target.name
+    try:  # the link report names the ELF relative to the project (no absolute paths in generated files)
+        elf_name = (build_dir / firmware_image.ELF).relative_to(layout.root.resolve()).as_posix()
+    except ValueError:
+        elf_name = f"<build dir>/image/{target.name}/{firmware_image.ELF}"
+    return Stage(name=f"image {target.name}", version=1,
+                 inputs=(target_file, folder / "memory_report.json",
+                         *firmware_image.input_paths(folder, models)),
+                 params={"models": models, "toolchain": firmware_image.toolchain() or "none"},
+                 outputs=firmware_image.output_paths(folder),
+                 action=lambda: firmware_image.make_image(target, folder, build_dir, elf_name),
+                 code=("firmware_image",))
+
+
 def models_in_assets(assets_dir: Path, target: str) -> list[str]:
     """Models whose assets are in the target's folder (each with a figures file)."""
     folder = assets_dir / target
@@ -523,7 +544,7 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
            assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
            models_at_once: int | None, log: Callable[[str], None], voice_bank: bool | None = None) -> BuildSummary:
-    from npubuild.report import check_budget
+    from npubuild.report import check_budget, over_budget
 
     start = time.perf_counter()
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
@@ -554,9 +575,14 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
             cache.run(assets_stage(recipe, tgt, target_file, paths, technique, layout.assets_dir, provenance))
         models = set(models_in_assets(layout.assets_dir, tgt.name)) | {r.name for r, _, _ in entries}
         cache.run(report_stage(tgt, target_file, layout.assets_dir, sorted(models)))
+        if tgt.image is not None:
+            cache.run(image_stage(tgt, target_file, layout, sorted(models)))
         if dry_run:
             continue
         summary.reports[tgt.name] = json.loads((layout.assets_dir / tgt.name / "memory_report.json").read_text())
+        if tgt.image is not None:
+            summary.images[tgt.name] = json.loads((layout.assets_dir / tgt.name / "image" / "link_report.json")
+                                                  .read_text())
     if not dry_run:
         write_assets_summary(layout.assets_dir)
     summary.results = cache.results
@@ -568,6 +594,13 @@ def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path 
                                                         "dataset": dataset_id(data_dir), "evaluation": p.evaluation(t)}
                                                        for r, p, t in entries])
     log(render_summary(summary))
+    from npubuild.firmware_image import verdict
+
+    problems = [verdict(rep, summary.images[name]) if name in summary.images else None
+                for name, rep in summary.reports.items()]
+    if any(problems):  # over budget (the linker's message beside the report's), or linker and report disagree
+        raise (OverBudget if any(over_budget(rep) for rep in summary.reports.values()) else BuildError)(
+            "; ".join(p for p in problems if p))
     for rep in summary.reports.values():
         check_budget(rep)
     return summary

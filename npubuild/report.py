@@ -51,46 +51,53 @@ def _headroom(used: int, budget: int) -> dict:
             "headroom_percent": round(100.0 * (budget - used) / budget, 2) if budget else 0.0}
 
 
+IO_ALIGNMENT = 16  # the firmware image keeps every buffer 16-byte aligned (image.ld); sizes padded to it
+
+
+def _aligned(n: int) -> int:
+    return -(-n // IO_ALIGNMENT) * IO_ALIGNMENT
+
+
 def memory_use(target: Target, models: list[ModelFigures]) -> dict[str, list[dict]]:
     """What each memory of the target holds for the models: a list of named parts with bytes.
 
     Arenas (and NPU fast scratch) are shared, the largest one sized, when the target runs
     the models one at a time; the models' inputs and outputs then need buffers of their
-    own outside the shared arena (another model overwrites it). When the models may run
-    concurrently every model has its own arena, with its I/O inside it.
+    own outside the shared arena (another model overwrites it), 16-byte aligned. When the models may
+    run concurrently every model has its own arena, with its I/O inside it.
+    Each part's "kind" (arena, fast_scratch, io, model, app_code, app_buffers) says what it is: the
+    firmware image (firmware_image.py) lays the same parts out and measures each in the linked ELF.
     """
     use: dict[str, list[dict]] = {kind: [] for kind in target.memory}
     shared = target.models_run == "one_at_a_time" and len(models) > 1
     names = ", ".join(m.name for m in models)
+
+    def add(memory: str, kind: str, part: str, owners: list[ModelFigures], size: int) -> None:
+        use[memory].append({"part": part, "kind": kind, "models": [m.name for m in owners], "bytes": size})
+
     if shared:
         largest = max(models, key=lambda m: m.arena_bytes)
-        use[target.arena_memory].append({"part": f"arena shared by {names} (largest: {largest.name})",
-                                         "models": [m.name for m in models], "bytes": largest.arena_bytes})
+        add(target.arena_memory, "arena", f"arena shared by {names} (largest: {largest.name})", models,
+            largest.arena_bytes)
         if target.fast_memory:
             largest = max(models, key=lambda m: m.fast_scratch_bytes)
-            use["sram"].append({"part": f"NPU fast scratch shared by {names}", "models": [m.name for m in models],
-                                "bytes": largest.fast_scratch_bytes})
+            add("sram", "fast_scratch", f"NPU fast scratch shared by {names}", models, largest.fast_scratch_bytes)
         for m in models:
-            use["sram"].append({"part": f"{m.name} input/output buffers", "models": [m.name],
-                                "bytes": m.io_bytes})
+            add("sram", "io", f"{m.name} input/output buffers", [m], _aligned(m.io_bytes))
     else:
         for m in models:
-            use[target.arena_memory].append({"part": f"{m.name} arena", "models": [m.name], "bytes": m.arena_bytes})
+            add(target.arena_memory, "arena", f"{m.name} arena", [m], m.arena_bytes)
             if target.fast_memory:
-                use["sram"].append({"part": f"{m.name} NPU fast scratch", "models": [m.name],
-                                    "bytes": m.fast_scratch_bytes})
+                add("sram", "fast_scratch", f"{m.name} NPU fast scratch", [m], m.fast_scratch_bytes)
     for m in models:
-        use["flash"].append({"part": f"{m.name} model array", "models": [m.name], "bytes": m.flash_bytes})
+        add("flash", "model", f"{m.name} model array", [m], m.flash_bytes)
         if target.model_memory == "dram":
-            use["dram"].append({"part": f"{m.name} model (weights read by the NPU)", "models": [m.name],
-                                "bytes": m.flash_bytes})
+            add("dram", "model", f"{m.name} model (weights read by the NPU)", [m], m.flash_bytes)
     for m in models:  # the application C beside each model (app_code; zero when not measured)
         if m.code_flash_bytes:
-            use["flash"].append({"part": f"{m.name} application code", "models": [m.name],
-                                 "bytes": m.code_flash_bytes})
+            add("flash", "app_code", f"{m.name} application code", [m], m.code_flash_bytes)
         if m.app_sram_bytes:
-            use["sram"].append({"part": f"{m.name} application buffers", "models": [m.name],
-                                "bytes": m.app_sram_bytes})
+            add("sram", "app_buffers", f"{m.name} application buffers", [m], m.app_sram_bytes)
     return use
 
 

@@ -65,6 +65,14 @@ def test_shipped_target_loads():
     ("npu_clock_hz = 500_000_000", "npu_clock_hz = 400_000_000", "npu_clock_hz"),
     ('model_section = ".rodata.npu_model"', 'model_section = ".rodata.npu_model"\nvela_config = "nope.ini"',
      "vela_config"),
+    # the firmware image's memory map ([image], memory origins)
+    ("origin = 0x3100_0000\n", "", "memory.sram.origin"),
+    ("origin = 0x7000_0000", "origin = 0xFFFF_0000", "memory.flash.origin"),
+    ("origin = 0x3000_0000", "origin = 0x3100_8000", "image.data.origin"),  # inside the models' SRAM
+    ("origin = 0x1000_0000", 'origin = "ITCM"', "image.code.origin"),
+    ('qemu_machine = "mps3-an547"', 'qemu_machine = "mps3-an547"\ncolour = 1', "image.colour"),
+    ('qemu_machine = "mps3-an547"', 'qemu_machine = "mps3-an547"\nstack_bytes = 600_000', "image.stack_bytes"),
+    ("[image.data]", "[image.heap]", "image.data"),
 ])
 def test_bad_target_names_file_and_field(tmp_path, old, new, field):
     path = write_target(tmp_path, TARGET, variant(old, new))

@@ -148,7 +148,7 @@ def test_generated_files_are_byte_identical_when_built_again(smoke_project):
     before = digests()
     shutil.rmtree(folder)
     summary = build(root, model="all", target=TARGET, profile="smoke", log=lambda s: None)
-    assert {r.name.split()[0] for r in summary.results if r.ran} == {"assets", "report"}
-    assert digests() == before and len(before) >= 18  # 7 kws + 8 quality files, 3 report files
+    assert {r.name.split()[0] for r in summary.results if r.ran} == {"assets", "report", "image"}
+    assert digests() == before and len(before) >= 24  # 7 kws + 8 quality files, 3 report files, 6 image files
     text = "".join((folder / name).read_text() for name in before if name.endswith((".h", ".c", ".md", ".json")))
     assert str(root) not in text and not re.search(r"\b20\d\d-\d\d-\d\d\b", text)  # no absolute paths, no dates

@@ -142,7 +142,7 @@ def test_fit_digits_on_two_targets_then_nothing_reruns(tmp_path):
     ran = [r.name for r in himax["results"] if r.ran]
     assert ran and all(name.startswith("compile ") for name in ran)  # only Vela for the new target
     summary = build(root, model="digits", target="himax-wiseeye2", profile="smoke", log=lines.append)
-    assert {r.name.split()[0] for r in summary.results if r.ran} == {"assets", "report"}  # the fit's artifacts
+    assert {r.name.split()[0] for r in summary.results if r.ran} == {"assets", "report", "image"}  # the fit's
 
     again = fit(root, model="digits", target=TINY, log=lines.append, **SEARCH)
     assert not [r.name for r in again["results"] if r.ran]

@@ -43,8 +43,9 @@ def test_build_writes_assets_and_report(smoke_project):
     quality = report_model(report, "quality")
     # ... and the application C beside each model (app_code: front end, detector, preprocessing)
     assert model["code_flash_bytes"] > 0 and model["app_sram_bytes"] > 0 and quality["code_flash_bytes"] > 0
+    aligned = lambda n: -(-n // 16) * 16  # noqa: E731 (I/O buffers 16-byte aligned, as the image has them)
     assert report["total"]["sram_bytes"] == (max(model["arena_bytes"], quality["arena_bytes"])
-                                             + model["io_bytes"] + quality["io_bytes"]
+                                             + aligned(model["io_bytes"]) + aligned(quality["io_bytes"])
                                              + model["app_sram_bytes"] + quality["app_sram_bytes"])
     assert report["total"]["flash_bytes"] == (model["flash_bytes"] + quality["flash_bytes"]
                                               + model["code_flash_bytes"] + quality["code_flash_bytes"])
@@ -93,7 +94,7 @@ def test_new_target_reruns_only_compile_assets_report(smoke_project):
     finally:
         other.unlink()
     ran = {r.name.split()[0] for r in summary.results if r.ran}
-    assert ran == {"compile", "assets", "report"}
+    assert ran == {"compile", "assets", "report", "image"}
     assert (root / "firmware_assets" / "tight-budget" / "memory_report.json").is_file()
 
 
@@ -113,6 +114,11 @@ def test_budget_exceeded_fails_naming_model_memory_and_bytes(smoke_project):
     message = str(err.value)
     assert "SRAM" in message and "kws" in message and f"by {over} bytes" in message
     assert "\n" not in message
+    # the firmware image (firmware_image.py) does not link: the linker's own message, the same bytes over
+    assert "; the linker agrees: ld: " in message and f"ld: region `ML_SRAM' overflowed by {over} bytes" in message
+    link = json.loads((root / "firmware_assets" / "too-small" / "image" / "link_report.json").read_text())
+    assert link["linked"] is False and any("ML_SRAM" in line for line in link["linker"])
+    print(f"\nover-budget target: SRAM over by {over} bytes; linker: {link['linker']}")
     # re-checking the written report says the same; the good target passes
     with pytest.raises(BuildError, match=f"SRAM over budget by {over} bytes"):
         small.write_text(text.replace(f'name = "{TARGET}"', 'name = "too-small"')
@@ -209,7 +215,7 @@ def test_target_all_builds_every_target_with_vela_in_parallel(smoke_project):
     targets = resolve_targets(root, "all")
     assert len(targets) >= 5
     ran = {r.name.split()[0] for r in summary.results if r.ran}
-    assert ran <= {"compile", "assets", "report"}
+    assert ran <= {"compile", "assets", "report", "image"}
     table = (root / "firmware_assets" / "summary.md").read_text()
     for t in targets:
         folder = root / "firmware_assets" / t.name

@@ -35,7 +35,9 @@ TWO = [figures("a", 100_000, 500_000, io=502), figures("b", 50_000, 250_000, io=
 def test_models_run_one_at_a_time_share_the_arena_and_keep_their_io():
     rep = build_report(SHARED, TWO)
     total = rep["total"]
-    assert total["sram_bytes"] == 100_000 + 502 + 49_154  # largest arena + both models' I/O buffers
+    # largest arena + both models' I/O buffers, each 16-byte aligned as the firmware image lays them out
+    assert total["sram_bytes"] == 100_000 + 512 + 49_168
+    assert [p["kind"] for p in total["sram"]["parts"]] == ["arena", "io", "io"]
     assert total["flash_bytes"] == 750_000 and total["fits"] is True
     assert total["sram"]["headroom_bytes"] == SHARED.sram_budget_bytes - total["sram_bytes"]
     assert total["flash"]["headroom_percent"] == round(100 * (SHARED.flash_budget_bytes - 750_000)
@@ -58,7 +60,7 @@ def test_one_model_alone_is_just_its_arena():
 def test_dedicated_sram_puts_arena_and_weights_in_dram():
     models = [figures("a", 3_000, 500_000, fast=130_000), figures("b", 2_600, 250_000, fast=200_000)]
     total = build_report(DEDICATED, models)["total"]
-    assert total["sram_bytes"] == 200_000 + 1_000  # shared fast scratch + I/O buffers
+    assert total["sram_bytes"] == 200_000 + 2 * 512  # shared fast scratch + I/O buffers (16-byte aligned)
     assert total["dram_bytes"] == 3_000 + 750_000  # shared arena + both models' weights
     assert total["flash_bytes"] == 750_000
     assert total["sram"]["budget_bytes"] == 393_216 and total["fits"] is True

@@ -66,8 +66,8 @@ def test_blur_hidden_by_clipping_or_darkness_is_drawn_again(monkeypatch):
         (Shot("defocus", 3.0, 1, -3.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 1, "too_bright": 0, "noisy": 0}),
         (Shot("shake", 14.0, 1, 0.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 0, "noisy": 0}),
     ])
-    monkeypatch.setattr(q, "draw_shot", lambda rng, style: next(draws))
-    textured = q.random_view(np.random.default_rng(1), q.natural_image("brick"), 64)
+    monkeypatch.setattr(q, "draw_shot", lambda rng, style, scale=1.0: next(draws))
+    textured = q.random_view(np.random.default_rng(1), (q.natural_image("brick"),), 64, detail_view=False)[0]
     _, labels, params = q.picture(np.random.default_rng(0), textured, TRAIN_CAMERA, HEADS)
     assert labels == [1, 0, 0, 0] and params[q.PARAMS.index("ev")] == 0.0  # the third draw: nothing hides it
     # a blur that keeps most of the fine detail (a flat scene has none to lose) is drawn again too

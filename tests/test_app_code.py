@@ -26,8 +26,8 @@ from npubuild.kinds.kws import data as kws_data
 from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q
 from npubuild.kinds.quality.data import prepare
-from npubuild.kinds.quality.views import detail_view
 from npubuild.kinds.quality.evaluate import threshold_q as head_threshold_q
+from npubuild.kinds.quality.views import detail_view
 
 ROOT = Path(__file__).resolve().parents[1]
 KWS = load_recipe(ROOT / "models" / "kws.toml")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def _linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * exact_math.power(linear, 1 / 2.4) - 0.055)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _curve(name: str) -> exact_math.Curve:
     """A transfer function or tone curve as an `exact_math.Curve` (tabulated once per process)."""
     functions = {"to_linear": _srgb_to_linear, "srgb": _linear_to_srgb, "gamma2.0": _gamma(2.0),

@@ -6,14 +6,20 @@ Built-in dataset, deterministic for a seed:
   download), and skin-like textures generated here (tone, shading, mottling,
   pores, freckles, fine hairs). Each split has base images of its own: the
   photos are dealt to train/val/test, and textures come from disjoint seeds.
-- A sample: a random crop (with enough fine detail for blur to be visible),
-  flips and quarter turns, resized to the model's input, exposure normalised to
-  a well-lit mean; then photographed by a camera model in linear light
-  (`camera.py`): camera-shake or defocus blur, an exposure shift in stops with
-  clipping at sensor saturation, shot and read noise, a tone curve, 8 bits and
-  JPEG. Each issue's label comes from the physical parameter drawn, which avoids a
-  margin band between "clean" and "degraded" (the ranges below), so no label is a
-  coin toss; the parameters are kept per image (`p_<split>`) for per-band figures.
+- A sample: a view of a base as the model sees photos (`views.py`): a detail view
+  (a crop at 1-1.5 times the model's size: the photo's own pixels, as the blur
+  head sees a photo) or a whole view (60-100% of the base), with enough fine
+  detail for blur to be judged (`DETAIL_FLOOR`, for every label), flipped and
+  turned, exposure normalised to a well-lit mean; then photographed by a camera
+  model in linear light (`camera.py`) whose resolution (`camera.CAMERA_SIDES`)
+  sets the scale between its pixels and the view's: camera-shake or defocus
+  blur, an exposure shift in stops with clipping at sensor saturation, shot and
+  read noise, a tone curve, 8 bits and JPEG. Each issue's label comes from the
+  physical parameter drawn, which avoids a margin band between "clean" and
+  "degraded" (the ranges below), so no label is a coin toss; the parameters are
+  kept per image (`p_<split>`) for per-band figures.
+- Every number is computed the same way on every x86-64 CPU (`exact_math.py`), so
+  a seed gives the same bytes on any of them.
 - The camera-like test set (`test_cam`): the test split's bases through another
   camera (other tone curves, JPEG qualities and noise floor: `camera.TEST_CAMERA`).
 - `--base-images DIR`: the user's own clean photos replace the built-in bases
@@ -21,8 +27,8 @@ Built-in dataset, deterministic for a seed:
 
 Real data (`--data-dir DIR`): images plus `labels.csv` with a `file` column and
 one 0/1 column per head (an optional `split` column: train/val/test; otherwise
-files are split 70/15/15 by a hash of their name). Every image is centre-cropped
-to a square and resized to the model input (area averaging when shrinking).
+files are split 70/15/15 by a hash of their name). Every image gives the views
+its heads read (`views.py`), each a row with the image's labels.
 """
 
 from __future__ import annotations
@@ -249,7 +255,7 @@ SOFTNESS = (0.3, 0.6)
 HIDDEN_CLIPPED = 0.5
 BLUR_VISIBLE = 0.5
 HIDDEN_DARK_EV = -3.0
-HIDDEN_NOISE = 0.06
+HIDDEN_NOISE = 0.035
 # How often each issue is present in the built-in data.
 P_BLUR, P_NOISE = 0.4, 0.4
 P_DARK, P_BRIGHT = 0.25, 0.25  # exposure is one of clean / dark / bright

@@ -185,3 +185,33 @@ def test_base_images_through_the_build_and_refused_for_kws(tmp_path):
     with pytest.raises(BuildError, match=r"^--base-images: model kws \(keyword_spotting\) does not build"):
         build(root, model="kws", target=TARGET, profile="smoke", data_dir=BaseImagesDir(bases), dry_run=True,
               log=lines.append)
+
+
+def test_views_whole_and_detail():
+    """The whole view is the centre square at the model's size; the detail view the centre of the square
+    resized to min(detail_side, its side), never enlarged below the model's size."""
+    from npubuild.kinds.quality.views import detail_square, detail_view, photo_views
+
+    assert [detail_square(s, 128, 512) for s in (64, 128, 300, 512, 3000)] == [128, 128, 300, 512, 512]
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    square = photo[:, 150:850].astype(np.float32) / 255.0
+    expected = np.round(q.resize(square, 512, 512)[192:320, 192:320] * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(detail_view(photo, 128, 512), expected)
+    small = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)  # short side 200 < 512: its own pixels
+    assert np.array_equal(detail_view(small, 128, 512), small[50:250][36:164, 36:164])
+    views = photo_views(photo, 128, 512)
+    assert views.shape == (2, 128, 128, 3) and np.array_equal(views[0], q.prepare(photo, 128))
+    assert photo_views(photo, 128).shape == (1, 128, 128, 3)
+
+
+def test_labelled_folder_gives_both_views_with_a_detail_side(tmp_path):
+    from npubuild.kinds.quality.views import detail_view
+
+    write_folder(tmp_path, GOOD)
+    out = tmp_path / "features.npz"
+    q.build_from_dir(tmp_path, HEADS, 32, out, detail_side=48)
+    x, y = q.load_images(out, "train")
+    image = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [[1, 0, 0, 0]] * 2
+    assert np.array_equal(x[0], q.prepare(image, 32)) and np.array_equal(x[1], detail_view(image, 32, 48))

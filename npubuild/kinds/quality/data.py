@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.errors import BuildError
+from npubuild.kinds.quality.views import photo_views, whole_view
 from npubuild.stages import atomic_output, say
 
 # Photos bundled in scikit-image 0.26's wheel (skimage/data/*.png|jpg), by loader name.
@@ -163,13 +164,6 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     from npubuild.kinds.quality.exact_math import resize as exact_resize
 
     return exact_resize(image, height, width)
-
-
-def center_square(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top:top + side, left:left + side]
 
 
 def _laplacian(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -559,12 +553,8 @@ def read_photo(path: Path) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, size: int) -> np.ndarray:
-    """The resize policy, shared with the predictor: centre square crop, resize, 8-bit RGB."""
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.round(resize(center_square(image[..., :3]), size, size) * 255.0).clip(0, 255).astype(np.uint8)
+    """The whole view (`views.whole_view`): centre square crop, resize, 8-bit RGB."""
+    return whole_view(image, size)
 
 
 def _split_of(name: str) -> str:
@@ -611,8 +601,6 @@ def build_from_dir(data_dir: Path, heads: tuple[str, ...], size: int, out: Path,
     """A labelled folder's splits. With `detail_side`, each photo gives two rows, its whole and its detail
     view (`views.py`) with the photo's labels: the model learns each head on both, and reads each head on
     the view the recipe gives it."""
-    from npubuild.kinds.quality.views import photo_views
-
     rows = read_labels(data_dir, heads)
     arrays = {}
     for split in SPLITS:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npubuild.kinds.quality.exact_math import resize
+
 VIEWS = ("whole", "detail")
 
 
@@ -27,10 +29,15 @@ def detail_square(side: int, size: int, detail_side: int) -> int:
     return max(size, min(detail_side, side))
 
 
+def center_square(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
 def detail_view(image: np.ndarray, size: int, detail_side: int) -> np.ndarray:
     """The detail view of an image (uint8 or float RGB, any size) as uint8 size x size x 3."""
-    from npubuild.kinds.quality.data import center_square, resize
-
     image = _float_rgb(image)
     square = center_square(image)
     n = detail_square(square.shape[0], size, detail_side)
@@ -40,9 +47,9 @@ def detail_view(image: np.ndarray, size: int, detail_side: int) -> np.ndarray:
 
 
 def whole_view(image: np.ndarray, size: int) -> np.ndarray:
-    from npubuild.kinds.quality.data import prepare
-
-    return prepare(np.asarray(image), size)
+    """The whole view of an image (uint8 or float RGB, any size): its centre square resized to size x
+    size, 8-bit RGB (`data.prepare`, shared with the predictor and the C preprocessing)."""
+    return _to_uint8(resize(center_square(_float_rgb(image)), size, size))
 
 
 def views_used(recipe) -> tuple[str, ...]:

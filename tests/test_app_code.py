@@ -27,7 +27,13 @@ from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q
 from npubuild.kinds.quality.data import prepare
 from npubuild.kinds.quality.evaluate import threshold_q as head_threshold_q
-from npubuild.kinds.quality.views import detail_view
+from npubuild.kinds.quality.views import (
+    center_square,
+    crop_candidates,
+    detail_crop,
+    detail_square,
+    detail_view,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KWS = load_recipe(ROOT / "models" / "kws.toml")
@@ -454,10 +460,12 @@ def test_preprocess_within_one_step_of_prepare(preprocess_program):
     rng = np.random.default_rng(7)
     size, detail_side = QUALITY.image.height, QUALITY.image.detail_side
     assert detail_side > size  # the recipe has a detail view
-    rows = []
+    rows, off_centre = [], 0
     for h, w in FRAME_SIZES:
         image = make_image(rng, h, w)
         packed, wide = rgb565(image)
+        n = detail_square(min(h, w), size, detail_side)
+        off_centre += detail_crop(center_square(image), n, size) != crop_candidates(n, size)[0]
         for fmt, frame, reference in ((888, image, image), (565, packed, wide)):
             for view in ("whole", "detail"):
                 got = run_preprocess(exe, frame, fmt, pad=3 if (h + w) % 2 else 0, detail=view == "detail")
@@ -468,6 +476,7 @@ def test_preprocess_within_one_step_of_prepare(preprocess_program):
                              "equal_fraction": round(float((diff == 0).mean()), 6),
                              "max_step_difference": int(diff.max()), "values_differing": int((diff > 0).sum())})
                 assert diff.max() <= 1, rows[-1]
+    assert off_centre >= 2  # the C picked the same off-centre crops as the host (else the pixels differ)
     record("preprocess vs quality_data.prepare", frames=rows,
            values=len(rows) * size * size * 3, values_differing=sum(r["values_differing"] for r in rows),
            equal_fraction_min=min(r["equal_fraction"] for r in rows),

@@ -190,16 +190,23 @@ def test_base_images_through_the_build_and_refused_for_kws(tmp_path):
 def test_views_whole_and_detail():
     """The whole view is the centre square at the model's size; the detail view the centre of the square
     resized to min(detail_side, its side), never enlarged below the model's size."""
-    from npubuild.kinds.quality.views import detail_square, detail_view, photo_views
+    from npubuild.kinds.quality.views import crop_candidates, detail_square, detail_view, photo_views
 
     assert [detail_square(s, 128, 512) for s in (64, 128, 300, 512, 3000)] == [128, 128, 300, 512, 512]
+    assert crop_candidates(512, 128) == [(192, 192), (64, 64), (64, 192), (64, 320), (192, 64), (192, 320),
+                                         (320, 64), (320, 192), (320, 320)]
+    assert crop_candidates(200, 128) == [(36, 36), (0, 0), (0, 36), (0, 72), (36, 0), (36, 72), (72, 0),
+                                         (72, 36), (72, 72)]
+    assert crop_candidates(128, 128) == [(0, 0)]
+    # a flat photo with one textured patch off the centre: the detail view is the crop that holds it
     rng = np.random.default_rng(3)
-    photo = rng.integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    photo = np.full((700, 1000, 3), 120, np.uint8)
+    photo[40:200, 190:360] = rng.integers(0, 256, (160, 170, 3), dtype=np.uint8)
     square = photo[:, 150:850].astype(np.float32) / 255.0
-    expected = np.round(q.resize(square, 512, 512)[192:320, 192:320] * 255).clip(0, 255).astype(np.uint8)
+    expected = np.round(q.resize(square, 512, 512)[64:192, 64:192] * 255).clip(0, 255).astype(np.uint8)
     assert np.array_equal(detail_view(photo, 128, 512), expected)
-    small = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)  # short side 200 < 512: its own pixels
-    assert np.array_equal(detail_view(small, 128, 512), small[50:250][36:164, 36:164])
+    flat = np.full((300, 200, 3), 90, np.uint8)  # no detail anywhere: the centre; short side 200: own pixels
+    assert np.array_equal(detail_view(flat, 128, 512), flat[50:250][36:164, 36:164])
     views = photo_views(photo, 128, 512)
     assert views.shape == (2, 128, 128, 3) and np.array_equal(views[0], q.prepare(photo, 128))
     assert photo_views(photo, 128).shape == (1, 128, 128, 3)

@@ -23,6 +23,17 @@ def _fail_cleanly(fn, *args, **kwargs):
                    code=130) from None
 
 
+def _trained_on(folder, voice_bank: bool):
+    """The --data-dir of the build whose model a task reads (None: the built-in data)."""
+    from npubuild.kinds.base import WithBuiltinData
+
+    if folder is None:
+        if voice_bank:
+            raise Exit("error: --voice-bank: give --trained-on too (the folder the model was trained on)", code=1)
+        return None
+    return WithBuiltinData(folder) if voice_bank else Path(folder)
+
+
 def _count(option: str, value) -> int | None:
     """A count option (--jobs, --models-at-once): a whole number of at least 1, or a one-line error."""
     if value is None:
@@ -52,10 +63,12 @@ def _count(option: str, value) -> int | None:
     "replace-assets": "replace firmware assets that another profile or dataset made (otherwise the build stops)",
     "base-images": "image models: a folder of your own clean photos, degraded into the training data in place "
                    "of the built-in bases",
+    "voice-bank": "with --data-dir (kws): train on your recordings and the built-in voice bank together, "
+                  "[mix] real_share of each epoch from the recordings (default: the recipe's [mix] voice_bank)",
 })
 def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=None, assets_dir=None,
           dry_run=False, jobs=None, replace_assets=False, dataset=None, cache_dir=None, base_images=None,
-          models_at_once=None):
+          models_at_once=None, voice_bank=False):
     """Train, quantize, compile and package the models; write memory reports."""
     from npubuild.datasets import data_dir_for
     from npubuild.kinds.base import BaseImagesDir
@@ -73,7 +86,7 @@ def build(c, model=None, target=None, profile=None, data_dir=None, build_dir=Non
         data_dir=data_dir,
         build_dir=Path(build_dir) if build_dir else None, assets_dir=Path(assets_dir) if assets_dir else None,
         dry_run=dry_run, jobs=_count("jobs", jobs), replace_assets=replace_assets,
-        models_at_once=_count("models-at-once", models_at_once),
+        models_at_once=_count("models-at-once", models_at_once), voice_bank=True if voice_bank else None,
     )
 
 
@@ -131,7 +144,7 @@ def report(c, target="all", check=False, assets_dir=None, open=False):
 })
 def compare(c, model="kws", targets=None, profile=None, techniques=None, data_dir=None, ray=None):
     """Build every optimization recipe and write firmware_assets/compare/<model>.{json,md}."""
-    from npubuild.fit import compare_on_ray
+    from npubuild.chains import compare_on_ray
     from npubuild.pipeline import compare as run_compare
 
     _fail_cleanly(
@@ -159,8 +172,9 @@ def compare(c, model="kws", targets=None, profile=None, techniques=None, data_di
 def fit(c, model, target=None, max_drop=None, min_accuracy=None, objective="flash", with_=None, profile=None,
         techniques=None, sparsities=None, clusters=None, apply=False, ray=None):
     """Search the deployment tree for the best model that fits a target; write firmware_assets/fit/."""
+    from npubuild.candidates import CLUSTERS, SPARSITIES
     from npubuild.errors import OverBudget
-    from npubuild.fit import CLUSTERS, SPARSITIES, Bound
+    from npubuild.fit import Bound
     from npubuild.fit import fit as run_fit
 
     bound = Bound(max_drop=float(max_drop) if max_drop is not None else 1.0,
@@ -210,12 +224,18 @@ def test(c, k=None, fast=False):
     "part": "build (a clean build, the no-op rebuild, the training step against a plain model.fit on the "
             "build's own data, Vela for every target, C arrays; default), fit (the training step alone, on an "
             "existing build), detector (the detector stage's tuning on an existing build's kws model) or "
-            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours)",
+            "finetune (every optimization scheme's fine-tuning speed, tfmot's own CQAT/PCQAT beside ours) or real "
+            "(the shipped kws model on real recordings: clip accuracy, and the detector on streams of them)",
+    "data-dir": "with --part real: a folder of real recordings in the Speech Commands layout",
+    "noise-seconds": "with --part real: seconds of the folder's background noise for the false-alarm rate "
+                     "(default 3600)",
+    "trained-on": "with --part real: the model a build trained on this --data-dir folder (default: built-in data)",
+    "voice-bank": "with --trained-on: the build that mixed that folder with the voice bank",
     "build-dir": "with --part fit or detector: the build folder that holds the model (default: build/)",
     "keep": "with --part build: build the scratch project in this new (or empty) folder and keep it",
 })
 def bench(c, profile="default", model=None, output="benchmarks/results.json", part="build", build_dir=None,
-          keep=None):
+          keep=None, data_dir=None, noise_seconds=3600, trained_on=None, voice_bank=False):
     """Time a clean build stage by stage and in total, the no-op rebuild, the training step, Vela, C arrays."""
     from npubuild.bench import detector_benchmark, finetune_benchmark, run_benchmarks, training_step_benchmark
 
@@ -231,8 +251,17 @@ def bench(c, profile="default", model=None, output="benchmarks/results.json", pa
     if part == "finetune":
         _fail_cleanly(finetune_benchmark, ROOT, output=ROOT / output)
         return
+    if part == "real":
+        if not data_dir:
+            raise Exit("error: --part real needs --data-dir (real recordings in the Speech Commands layout)", code=1)
+        from npubuild.bench import real_speech_benchmark
+
+        _fail_cleanly(real_speech_benchmark, ROOT, profile=profile, data_dir=Path(data_dir), output=ROOT / output,
+                      build_dir=Path(build_dir) if build_dir else None, noise_seconds=float(noise_seconds),
+                      trained_on=_trained_on(trained_on, voice_bank))
+        return
     if part != "build":
-        raise Exit(f"error: --part {part!r}: expected build, fit, detector or finetune", code=1)
+        raise Exit(f"error: --part {part!r}: expected build, fit, detector, finetune or real", code=1)
     _fail_cleanly(run_benchmarks, ROOT, profile=profile, output=ROOT / output, target=c.config.build.target,
                   model=model or c.config.build.model, keep=Path(keep).resolve() if keep else None)
 
@@ -270,15 +299,19 @@ def listen(c, wav, model="kws", profile=None, target=None, stride_ms=None, avera
     "target": "also report the model's inference time and memory on this target (from its memory report)",
     "assets-dir": "where firmware assets go (default: firmware_assets/): writes evaluate/<model>-<dataset>.*",
     "build-dir": "the build folder holding the model (default: build/)",
+    "trained-on": "evaluate the model a build trained on this --data-dir folder (default: the built-in data)",
+    "voice-bank": "with --trained-on: the build that mixed that folder with the voice bank (--voice-bank)",
 })
-def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None):
+def evaluate(c, model="kws", data_dir=None, profile=None, target=None, assets_dir=None, build_dir=None,
+             trained_on=None, voice_bank=False):
     """The shipped model, FP32 and INT8, on a labelled folder or the built-in test sets."""
-    from npubuild.dataset_eval import evaluate_dataset
+    from npubuild.evaluation_report import evaluate_dataset
 
     _fail_cleanly(evaluate_dataset, ROOT, model=model, data_dir=Path(data_dir) if data_dir else None,
                   profile=profile or c.config.build.profile, target=target,
                   assets_dir=Path(assets_dir) if assets_dir else None,
-                  build_dir=Path(build_dir) if build_dir else None)
+                  build_dir=Path(build_dir) if build_dir else None,
+                  trained_on=_trained_on(trained_on, voice_bank))
 
 
 @task(help={"all": "also remove the generated firmware assets (firmware_assets/README.md is kept)",

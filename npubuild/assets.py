@@ -119,19 +119,19 @@ def write_model_assets(*, recipe: Recipe, target: Target, technique: str, compil
     context.update(extras[0])
     for suffix, text in extras[1].items():
         paths[out_dir / f"{name}{suffix}"] = text
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors, op_resolver
 
-    entries = firmware_kit.resolver_entries(compiled)
+    entries = op_resolver.resolver_entries(compiled)
     context.update(symbol_base=c_identifier(name), entries=entries,
                    cpu_ops=[e["op"].split()[0] for e in entries if e["method"] != "AddEthosU"])
     if golden is None and features is not None:
-        golden = firmware_kit.golden_vectors(recipe, int8, features)
+        golden = golden_vectors.golden_vectors(recipe, int8, features)
     if golden is not None:
         # element types from the tensors: int8_t, or int16_t for 16x8 models (int16 activations)
         context.update(golden=golden, golden_input_type=f"{input_info.dtype}_t",
                        golden_output_type=f"{outputs[0].dtype}_t",
-                       golden_input_rows=[firmware_kit.c_rows(r) for r in golden["inputs"]],
-                       golden_output_rows=[firmware_kit.c_rows(r) for r in golden["outputs"]])
+                       golden_input_rows=[golden_vectors.c_rows(r) for r in golden["inputs"]],
+                       golden_output_rows=[golden_vectors.c_rows(r) for r in golden["outputs"]])
         paths[out_dir / f"{name}_golden.h"] = env.get_template("golden.h.j2").render(context)
         paths[out_dir / f"{name}_golden.c"] = env.get_template("golden.c.j2").render(context)
     from npubuild import app_code  # issue #17: front end, preprocessing in C, and their Cortex-M55 sizes

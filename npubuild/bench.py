@@ -211,7 +211,7 @@ def finetune_benchmark(root: Path, *, output: Path) -> dict:
     ones (`finetune_throughput`), merged into `output` under "finetune_throughput"."""
     figures = {
         "kws": finetune_throughput(root, model="kws", samples=1000),
-        # MobileNetV2 is slow to fine-tune here: the PCQAT chain only, on a few images
+        # MobileNetV2 is slow to fine-tune: the PCQAT chain only, on a few images
         "quality": finetune_throughput(root, model="quality", samples=64, batch_size=16, recipes=("pcqat",)),
     }
     merge_results(output, {"finetune_throughput": figures})
@@ -298,8 +298,8 @@ def finetune_throughput(root: Path, *, model: str = "kws", samples: int = 2000, 
 
     from npubuild.config import load_recipe
     from npubuild.kinds import get_kind
+    from npubuild.optimization_recipes import RECIPES, chain_name
     from npubuild.optimize import apply_qat, plan_recipe, wrap_for_step
-    from npubuild.techniques import RECIPES, chain_name
     from npubuild.tfenv import import_tf
     from npubuild.train import build_model, load_keras_model
 
@@ -375,6 +375,51 @@ def detector_benchmark(root: Path, *, profile: str, output: Path, build_dir: Pat
                "settings_scored": len(result["results"]), "chosen": result["chosen"]}
     merge_results(output, {"detector_tuning": figures})
     print(f"detector tuning: {seconds:.1f} s for {len(result['results'])} settings")
+    return figures
+
+
+def real_speech_benchmark(root: Path, *, profile: str, data_dir: Path, output: Path, build_dir: Path | None = None,
+                          noise_seconds: float = 3600.0, trained_on: Path | None = None) -> dict:
+    """The shipped kws model of `profile` on real recordings (`data_dir`, Speech Commands layout): its clip
+    accuracy as `invoke evaluate --data-dir` gives it (overall and per class, FP32 and INT8), and the
+    tuned streaming detector on streams of those recordings at the pace of commands (one speaker's
+    keywords in a row where the folder allows, 0.3-1.0 s apart) and on `noise_seconds` of the folder's
+    background noise (`kinds.kws.real_streams`). `trained_on`: the model a build trained on that folder
+    (`--data-dir`) instead of the built-in data's. Merged into `output` under "real_speech" (the built-in
+    model's) or "real_speech_trained_on" (by the training data's name)."""
+    from npubuild.config import resolve_models
+    from npubuild.evaluation_report import dataset_name, evaluate_dataset
+    from npubuild.kinds.kws.detector import KwsModel, detector_json, tuned_settings
+    from npubuild.kinds.kws.real_streams import folder_streams, stream_benchmark
+    from npubuild.pipeline import shipped_paths
+
+    recipe = resolve_models(root, "kws")[0]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="npubuild-real-") as scratch:
+        clips = evaluate_dataset(root, model="kws", data_dir=data_dir, profile=profile, build_dir=build_dir,
+                                 assets_dir=Path(scratch), trained_on=trained_on, log=lambda s: None)
+    folder = clips["sets"]["folder"]
+    paths = shipped_paths(root, recipe, profile, build_dir, trained_on=trained_on)
+    settings = tuned_settings(detector_json(paths, recipe.ship))
+    model = KwsModel.from_build(paths.int8(recipe.ship), paths.features, recipe.labels)
+    stream_set = folder_streams(recipe, data_dir, seed=recipe.seed)
+    streams = stream_benchmark(recipe, model, settings, stream_set, noise_seconds=noise_seconds, seed=recipe.seed,
+                               log=print)
+    figures = {"dataset": dataset_name(data_dir), "profile": profile, "machine": _machine(),
+               "trained_on": clips.get("trained_on", "builtin"),
+               "seconds": round(time.perf_counter() - start, 1),
+               "clips": {"count": folder["count"], "int8_accuracy": folder["int8"]["accuracy"],
+                         "fp32_accuracy": folder["fp32"]["accuracy"],
+                         "int8_per_class": folder["int8"]["per_class"]},
+               "streams": streams}
+    if trained_on is None:
+        merge_results(output, {"real_speech": figures})
+    else:
+        existing = json.loads(output.read_text()).get("real_speech_trained_on", {}) if output.is_file() else {}
+        merge_results(output, {"real_speech_trained_on": {**existing, figures["trained_on"]: figures}})
+    print(f"real speech ({figures['dataset']}): clips INT8 {100 * folder['int8']['accuracy']:.1f}%; streams: "
+          f"{streams['in_order']}/{streams['keywords']} keywords detected in order, {streams['wrong_word']} wrong words, "
+          f"{streams['false_alarms_per_hour']} false alarms per hour of noise")
     return figures
 
 

@@ -13,11 +13,15 @@ targets) and runs them through its own `Cache` on the shared project folder: sta
 last, so a stage a dead worker left half-done is not up to date and simply reruns when Ray retries
 the task. Assumption: the workers see the project folder at the same path (a shared filesystem),
 with the same Python environment (same TF, tfmot, Vela versions: they are part of every stage key).
+
+The candidates of `invoke fit` (and the recipes of `invoke compare --ray`) run as such chains
+(`run_candidates`), here or on the cluster.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,5 +115,69 @@ def run_chains_on_ray(address: str, cache, chains: list[Chain], job: dict, worke
     return results
 
 
-def stamp_paths(chains: list[Chain]) -> list[Path]:
-    return [s for c in chains for s in c.stamps]
+# --------------------------------------------------------------------------- candidates as chains
+
+
+def ray_address(given: str | None) -> str | None:
+    """--ray ADDRESS, else $RAY_ADDRESS; None: run locally."""
+    return given or os.environ.get("RAY_ADDRESS") or None
+
+
+def stages_for(root: Path, build_dir: Path, model: str, profile: str, specs: list[dict], targets: list[str],
+               validate: bool, log: Callable[[str], None] = print) -> list[list]:
+    """Every candidate's stage list, rebuilt from plain data (what a Ray worker receives)."""
+    from npubuild import pipeline
+    from npubuild.candidates import Candidate, candidate_stages
+    from npubuild.config import resolve_models, resolve_targets
+
+    recipe = resolve_models(root, model)[0]
+    tgts = [resolve_targets(root, t)[0] for t in targets]
+    base = build_dir / profile / recipe.name / pipeline.dataset_id(None)
+    return [candidate_stages(recipe, profile, None, base, Candidate.from_spec(s), tgts, validate, log) for s in specs]
+
+
+def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], targets: list[str],
+                   validate: bool, ray: str | None) -> None:
+    """Run every candidate's stages: in this process, chain after chain, or on a Ray cluster."""
+    per_candidate = stages_for(layout.root, layout.build_dir, model, profile, specs, targets, validate, cache.log)
+    chains = plan_chains(per_candidate)
+    address = ray_address(ray)
+    if address is None:
+        by_stamp = {s.stamp: s for stages in per_candidate for s in stages}
+        for chain in chains:
+            run_in_order(cache, [by_stamp[stamp] for stamp in chain.stamps])
+        return
+    job = {"root": str(layout.root), "build_dir": str(layout.build_dir), "model": model, "profile": profile,
+           "specs": specs, "targets": targets, "validate": validate}
+    run_chains_on_ray(address, cache, chains, job, run_chain_job)
+
+
+def compare_on_ray(ray: str | None):
+    """For `pipeline.compare(run_models=...)`: each recipe's stages (the build's own) as chains on the Ray
+    cluster at `ray` / $RAY_ADDRESS; None when there is none (compare then runs them itself)."""
+    from npubuild.candidates import Candidate
+    from npubuild.pipeline import ModelPaths, dataset_id
+
+    if ray_address(ray) is None:
+        return None
+
+    def run_models(cache, layout, recipe, profile, techniques, targets):
+        run_candidates(cache, layout, recipe.name, profile, [Candidate(t).to_spec() for t in techniques],
+                       [t.name for t in targets], validate=False, ray=ray)
+        return ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+
+    return run_models
+
+
+def run_chain_job(job: dict, stamps: list[str]) -> tuple[list[tuple], list[str]]:
+    """What a worker does: rebuild the stages, run those of its chain in order through a Cache."""
+    from npubuild.stages import Cache
+
+    lines: list[str] = []
+    root = Path(job["root"])
+    per_candidate = stages_for(root, Path(job["build_dir"]), job["model"], job["profile"], job["specs"],
+                               job["targets"], job["validate"], lines.append)
+    by_stamp = {str(s.stamp): s for stages in per_candidate for s in stages}
+    cache = Cache(root, lines.append)
+    run_in_order(cache, [by_stamp[stamp] for stamp in stamps])
+    return [(r.name, r.ran, r.reason, r.seconds) for r in cache.results], lines

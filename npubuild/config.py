@@ -5,14 +5,16 @@ Every problem found while loading names the file and the field.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from npubuild.errors import BuildError
-from npubuild.techniques import RECIPES
+from npubuild.optimization_recipes import RECIPES
 
 ACCELERATORS = (
     "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256",
@@ -136,7 +138,6 @@ class Target:
                 "memory_mode": self.memory_mode}
 
 
-_DERIVED = ("source", "memory", "arena_memory", "model_memory", "fast_memory")
 _PORT_MEMORY = {"Sram": "sram", "Dram": "dram", "OnChipFlash": "flash", "OffChipFlash": "flash"}
 
 
@@ -342,6 +343,15 @@ class KerasSettings:
 
 
 @dataclass(frozen=True)
+class MixSettings:
+    """`[mix]` of a recipe whose kind can train on a labelled folder together with its built-in data
+    (keyword spotting: your recordings and the voice bank; `invoke build --data-dir DIR --voice-bank`)."""
+
+    voice_bank: bool = False  # a --data-dir build mixes in the built-in data without being asked
+    real_share: float = 0.5  # share of each training epoch drawn from the folder's clips
+
+
+@dataclass(frozen=True)
 class DetectorSettings:
     """Streaming keyword detection (`[detector]`), as firmware and `invoke listen` run it: the model
     runs every `stride_ms` on the last second of audio; a keyword is reported when its posterior,
@@ -391,6 +401,7 @@ class Recipe:
     source: Path
     detector: DetectorTuning | None = None  # keyword spotting only; None: no streaming detector
     keras: KerasSettings | None = None  # kind "keras": the user's model and data
+    mix: MixSettings = MixSettings()  # a labelled folder with the built-in data (kinds that mix them)
 
     @property
     def task(self) -> str:
@@ -447,7 +458,7 @@ def load_recipe(path: Path) -> Recipe:
 
     table = dict(read_toml(path))
     subtables = {name: table.pop(name, None) for name in ("frontend", "image", "optimize", "profiles", "detector",
-                                                           "keras")}
+                                                           "keras", "mix")}
     top = _take(path, table, _RecipeTop)
     if top.kind and top.task and top.kind != top.task:
         raise BuildError(f"{path}: field 'task' {top.task!r} contradicts field 'kind' {top.kind!r} (give 'kind')")
@@ -516,10 +527,19 @@ def load_recipe(path: Path) -> Recipe:
             raise BuildError(f"{path}: field 'image.detail_heads' needs 'image.detail_side'")
     detector = (_load_detector(path, subtables["detector"], frontend) if subtables["detector"] is not None
                 else None)
+    mix = MixSettings()
+    if subtables["mix"] is not None:
+        if not kind.mixes_builtin_data:
+            raise BuildError(f"{path}: table '[mix]' is for kinds with built-in data to mix (kind {kind_name} has none)")
+        if not isinstance(subtables["mix"], dict):
+            raise BuildError(f"{path}: field 'mix' must be a table")
+        mix = _take(path, subtables["mix"], MixSettings, prefix="mix.")
+        if not 0.0 < mix.real_share <= 1.0:
+            raise BuildError(f"{path}: field 'mix.real_share' must be in (0, 1], got {mix.real_share!r}")
     recipe = Recipe(name=top.name, description=top.description, kind=kind_name, architecture=top.architecture,
                     labels=labels, unknown_words=top.unknown_words, ship=top.ship, seed=top.seed,
                     frontend=frontend, image=image, optimize=optimize, profiles=profiles, source=path,
-                    detector=detector, keras=keras)
+                    detector=detector, keras=keras, mix=mix)
     problem = kind.check_recipe(recipe)
     if problem:
         raise BuildError(f"{path}: field '{problem[0]}' {problem[1]}")
@@ -578,3 +598,52 @@ def resolve_models(root: Path, name: str) -> list[Recipe]:
                 raise BuildError(f"{root / 'models' / (n + '.toml')}: no such model recipe")
         paths = [known[n] for n in dict.fromkeys(wanted)]
     return [load_recipe(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- editing a recipe file
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def edit_toml(text: str, table: str, key: str, value: Any) -> str:
+    """Set `key = value` in `[table]` ("" for the top level) by editing its line (comments, order and
+    the rest of the file kept); a missing key is added at the end of its table."""
+    lines = text.splitlines(keepends=True)
+    current, start, end = "", 0 if not table else None, None
+    for i, line in enumerate(lines):
+        header = re.match(r"\s*\[([^\]]+)\]\s*(#.*)?$", line)
+        if header:
+            if current == table and start is not None and end is None:
+                end = i
+            current = header.group(1).strip()
+            if current == table:
+                start = i + 1
+            continue
+        if current == table and start is not None:
+            m = re.match(rf"(\s*{re.escape(key)}\s*=\s*)(\"[^\"]*\"|[^#\s]+)(.*)$", line, re.DOTALL)
+            if m:
+                lines[i] = m.group(1) + _toml_value(value) + m.group(3)
+                return "".join(lines)
+    if start is None:
+        return text.rstrip("\n") + f"\n\n[{table}]\n{key} = {_toml_value(value)}\n"
+    end = len(lines) if end is None else end
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    lines.insert(end, f"{key} = {_toml_value(value)}\n")
+    return "".join(lines)
+
+
+def edit_recipe(path: Path, technique: str, changed: dict) -> None:
+    from npubuild.stages import write_text
+
+    text = edit_toml(path.read_text(), "", "ship", technique)
+    for name, value in sorted(changed.items()):
+        table, key = name.split(".", 1)
+        text = edit_toml(text, table, key, value)
+    write_text(path, text)

@@ -13,6 +13,8 @@ from npubuild.errors import BuildError
 from npubuild.stages import atomic_output
 
 REPRESENTATIVE_SAMPLES = 500
+# What the converter prints on standard error on every full-INT8 conversion, without a severity.
+CONVERTER_CHATTER = ("fully_quantize: ",)
 
 
 def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
@@ -24,7 +26,7 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
     A model with several outputs (one per head) keeps them; the TFLite file may order
     them differently, see `output_order`."""
     from npubuild.kinds import get_kind
-    from npubuild.tfenv import import_tf
+    from npubuild.tfenv import import_tf, log_level, native_messages
 
     tf, _ = import_tf(seed=seed)
     representative = get_kind(recipe.kind).representative(recipe, features, REPRESENTATIVE_SAMPLES, seed)
@@ -39,7 +41,8 @@ def convert_to_int8(recipe: Recipe, model, features: Path, out: Path, seed: int,
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     try:
-        flatbuffer = converter.convert()
+        with native_messages(log_level(), CONVERTER_CHATTER):
+            flatbuffer = converter.convert()
     except Exception as e:  # the converter's errors are long MLIR dumps: keep the line naming the op
         raise BuildError(f"{out.name}: the model cannot be made full INT8: {conversion_problem(str(e))}") from None
     with atomic_output(out) as f:

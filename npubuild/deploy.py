@@ -85,18 +85,18 @@ def check_full_int8(path: Path, info: Inspection) -> None:
 def host_golden(int8: Path, io_in, log: Callable[[str], None], name: str) -> tuple[dict | None, tuple[str, ...]]:
     """Golden vectors from LiteRT's reference kernels; from TFLM's interpreter when LiteRT cannot load
     or run the file; else none, said in one line. Returns (golden, notes for integration.md)."""
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors
     from npubuild.int8_runner import run_tflm
 
     try:
-        golden = firmware_kit.random_golden(int8, io_in)
+        golden = golden_vectors.random_golden(int8, io_in)
         if io_in.dtype == "int16":
             golden["host"] = "LiteRT reference kernels; TFLM's 16-bit kernels can round one step apart"
         return golden, ()
     except BuildError as e:
         litert = str(e).removeprefix(f"{int8}: ")
     try:
-        golden = firmware_kit.random_golden(int8, io_in, run=run_tflm)
+        golden = golden_vectors.random_golden(int8, io_in, run=run_tflm)
     except BuildError as e:
         reason = f"{litert}; {str(e).removeprefix(f'{int8}: ')}"
         log(f"[deploy {name}] no golden vectors: {reason}")

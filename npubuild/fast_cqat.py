@@ -4,9 +4,8 @@ Why it was slow: when every output channel of a Conv2D kernel already holds its 
 set of cluster values (all of DS-CNN-L's 1x1 convolutions after clustering), tfmot
 switches the layer to `ClusteringAlgorithmPerChannel`, whose `get_pulling_indices`
 and `get_clustered_weight` loop over output channels in Python. Every channel adds
-its own slice/argmin/gather ops to the training graph: 72,397 ops for DS-CNN-L
-against 2,926 for plain QAT, ~2 min to trace the first batch and about 20 samples/s
-after it.
+its own slice/argmin/gather ops to the training graph: a graph of tens of thousands of
+ops for DS-CNN-L (plain QAT's has a few thousand), slow to trace and slow to run.
 
 What changes here: the same two functions as single broadcast ops (argmin over a
 [..., C, K] distance tensor; one batched gather), with the same tie-breaking

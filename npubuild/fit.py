@@ -1,17 +1,9 @@
 """`invoke fit`: search the deployment tree for the best model that fits a target's budget.
 
-Candidates are the eight recipes crossed with their settings (target sparsity for chains that
-prune, number of clusters for chains that cluster, and what the model's kind offers through
-`ModelKind.search_space`, e.g. a width multiplier). Each candidate is measured as the build
-measures: its stages are the build's own (train, optimization steps, convert, evaluate, verify,
-Vela per target), plus a small validate stage scoring the INT8 file on the validation split. The
-choice uses validation accuracy only; test accuracy is reported beside it.
-
-Where the artifacts go: a candidate whose settings are the recipe's own uses the normal build's
-paths (a fit after a build or compare reuses them). Other settings get their own folders,
-`<build>/<profile>/<model>/<dataset>/fit/<hash>/`, keyed by a short hash of the settings that
-matter up to that point of the chain: the prune step of a pruning at sparsity 0.75 is shared by
-every candidate that prunes at 0.75, whatever it does next.
+The candidates (`candidates.py`: recipes crossed with their settings, each built by the build's own
+stages plus a validate stage) run here or on a Ray cluster (`chains.run_candidates`), are measured
+as the build measures them, and one is chosen. The choice uses validation accuracy only; test
+accuracy is reported beside it.
 
 The choice (`choose`) is pure: among candidates that fit the budget together with the other
 models (`--with`) and are within the accuracy bound (a drop in points from the best validation
@@ -21,172 +13,23 @@ the higher validation accuracy, then to the earlier candidate.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from npubuild.candidates import (
+    CLUSTERS,
+    SPARSITIES,
+    Candidate,
+    candidate_paths,
+    candidates,
+    validation_file,
+    with_settings,
+)
 from npubuild.errors import BuildError, OverBudget
-from npubuild.pipeline import ModelPaths
-from npubuild.techniques import RECIPES
 
 OBJECTIVES = {"flash": "flash_bytes", "sram": "sram_bytes", "latency": "inference_ms"}
-# Settings of the optimization steps tried beside the recipe's own values.
-SPARSITIES = (0.5, 0.75)
-CLUSTERS = (4, 8)
-STEP_SETTINGS = {"optimize.target_sparsity": "prune", "optimize.clusters": "cluster"}
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One point of the search: a recipe and the settings it is built with (only those its chain
-    uses; `changed`: those that differ from the recipe file)."""
-
-    technique: str
-    settings: tuple[tuple[str, Any], ...] = ()
-    changed: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def id(self) -> str:
-        return " ".join([self.technique, *(f"{k.split('.')[-1]}={v}" for k, v in self.changed)])
-
-    def to_spec(self) -> dict:
-        return {"technique": self.technique, "settings": [list(s) for s in self.settings],
-                "changed": [list(s) for s in self.changed]}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> Candidate:
-        return cls(spec["technique"], tuple(tuple(s) for s in spec["settings"]),
-                   tuple(tuple(s) for s in spec["changed"]))
-
-
-def current_value(recipe, name: str) -> Any:
-    table, key = name.split(".", 1)
-    return getattr(getattr(recipe, table), key)
-
-
-def relevant(name: str, steps: tuple[str, ...]) -> bool:
-    """Does setting `name` shape what `steps` (a chain, or () for the FP32 model) make? Step settings
-    matter from their step on; other settings (the kind's) shape the FP32 model itself."""
-    step = STEP_SETTINGS.get(name)
-    return step in steps if step else not name.startswith("optimize.")
-
-
-def search_space(recipe, technique: str, sparsities=SPARSITIES, clusters=CLUSTERS) -> dict[str, tuple]:
-    from npubuild.kinds import get_kind
-
-    steps = RECIPES[technique]
-    space: dict[str, tuple] = {}
-    if "prune" in steps:
-        space["optimize.target_sparsity"] = tuple(sorted({recipe.optimize.target_sparsity, *sparsities}))
-    if "cluster" in steps:
-        space["optimize.clusters"] = tuple(sorted({recipe.optimize.clusters, *clusters}))
-    space.update(get_kind(recipe.kind).search_space(recipe, technique))
-    return space
-
-
-def candidates(recipe, techniques: list[str] | None = None, sparsities=SPARSITIES, clusters=CLUSTERS) -> list[Candidate]:
-    """Every recipe crossed with its settings, the recipe file's own settings first."""
-    import itertools
-
-    found = []
-    for technique in techniques or list(RECIPES):
-        if technique not in RECIPES:
-            raise BuildError(f"unknown technique {technique!r} (known: {', '.join(RECIPES)})")
-        space = search_space(recipe, technique, sparsities, clusters)
-        names = sorted(space)
-        combos = sorted(itertools.product(*(space[n] for n in names)),
-                        key=lambda c: [v != current_value(recipe, n) for n, v in zip(names, c, strict=True)])
-        for combo in combos:
-            settings = tuple(zip(names, combo, strict=True))
-            changed = tuple((n, v) for n, v in settings if v != current_value(recipe, n))
-            found.append(Candidate(technique, settings, changed))
-    return found
-
-
-def with_settings(recipe, settings) -> Any:
-    """`recipe` with "<table>.<field>" settings replaced (each table is a frozen dataclass)."""
-    tables: dict[str, dict] = {}
-    for name, value in settings:
-        table, key = name.split(".", 1)
-        tables.setdefault(table, {})[key] = value
-    return replace(recipe, **{t: replace(getattr(recipe, t), **v) for t, v in tables.items()})
-
-
-def settings_key(changed) -> str:
-    from npubuild.stages import canonical_json
-
-    return hashlib.sha256(canonical_json(dict(changed)).encode()).hexdigest()[:10] if changed else ""
-
-
-@dataclass(frozen=True)
-class CandidatePaths(ModelPaths):
-    """The build's paths, moved under fit/<hash>/ wherever a changed setting shapes the file."""
-
-    changed: tuple = ()
-
-    def _under(self, steps: tuple[str, ...]) -> Path:
-        key = settings_key(tuple((n, v) for n, v in self.changed if relevant(n, steps)))
-        return self.base / "fit" / key if key else self.base
-
-    def keras(self, steps: tuple[str, ...]) -> Path:
-        return ModelPaths(self._under(steps), self.model).keras(steps)
-
-    def recipe_dir(self, recipe: str) -> Path:
-        return self._under(RECIPES[recipe]) / recipe
-
-
-def candidate_paths(base: Path, model: str, candidate: Candidate) -> CandidatePaths:
-    return CandidatePaths(base, model, candidate.changed)
-
-
-def validation_file(paths, technique: str) -> Path:
-    return paths.recipe_dir(technique) / "validation.json"
-
-
-def validate_stage(recipe, paths, technique: str):
-    """The INT8 model scored on the validation split (what `fit` chooses by), with the kind's metric."""
-    from npubuild.pipeline import LITERT, TF_TOOLS, _kind_module
-    from npubuild.stages import Stage
-    from npubuild.validate import score_validation
-
-    steps = RECIPES[technique]
-    keras_files = paths.keras_files(technique)
-    out = validation_file(paths, technique)
-    return Stage(name=f"validate {recipe.name} {technique}", version=1,
-                 inputs=(*keras_files, paths.int8(technique), paths.evaluation(technique), paths.features),
-                 params={"split": "val"}, outputs=(out,), tools=TF_TOOLS + LITERT,
-                 action=lambda: score_validation(recipe, steps, keras_files, paths.int8(technique), paths.features,
-                                                 paths.evaluation(technique), out),
-                 code=("validate", "optimize", *_kind_module(recipe)))
-
-
-def candidate_stages(recipe, profile: str, data_dir: Path | None, base: Path, candidate: Candidate, targets,
-                     validate: bool = True, log: Callable[[str], None] = print) -> list:
-    """Every stage of one candidate, in order: the build's own stages (each built from the recipe with
-    only the settings its output depends on, so shared files get one key), validate, Vela per target."""
-    from npubuild import pipeline
-    from npubuild.optimize import plan_recipe
-
-    paths = candidate_paths(base, recipe.name, candidate)
-    full = with_settings(recipe, candidate.settings)
-
-    def upto(steps):
-        return with_settings(recipe, [(n, v) for n, v in candidate.changed if relevant(n, steps)])
-
-    stages = [pipeline.data_stage(recipe, profile, data_dir, paths, log), pipeline.train_stage(upto(()), profile, paths)]
-    stages += [pipeline.step_stage(upto(plan.chain), profile, paths, plan) for plan in plan_recipe(candidate.technique)]
-    stages += pipeline.recipe_stages(full, paths, candidate.technique)
-    if validate:
-        stages.append(validate_stage(full, paths, candidate.technique))
-    stages += [pipeline.compile_stage(full, tgt, paths, candidate.technique) for tgt in targets]
-    return stages
 
 
 # --------------------------------------------------------------------------- choice (pure)
@@ -324,13 +167,6 @@ def measure(recipe, target, base: Path, candidate: Candidate, provenance: dict, 
 # --------------------------------------------------------------------------- running
 
 
-def ray_address(given: str | None) -> str | None:
-    """--ray ADDRESS, else $RAY_ADDRESS; None: run locally."""
-    import os
-
-    return given or os.environ.get("RAY_ADDRESS") or None
-
-
 def other_models(root: Path, layout, names: list[str], target, profile: str, log) -> dict[str, dict]:
     """The --with models' memory figures on `target`: from their figures files, built when missing."""
     from npubuild.pipeline import build, figures_file
@@ -354,7 +190,8 @@ def fit(root: Path, *, model: str, target: str, bound: Bound | None = None, obje
     """Measure every candidate, choose, write fit/<model>-<target>.{json,md,png}; raise OverBudget
     (after writing) when nothing fits."""
     from npubuild import pipeline, stages
-    from npubuild.config import resolve_models, resolve_targets
+    from npubuild.chains import run_candidates
+    from npubuild.config import edit_recipe, resolve_models, resolve_targets
     from npubuild.stages import BuildLock
 
     if objective not in OBJECTIVES:
@@ -467,12 +304,9 @@ def render_markdown(result: dict, chart: str) -> str:
 def render_chart(result: dict, path: Path) -> None:
     """Validation accuracy against flash and against latency; the Pareto front joined, candidates that
     do not fit hollow, the choice starred. Deterministic PNG (no software tag, no date)."""
-    import matplotlib
+    from npubuild.charts import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from npubuild.stages import atomic_path
+    plt = pyplot()
 
     records = result["candidates"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -499,122 +333,13 @@ def render_chart(result: dict, path: Path) -> None:
     verdict = f"chose {result['chosen']}" if result["chosen"] else f"nothing fits (closest: {result['closest']})"
     fig.suptitle(f"{result['model']} on {result['target']['name']} ({result['objective']}): {verdict}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- stages on workers
 
 
-def stages_for(root: Path, build_dir: Path, model: str, profile: str, specs: list[dict], targets: list[str],
-               validate: bool, log: Callable[[str], None] = print) -> list[list]:
-    """Every candidate's stage list, rebuilt from plain data (what a Ray worker receives)."""
-    from npubuild import pipeline
-    from npubuild.config import resolve_models, resolve_targets
-
-    recipe = resolve_models(root, model)[0]
-    tgts = [resolve_targets(root, t)[0] for t in targets]
-    base = build_dir / profile / recipe.name / pipeline.dataset_id(None)
-    return [candidate_stages(recipe, profile, None, base, Candidate.from_spec(s), tgts, validate, log) for s in specs]
-
-
-def run_candidates(cache, layout, model: str, profile: str, specs: list[dict], targets: list[str],
-                   validate: bool, ray: str | None) -> None:
-    """Run every candidate's stages: in this process, chain after chain, or on a Ray cluster."""
-    from npubuild.chains import plan_chains, run_chains_on_ray, run_in_order
-
-    per_candidate = stages_for(layout.root, layout.build_dir, model, profile, specs, targets, validate, cache.log)
-    chains = plan_chains(per_candidate)
-    address = ray_address(ray)
-    if address is None:
-        by_stamp = {s.stamp: s for stages in per_candidate for s in stages}
-        for chain in chains:
-            run_in_order(cache, [by_stamp[stamp] for stamp in chain.stamps])
-        return
-    job = {"root": str(layout.root), "build_dir": str(layout.build_dir), "model": model, "profile": profile,
-           "specs": specs, "targets": targets, "validate": validate}
-    run_chains_on_ray(address, cache, chains, job, run_chain_job)
-
-
-def compare_on_ray(ray: str | None):
-    """For `pipeline.compare(run_models=...)`: each recipe's stages (the build's own) as chains on the Ray
-    cluster at `ray` / $RAY_ADDRESS; None when there is none (compare then runs them itself)."""
-    from npubuild.pipeline import ModelPaths, dataset_id
-
-    if ray_address(ray) is None:
-        return None
-
-    def run_models(cache, layout, recipe, profile, techniques, targets):
-        run_candidates(cache, layout, recipe.name, profile, [Candidate(t).to_spec() for t in techniques],
-                       [t.name for t in targets], validate=False, ray=ray)
-        return ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
-
-    return run_models
-
-
-def run_chain_job(job: dict, stamps: list[str]) -> tuple[list[tuple], list[str]]:
-    """What a worker does: rebuild the stages, run those of its chain in order through a Cache."""
-    from npubuild.chains import run_in_order
-    from npubuild.stages import Cache
-
-    lines: list[str] = []
-    root = Path(job["root"])
-    per_candidate = stages_for(root, Path(job["build_dir"]), job["model"], job["profile"], job["specs"],
-                               job["targets"], job["validate"], lines.append)
-    by_stamp = {str(s.stamp): s for stages in per_candidate for s in stages}
-    cache = Cache(root, lines.append)
-    run_in_order(cache, [by_stamp[stamp] for stamp in stamps])
-    return [(r.name, r.ran, r.reason, r.seconds) for r in cache.results], lines
-
-
 # --------------------------------------------------------------------------- --apply and report --check
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-def edit_toml(text: str, table: str, key: str, value: Any) -> str:
-    """Set `key = value` in `[table]` ("" for the top level) by editing its line (comments, order and
-    the rest of the file kept); a missing key is added at the end of its table."""
-    lines = text.splitlines(keepends=True)
-    current, start, end = "", 0 if not table else None, None
-    for i, line in enumerate(lines):
-        header = re.match(r"\s*\[([^\]]+)\]\s*(#.*)?$", line)
-        if header:
-            if current == table and start is not None and end is None:
-                end = i
-            current = header.group(1).strip()
-            if current == table:
-                start = i + 1
-            continue
-        if current == table and start is not None:
-            m = re.match(rf"(\s*{re.escape(key)}\s*=\s*)(\"[^\"]*\"|[^#\s]+)(.*)$", line, re.DOTALL)
-            if m:
-                lines[i] = m.group(1) + _toml_value(value) + m.group(3)
-                return "".join(lines)
-    if start is None:
-        return text.rstrip("\n") + f"\n\n[{table}]\n{key} = {_toml_value(value)}\n"
-    end = len(lines) if end is None else end
-    while end > start and not lines[end - 1].strip():
-        end -= 1
-    lines.insert(end, f"{key} = {_toml_value(value)}\n")
-    return "".join(lines)
-
-
-def edit_recipe(path: Path, technique: str, changed: dict) -> None:
-    from npubuild.stages import write_text
-
-    text = edit_toml(path.read_text(), "", "ship", technique)
-    for name, value in sorted(changed.items()):
-        table, key = name.split(".", 1)
-        text = edit_toml(text, table, key, value)
-    write_text(path, text)
 
 
 def check_fits(root: Path, assets_dir: Path | None = None, log: Callable[[str], None] = print) -> list[str]:

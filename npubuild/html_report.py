@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from npubuild.errors import BuildError
+from npubuild.report_text import kib, percent, short_layer
 
 PAGE = "index.html"
 LAST_BUILD = "last_build.json"
@@ -129,20 +130,6 @@ def read_assets(assets_dir: Path) -> dict:
 # --------------------------------------------------------------------------- shaping (pure)
 
 
-def kib(n: int | float | None) -> str:
-    return "-" if n is None else f"{n / 1024:,.1f}"
-
-
-def percent(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def short_layer(name: str, width: int = 48) -> str:
-    """Vela joins every fused TFLite tensor name with ';': keep the last, trimmed from the left."""
-    name = name.split(";")[-1]
-    return name if len(name) <= width else "…" + name[-(width - 1):]
-
-
 def _model_names(data: dict) -> list[str]:
     names: list[str] = []
     for rep in data["reports"].values():
@@ -178,7 +165,7 @@ def memory_bar(memory: dict, colours: dict[str, str]) -> dict:
 
 
 def _layers(rows: list[dict], unit: str) -> list[dict]:
-    return [{"name": short_layer(str(r.get("name", ""))), "full": str(r.get("name", "")),
+    return [{"name": short_layer(str(r.get("name", "")), 48, "…"), "full": str(r.get("name", "")),
              "operator": r.get("operator", ""), "on": r.get("target", ""), "value": r.get("value", 0), "unit": unit}
             for r in rows[:TOP_LAYERS]]
 

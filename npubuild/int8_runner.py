@@ -3,15 +3,14 @@
 Every INT8 number the project reports or bakes into a header (accuracy, per-head thresholds,
 golden vectors, streaming detections, the predictor's answers) comes from here, so it is the
 number the device computes: TFLM's kernels are the reference kernels (tested bit for bit in
-tests/test_firmware_kit.py), and Arm's Ethos-U is designed to match them. LiteRT's default
+tests/test_firmware_files.py), and Arm's Ethos-U is designed to match them. LiteRT's default
 kernels are faster but not the same bits: XNNPACK differs by one quantization step on a share
-of outputs, and so do the optimized builtin kernels without XNNPACK (measured on a DS-CNN-L:
-471 and 7 of 3,600 outputs, against 0 for this runner).
+of outputs, and so do the optimized builtin kernels without XNNPACK.
 
-The reference kernels are slow (DS-CNN-L: about 16 ms per inference here, against 0.5 ms with
-XNNPACK), and run one sample at a time: the models are converted with a fixed batch of 1. Long
-runs are therefore split over worker processes (`processes`), each with its own interpreter;
-a sample's outputs do not depend on which worker ran it. Workers also contain the reference
+The reference kernels are slow (tens of times slower than XNNPACK), and run one sample at a time:
+the models are converted with a fixed batch of 1. Long runs are therefore split over worker
+processes (`processes`), each with its own interpreter; a sample's outputs do not depend on which
+worker ran it. Workers also contain the reference
 kernels' hard failures: some kernels abort the process on quantization parameters they do not
 support (softmax with a very large input scale, seen on untrained models), which in a worker
 becomes one error line instead of a dead build.
@@ -136,7 +135,7 @@ def _pool(processes: int):
 
 
 def shutdown_workers() -> None:
-    """Stop the worker processes `run_int8` keeps (they also end with this process)."""
+    """Stop the worker processes `run_quantized` keeps (they also end with this process)."""
     while _POOLS:
         _, pool = _POOLS.popitem()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -146,9 +145,10 @@ def default_processes() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def run_int8(tflite: Path | str, q: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
-    """`Int8Runner(tflite).run(q)` in worker processes (default: one per CPU, kept for later calls;
-    0: in this process). The same bits however it is split."""
+def run_quantized(tflite: Path | str, q: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
+    """Integer outputs, one array per output tensor in the file's order, for integer inputs `q` (N, ...)
+    in the input tensor's type: `Int8Runner(tflite).run(q)` in worker processes (default: one per CPU,
+    kept for later calls; 0: in this process). The same bits however it is split."""
     from concurrent.futures.process import BrokenProcessPool
 
     q = np.asarray(q)
@@ -230,7 +230,7 @@ def _tflm_arena_bytes(tflite: Path) -> int:
 
 
 def run_tflm(tflite: Path | str, q: np.ndarray) -> list[np.ndarray]:
-    """`run_int8`'s outputs from TFLM's interpreter (tflite_micro) instead, in one worker process: for a
+    """`run_quantized`'s outputs from TFLM's interpreter (tflite_micro) instead, in one worker process: for a
     file LiteRT refuses to load. LiteRT checks every tensor's quantization when it loads a file, TFLM
     only what its kernels use: TFLM's own person-detection model has 1-D depthwise biases with
     `quantized_dimension` 3, which LiteRT rejects. The kernels are the same reference kernels."""
@@ -238,11 +238,11 @@ def run_tflm(tflite: Path | str, q: np.ndarray) -> list[np.ndarray]:
 
 
 def run_float(tflite: Path | str, x: np.ndarray, processes: int | None = None) -> list[np.ndarray]:
-    """Float inputs quantized with the input tensor's parameters, then `run_int8`."""
+    """Float inputs quantized with the input tensor's parameters, then `run_quantized`."""
     from npubuild.tflite_file import io_tensors
 
     inp = io_tensors(Path(tflite))[0]
-    return run_int8(tflite, quantize(x, inp.scale, inp.zero_point, inp.dtype if inp.dtype in ("int8", "int16")
+    return run_quantized(tflite, quantize(x, inp.scale, inp.zero_point, inp.dtype if inp.dtype in ("int8", "int16")
                                      else "int8"), processes)
 
 

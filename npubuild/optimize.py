@@ -21,8 +21,9 @@ import numpy as np
 
 from npubuild.config import OptimizeSettings, Profile, Recipe
 from npubuild.errors import BuildError
-from npubuild.stages import atomic_path, epoch_logger, say, write_json
-from npubuild.techniques import RECIPES, STEPS
+from npubuild.optimization_recipes import RECIPES, STEPS
+from npubuild.stages import atomic_path, write_json
+from npubuild.terminal import epoch_logger, say
 from npubuild.weights import PRUNABLE_OPS
 
 
@@ -58,7 +59,7 @@ def apply_qat(model, scheme: str, stock_cqat: bool = False):
     """Wrap `model` for quantization-aware training with the scheme that keeps earlier gains.
 
     CQAT/PCQAT use tfmot's scheme with its per-channel clustering vectorized
-    (`fast_cqat`: same results, ~6x faster here); `stock_cqat` selects tfmot's own
+    (`fast_cqat`: the same results, several times faster); `stock_cqat` selects tfmot's own
     for comparison (tests, benchmark)."""
     import tensorflow_model_optimization as tfmot
 
@@ -103,7 +104,8 @@ def _fine_tune(recipe: Recipe, model, keras, x, y, epochs: int, batch_size: int,
     note = timing_note(history.timing, "fine-tuning")
     if note:
         say(note)
-    return {"seconds": round(seconds, 1), "samples_per_second": round(len(x) * epochs / seconds, 1),
+    per_epoch = get_kind(recipe.kind).epoch_samples(recipe, features, rows, len(x))
+    return {"seconds": round(seconds, 1), "samples_per_second": round(per_epoch * epochs / seconds, 1),
             "timing": history.timing,
             "history": {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}}
 
@@ -138,9 +140,8 @@ def _wrap(model, wrap, supports, wanted, what: str) -> tuple[object, list[str]]:
     be, and says where not.
 
     tfmot's whole-model call wraps every layer, weightless ones too (a ReLU, a reshape), and each wrapper
-    adds its step counter, mask or cluster updates to the training graph: MobileNetV2's first pruning
-    epoch took 29 s with its 158 wrappers and 18-19 s with the 39 that prune (48 or 320 images), DS-CNN-L's
-    12.2 s and 8.6 s (2,000 clips), with the same weights bit for bit (`invoke bench` in the README)."""
+    adds its step counter, mask or cluster updates to the training graph, which slows every step;
+    wrapping only the layers that are optimized gives the same weights bit for bit, faster."""
     from npubuild.tfenv import import_tf
 
     _, keras = import_tf()
@@ -226,7 +227,8 @@ def run_step(recipe: Recipe, profile: Profile, plan: StepPlan, source: Path, fea
         x, y = x[pick], y[pick]
     model = load_keras_model(source)  # qat is always last: `source` is a whole saved model
     epochs = profile.step_epochs(plan.step)
-    steps = epochs * int(np.ceil(len(x) / profile.batch_size))
+    per_epoch = get_kind(recipe.kind).epoch_samples(recipe, features, pick, len(x))
+    steps = epochs * int(np.ceil(per_epoch / profile.batch_size))
     say(f"  {plan.scheme}: {len(x)} samples, {epochs} epochs")
     wrapped = wrap_for_step(model, plan, recipe.optimize, steps)
     seed = [recipe.seed, 1 + STEPS.index(plan.step), len(plan.before)]

@@ -18,8 +18,8 @@ from pathlib import Path
 from npubuild.config import Recipe, Target, resolve_models, resolve_targets
 from npubuild.errors import BuildError, OverBudget
 from npubuild.kinds import get_kind
+from npubuild.optimization_recipes import RECIPES, chain_name
 from npubuild.stages import BuildLock, Cache, Stage, StageResult
-from npubuild.techniques import RECIPES, chain_name
 
 TF_TOOLS = ("tensorflow", "tf-keras", "tensorflow-model-optimization")
 LITERT = ("ai-edge-litert",)
@@ -96,39 +96,77 @@ class BuildSummary:
 
 
 def dataset_id(data_dir: Path | None) -> str:
-    from npubuild.kinds.base import BaseImagesDir
+    from npubuild.kinds.base import BaseImagesDir, WithBuiltinData
 
     if data_dir is None:
         return "builtin"
-    prefix = "bases-" if isinstance(data_dir, BaseImagesDir) else "dir-"
+    prefix = ("bases-" if isinstance(data_dir, BaseImagesDir) else
+              "mix-" if isinstance(data_dir, WithBuiltinData) else "dir-")
     return prefix + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def dataset_label(data_dir: Path | None) -> str:
     """How headers and reports name the data a model was trained on (no absolute path)."""
-    return "builtin" if data_dir is None else f"{data_dir.resolve().name} ({dataset_id(data_dir)})"
+    from npubuild.kinds.base import WithBuiltinData
+
+    if data_dir is None:
+        return "builtin"
+    also = " and the built-in data" if isinstance(data_dir, WithBuiltinData) else ""
+    return f"{data_dir.resolve().name}{also} ({dataset_id(data_dir)})"
 
 
 def shipped_paths(root: Path, recipe: Recipe, profile: str, build_dir: Path | None = None,
-                  need: tuple[str, ...] = ("int8", "features")) -> ModelPaths:
-    """The build's paths of `recipe`'s shipped model for `profile` (built-in dataset), checked to
-    hold what `need`s (ModelPaths properties/methods: int8, evaluation, features)."""
+                  need: tuple[str, ...] = ("int8", "features"), trained_on: Path | None = None) -> ModelPaths:
+    """The build's paths of `recipe`'s shipped model for `profile`, trained on the built-in data or on
+    `trained_on` (a `--data-dir` folder, a `WithBuiltinData` one for a mix), checked to hold what `need`s
+    (ModelPaths properties/methods: int8, evaluation, features)."""
     recipe.profile(profile)
     layout = Layout.for_project(root, build_dir)
-    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(None), recipe.name)
+    paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(trained_on), recipe.name)
     for what in need:
         path = paths.features if what == "features" else getattr(paths, what)(recipe.ship)
         if not path.is_file():
-            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile})")
+            how = f" --data-dir {trained_on}" if trained_on is not None else ""
+            from npubuild.kinds.base import WithBuiltinData
+
+            how += " --voice-bank" if isinstance(trained_on, WithBuiltinData) else ""
+            raise BuildError(f"{path}: not found; run invoke build first (--model {recipe.name} --profile {profile}"
+                             f"{how})")
     return paths
 
 
 def data_stage(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
                log: Callable[[str], None] = print) -> Stage:
+    """The data stage of `recipe` for `data_dir`; with a `WithBuiltinData` folder it reads the built-in
+    data stage's file (`data_stages` runs that one first)."""
+    from npubuild.kinds.base import WithBuiltinData
 
-    plan = get_kind(recipe.kind).data_plan(recipe, recipe.profile(profile), data_dir, paths.features, log)
-    return Stage(name=f"data {recipe.name}", version=3, inputs=(), params=plan.params, outputs=(paths.features,),
-                 tools=plan.tools, action=plan.action, code=(*plan.code, *_kind_module(recipe)))
+    kind = get_kind(recipe.kind)
+    extra = {}
+    if isinstance(data_dir, WithBuiltinData):
+        if not kind.mixes_builtin_data:
+            raise BuildError(f"{recipe.source}: {recipe.name} ({kind.name}) has no built-in data to mix with "
+                             f"{data_dir}")
+        extra["builtin"] = builtin_paths(paths, recipe).features
+    plan = kind.data_plan(recipe, recipe.profile(profile), data_dir, paths.features, log, **extra)
+    return Stage(name=f"data {recipe.name}", version=3, inputs=plan.inputs, params=plan.params,
+                 outputs=(paths.features,), tools=plan.tools, action=plan.action,
+                 code=(*plan.code, *_kind_module(recipe)))
+
+
+def builtin_paths(paths: ModelPaths, recipe: Recipe) -> ModelPaths:
+    """The paths of the same model and profile on the built-in data (beside `paths`)."""
+    return ModelPaths(paths.base.parent / dataset_id(None), recipe.name)
+
+
+def data_stages(recipe: Recipe, profile: str, data_dir: Path | None, paths: ModelPaths,
+                log: Callable[[str], None] = print) -> list[Stage]:
+    """The data stages to run in order: the built-in data's first when `data_dir` mixes it in."""
+    from npubuild.kinds.base import WithBuiltinData
+
+    first = ([data_stage(recipe, profile, None, builtin_paths(paths, recipe), log)]
+             if isinstance(data_dir, WithBuiltinData) else [])
+    return [*first, data_stage(recipe, profile, data_dir, paths, log)]
 
 
 def train_stage(recipe: Recipe, profile: str, paths: ModelPaths) -> Stage:
@@ -192,7 +230,7 @@ def recipe_stages(recipe: Recipe, paths: ModelPaths, technique: str) -> list[Sta
             params={"labels": recipe.labels}, outputs=(paths.evaluation(technique),), tools=TF_TOOLS + LITERT,
             action=lambda: get_kind(recipe.kind).evaluate(recipe, keras_model(), paths.int8(technique),
                                                           paths.features, paths.evaluation(technique)),
-            code=("evaluate", "optimize", *_kind_module(recipe)),
+            code=("classifier_accuracy", "optimize", *_kind_module(recipe)),
         ),
         Stage(
             name=f"verify {label}", version=3, inputs=(paths.int8(technique),),
@@ -381,6 +419,25 @@ def _start(root: Path, model: str, target: str, profile: str, data_dir: Path | N
     return layout, recipes, targets, Cache(layout.root, log, dry_run=dry_run)
 
 
+def mixed_data_dir(recipes: list[Recipe], data_dir: Path | None, voice_bank: bool | None) -> Path | None:
+    """`data_dir` as the build uses it: a `WithBuiltinData` folder when the built-in data is to be mixed in
+    (`voice_bank` True, or None and every recipe's `[mix] voice_bank` says so), else as given."""
+    from npubuild.kinds.base import BaseImagesDir, WithBuiltinData
+
+    if data_dir is None or isinstance(data_dir, (BaseImagesDir, WithBuiltinData)):
+        if voice_bank and data_dir is None:
+            raise BuildError("--voice-bank: give --data-dir too (the recordings to mix with the voice bank)")
+        return data_dir
+    wanted = voice_bank if voice_bank is not None else bool(recipes) and all(r.mix.voice_bank for r in recipes)
+    if not wanted:
+        return data_dir
+    for recipe in recipes:
+        if not get_kind(recipe.kind).mixes_builtin_data:
+            raise BuildError(f"--voice-bank: model {recipe.name} ({get_kind(recipe.kind).name}) has no built-in "
+                             f"data to mix with {data_dir}; name a keyword model with --model")
+    return WithBuiltinData(data_dir)
+
+
 def _check_writable(folder: Path) -> None:
     """Fail before any work when an output folder cannot be written (not at the end of a long build)."""
     import tempfile
@@ -401,7 +458,8 @@ def _check_writable(folder: Path) -> None:
 def _run_models(cache: Cache, layout: Layout, recipe: Recipe, profile: str, data_dir: Path | None,
                 techniques: list[str], should_stop: Callable[[], bool] = lambda: False) -> ModelPaths:
     paths = ModelPaths(layout.build_dir / profile / recipe.name / dataset_id(data_dir), recipe.name)
-    cache.run(data_stage(recipe, profile, data_dir, paths, cache.log))
+    for stage in data_stages(recipe, profile, data_dir, paths, cache.log):
+        cache.run(stage)
     stages = model_stages(recipe, profile, paths, techniques)
     for i, stage in enumerate(stages, start=1):  # a compare sweep says how far it is
         _check_stop(should_stop)
@@ -443,7 +501,7 @@ def _models_to_build(layout: Layout, recipes: list[Recipe], profile: str, data_d
 def build(root: Path, *, model: str = "all", target: str, profile: str = "default", data_dir: Path | None = None,
           build_dir: Path | None = None, assets_dir: Path | None = None, dry_run: bool = False,
           jobs: int | None = None, replace_assets: bool = False, models_at_once: int | None = None,
-          log: Callable[[str], None] = print) -> BuildSummary:
+          voice_bank: bool | None = None, log: Callable[[str], None] = print) -> BuildSummary:
     """Build every stage that is out of date for the models and targets asked for.
 
     With `dry_run`, say which stages would run and why, and run none. `jobs`: how many
@@ -451,22 +509,24 @@ def build(root: Path, *, model: str = "all", target: str, profile: str = "defaul
     stage chains run side by side, each in a process of its own (default: one per CPU; 1: one
     after another in this process). One build at a time per build folder (a second one stops
     with a clear message). Assets another profile or dataset made are replaced only with
-    `replace_assets`.
+    `replace_assets`. `voice_bank`: train on `data_dir` and the built-in data together (None: as the
+    recipes' `[mix]` say; `mixed_data_dir`).
     """
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir, enabled=not dry_run):
         return _build(root, model=model, target=target, profile=profile, data_dir=data_dir, build_dir=build_dir,
                       assets_dir=assets_dir, dry_run=dry_run, jobs=jobs, replace_assets=replace_assets,
-                      models_at_once=models_at_once, log=log)
+                      models_at_once=models_at_once, voice_bank=voice_bank, log=log)
 
 
 def _build(root: Path, *, model: str, target: str, profile: str, data_dir: Path | None, build_dir: Path | None,
            assets_dir: Path | None, dry_run: bool, jobs: int | None, replace_assets: bool,
-           models_at_once: int | None, log: Callable[[str], None]) -> BuildSummary:
+           models_at_once: int | None, log: Callable[[str], None], voice_bank: bool | None = None) -> BuildSummary:
     from npubuild.report import check_budget
 
     start = time.perf_counter()
     layout, recipes, targets, cache = _start(root, model, target, profile, data_dir, build_dir, assets_dir,
                                              dry_run, log)
+    data_dir = mixed_data_dir(recipes, data_dir, voice_bank)
     provenance = {"profile": profile, "dataset": dataset_label(data_dir)}
     check_provenance(layout.assets_dir, targets, recipes, provenance, replace_assets)
     slots = 1 if dry_run else min(len(recipes), models_at_once or os.cpu_count() or 1)
@@ -620,7 +680,7 @@ def compare(root: Path, *, model: str, targets: str, profile: str = "default", d
             log: Callable[[str], None] = print, run_models: Callable | None = None) -> BuildSummary:
     """Build every recipe of the deployment tree for `model` and compare them on `targets`. `run_models`
     (cache, layout, recipe, profile, techniques, targets) -> ModelPaths runs the recipes' stages instead
-    of this process (on a Ray cluster: `fit.compare_on_ray`)."""
+    of this process (on a Ray cluster: `chains.compare_on_ray`)."""
     with BuildLock(Layout.for_project(root, build_dir, assets_dir).build_dir):
         return _compare(root, model=model, targets=targets, profile=profile, data_dir=data_dir,
                         techniques=techniques, build_dir=build_dir, assets_dir=assets_dir, log=log,
@@ -633,12 +693,13 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
     start = time.perf_counter()
     layout, recipes, target_list, cache = _start(root, model, targets, profile, data_dir, build_dir, assets_dir,
                                                  False, log)
+    data_dir = mixed_data_dir(recipes, data_dir, None)
     techniques = techniques or list(RECIPES)
     unknown = [t for t in techniques if t not in RECIPES]
     if unknown:
         raise BuildError(f"unknown technique {unknown[0]!r} (known: {', '.join(RECIPES)})")
     for recipe in recipes:
-        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (fit.compare_on_ray)
+        if run_models is not None and data_dir is None:  # the same stages, run elsewhere (chains.compare_on_ray)
             paths = run_models(cache, layout, recipe, profile, techniques, target_list)
         else:
             paths = _run_models(cache, layout, recipe, profile, data_dir, techniques)
@@ -651,6 +712,8 @@ def _compare(root: Path, *, model: str, targets: str, profile: str, data_dir: Pa
 
 
 def render_summary(summary: BuildSummary) -> str:
+    from npubuild.report_text import fraction
+
     lines = ["", "stage                                        ran    seconds  reason", "-" * 78]
     for r in summary.results:
         lines.append(f"{r.name:<44} {'yes' if r.ran else 'no':<6} {r.seconds:>7.1f}  {r.reason}")
@@ -659,7 +722,7 @@ def render_summary(summary: BuildSummary) -> str:
     for name, rep in summary.reports.items():
         for m in rep["models"]:
             lines.append(f"{name:<24} {m['name']:<8} {m['sram_bytes'] / 1024:>9.1f} {m['flash_bytes'] / 1024:>10.1f} "
-                         f"{m['inference_ms']:>7.3f} {m['accuracy']['int8']:>9.4f} "
+                         f"{m['inference_ms']:>7.3f} {fraction(m['accuracy']['int8']):>9} "
                          f"{'yes' if rep['total']['fits'] else 'NO'}")
     lines.append(f"\nbuild finished in {summary.seconds:.1f} s")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from npubuild.config import Target
 from npubuild.errors import BuildError, OverBudget
-from npubuild.stages import atomic_path
+from npubuild.report_text import fraction, kib, short_layer
 
 
 @dataclass(frozen=True)
@@ -138,20 +138,6 @@ def check_budget(report: dict) -> None:
         raise OverBudget("; ".join(problems))
 
 
-def _kib(n: int) -> str:
-    return f"{n / 1024:,.1f}"
-
-
-def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _short(layer_name: str, width: int = 56) -> str:
-    """Vela's per-layer names join every fused TFLite tensor name with ';': keep the last."""
-    name = layer_name.split(";")[-1]
-    return name if len(name) <= width else "..." + name[-(width - 3):]
-
-
 def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | None = None) -> str:
     t = report["target"]
     total = report["total"]
@@ -170,10 +156,10 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
     for m in models:
         made = f"{m.profile} profile, {m.dataset} data" if m.profile else "-"
         lines.append(
-            f"| {m.name} | {m.technique} | {made} | {_kib(m.sram_bytes)} | {_kib(m.dram_bytes)} | {_kib(m.flash_bytes)} | "
-            f"{_kib(m.arena_bytes)} | {_kib(m.vela_sram_bytes)} | {_kib(m.vela_flash_bytes)} | {m.npu_ops} | "
+            f"| {m.name} | {m.technique} | {made} | {kib(m.sram_bytes)} | {kib(m.dram_bytes)} | {kib(m.flash_bytes)} | "
+            f"{kib(m.arena_bytes)} | {kib(m.vela_sram_bytes)} | {kib(m.vela_flash_bytes)} | {m.npu_ops} | "
             f"{m.cpu_ops} | {m.macs:,} | {m.cycles:,} | {m.inference_ms:.3f} | {m.tflite_bytes:,} | "
-            f"{_fraction(m.accuracy['fp32'])} | {_fraction(m.accuracy['int8'])} |")
+            f"{fraction(m.accuracy['fp32'])} | {fraction(m.accuracy['int8'])} |")
     lines += [
         "",
         "## Firmware image budget",
@@ -184,8 +170,8 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
     for key, memory in MEMORY_NAMES.items():
         if key in total and isinstance(total[key], dict):
             h = total[key]
-            lines.append(f"| {memory} | {h['region']} | {_kib(h['used_bytes'])} | {_kib(h['budget_bytes'])} | "
-                         f"{_kib(h['headroom_bytes'])} | {h['headroom_percent']:.1f} |")
+            lines.append(f"| {memory} | {h['region']} | {kib(h['used_bytes'])} | {kib(h['budget_bytes'])} | "
+                         f"{kib(h['headroom_bytes'])} | {h['headroom_percent']:.1f} |")
     lines += ["", f"**Fits: {'yes' if total['fits'] else 'NO'}**", ""]
     for problem in over_budget(report):
         lines += [f"- {problem}", ""]
@@ -212,7 +198,7 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
             if not rows:
                 continue
             lines += [f"Top layers by {title}:", "", f"| layer | operator | on | {unit} |", "|---|---|---|---:|"]
-            lines += [f"| `{_short(r['name'])}` | {r['operator']} | {r['target']} | {r['value']:,} |" for r in rows]
+            lines += [f"| `{short_layer(r['name'], 56, '...')}` | {r['operator']} | {r['target']} | {r['value']:,} |" for r in rows]
             lines.append("")
         if m.per_head:
             lines += ["INT8 per head on the test split (threshold per head chosen on the validation split):", "",
@@ -237,10 +223,9 @@ def render_markdown(report: dict, models: list[ModelFigures], chart_name: str | 
 def render_chart(report: dict, path) -> None:
     """Stacked bars per memory, in percent of its budget, one colour per model (grey: shared by
     several), the used and budget KiB at the end of each bar. Deterministic PNG (no timestamp)."""
-    import matplotlib
+    from npubuild.charts import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     total = report["total"]
     kinds = [k for k in MEMORY_NAMES if isinstance(total.get(k), dict)]
@@ -272,9 +257,7 @@ def render_chart(report: dict, path) -> None:
                  f"{'fits' if total['fits'] else 'OVER BUDGET'}")
     ax.legend(legend.values(), legend.keys(), fontsize=8, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def figures_from_file(path) -> ModelFigures:
@@ -310,8 +293,8 @@ def render_summary(reports: dict[str, dict]) -> str:
         for m in rep["models"]:
             made = f"{m['profile']}, {m['dataset']}" if m.get("profile") else "-"
             lines.append(f"| {name} | {rep['target']['accelerator']} | {m['name']} | {m['technique']} | {made} | "
-                         f"{_kib(m['sram_bytes'])} | {_kib(m.get('dram_bytes', 0))} | {_kib(m['flash_bytes'])} | "
-                         f"{m['inference_ms']:.3f} | {_fraction(m['accuracy']['int8'])} | "
+                         f"{kib(m['sram_bytes'])} | {kib(m.get('dram_bytes', 0))} | {kib(m['flash_bytes'])} | "
+                         f"{m['inference_ms']:.3f} | {fraction(m['accuracy']['int8'])} | "
                          f"{'yes' if rep['total']['fits'] else 'NO'} |")
     lines += ["", "| target | SRAM used / budget KiB | DRAM used / budget KiB | flash used / budget KiB | fits |",
               "|---|---:|---:|---:|---|"]
@@ -320,7 +303,7 @@ def render_summary(reports: dict[str, dict]) -> str:
 
         def cell(key, total=total):
             h = total.get(key)
-            return f"{_kib(h['used_bytes'])} / {_kib(h['budget_bytes'])}" if isinstance(h, dict) else "-"
+            return f"{kib(h['used_bytes'])} / {kib(h['budget_bytes'])}" if isinstance(h, dict) else "-"
 
         lines.append(f"| {name} | {cell('sram')} | {cell('dram')} | {cell('flash')} | "
                      f"{'yes' if total['fits'] else 'NO'} |")

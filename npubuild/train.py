@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.config import Profile, Recipe
-from npubuild.stages import atomic_path, epoch_logger, say, write_json
+from npubuild.stages import atomic_path, write_json
+from npubuild.terminal import epoch_logger, say
 
 
 def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path, out_log: Path,
@@ -23,11 +24,13 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
         x_train, y_train = x_train[rows], y_train[rows]
     x_val, y_val = get_kind(recipe.kind).load_split(recipe, features, "val")
     model = build_model(recipe)
-    steps = profile.epochs * int(np.ceil(len(x_train) / profile.batch_size))
+    per_epoch = get_kind(recipe.kind).epoch_samples(recipe, features, rows, len(x_train))
+    steps = profile.epochs * int(np.ceil(per_epoch / profile.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(profile.learning_rate, decay_steps=max(steps, 1), alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), **get_kind(recipe.kind).compile_args(recipe, keras))
     say(f"  training {recipe.architecture}: {model.count_params():,} parameters, "
-          f"{len(x_train)} samples, {profile.epochs} epochs")
+          f"{len(x_train)} samples, {profile.epochs} epochs" +
+        (f" of {per_epoch} samples" if per_epoch != len(x_train) else ""))
     validated = validation_epochs(profile.epochs)
     start = time.perf_counter()
     history = fit_epochs(recipe, model, features, x_train, y_train, epochs=profile.epochs,
@@ -44,7 +47,8 @@ def train_fp32(recipe: Recipe, profile: Profile, features: Path, out_model: Path
     hist = {k: [round(float(v), 6) for v in vals] for k, vals in history.history.items()}
     write_json(out_log, {"parameters": int(model.count_params()), "samples": len(x_train),
                          "epochs": profile.epochs, "seconds": round(seconds, 1),
-                         "samples_per_second": round(len(x_train) * profile.epochs / seconds, 1),
+                         "samples_per_second": round(per_epoch * profile.epochs / seconds, 1),
+                         **({"epoch_samples": per_epoch} if per_epoch != len(x_train) else {}),
                          "validated_epochs": validated, "timing": history.timing, "history": hist,
                          **({"batchnorm": batchnorm} if batchnorm else {})})
 
@@ -59,9 +63,8 @@ def recalibrate_batchnorm(model, x: np.ndarray, profile: Profile, seed: list[int
     wrapper calls the layer it wraps without the `training` flag, so during a clustering fine-tune batch
     normalization runs in inference mode on the statistics the model came with (never updating them):
     the pruned model's estimate is what clustering trains against, and the clustered weights need
-    statistics of their own. On the kws chain of the default build (the same data, training seeds 1234,
-    1, 2, 3) the shipped INT8 top-1 went from a mean of 80.90% to 82.31% (README, "Batch normalization
-    statistics")."""
+    statistics of their own. Recomputed statistics raise the shipped kws model's INT8 accuracy (README,
+    "Batch normalization statistics")."""
     from npubuild.tfenv import import_tf
 
     _, keras = import_tf()
@@ -101,8 +104,7 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     """`model.fit` on the training split, fed from a generator: epoch e takes the kind's inputs for e
     (`ModelKind.epoch_inputs`: augmentation drawn afresh, or `x` as it is) in an order drawn from
     (seed, e), so the run is a function of the seed. Batches are numpy slices handed to tf.data with
-    prefetch (`invoke bench --part fit` compares it with a plain `model.fit`: 1.24x for MobileNetV2,
-    0.93x for DS-CNN-L with its per-epoch masks, on a busy machine).
+    prefetch (`invoke bench --part fit` compares it with a plain `model.fit`).
     `rows` are the rows of the split that `x` holds (None: all)."""
     import tensorflow as tf
 
@@ -115,17 +117,20 @@ def fit_epochs(recipe: Recipe, model, features: Path, x: np.ndarray, y: np.ndarr
     draw = kind.epoch_inputs(recipe, features, rows) or (lambda epoch, rng: x)
     inputs_ready = time.perf_counter()
 
-    n = len(y)
+    n = kind.epoch_samples(recipe, features, rows, len(y))  # inputs each epoch draws
     batches = int(np.ceil(n / batch_size))
 
     def batches_of_every_epoch():
         for epoch in range(epochs):
             rng = np.random.default_rng([*seed, epoch])
             inputs = draw(epoch, rng)
+            # a kind may draw its own rows for the epoch: (inputs, the row of the split each one is)
+            inputs, rows_of = inputs if isinstance(inputs, tuple) else (inputs, None)
             order = rng.permutation(n)
             for b in range(batches):
                 pick = np.sort(order[b * batch_size:(b + 1) * batch_size])
-                yield inputs[pick], (tuple(t[pick] for t in targets) if several else targets[pick])
+                at = pick if rows_of is None else rows_of[pick]
+                yield inputs[pick], (tuple(t[at] for t in targets) if several else targets[at])
 
     several = isinstance(targets, (list, tuple))  # one target array per output
 

@@ -51,8 +51,9 @@ def _layer_name(op: str, n: int, tensor_name: str) -> str:
 def measure_weights(tflite_path: Path) -> list[LayerWeights]:
     from ai_edge_litert.interpreter import Interpreter
 
+    # The weights are read from the file, the model is never run: no tensors are allocated, so no
+    # delegate is made either (XNNPACK's would announce itself on the terminal).
     interpreter = Interpreter(model_path=str(tflite_path))
-    interpreter.allocate_tensors()
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     layers = []
     counts: dict[str, int] = {}

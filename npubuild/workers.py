@@ -1,7 +1,7 @@
 """Models built side by side: one process per model's stage chain, the build's log fed by all of them.
 
-One model's chain leaves part of the two cores idle (quality training keeps about 1.5 busy, its
-pruning one, conversion and evaluation 1.3), so a build of several models runs their chains at
+One model's chain leaves part of the cores idle (training, pruning, conversion and evaluation
+each keep fewer cores busy than a machine has), so a build of several models runs their chains at
 once, each in a process of its own (TensorFlow holds one model's graph and threads per process).
 The parent process prints what the children say, in the order they say it; each child's progress
 bars (on a terminal) are drawn by the parent, one line per model.
@@ -86,7 +86,7 @@ def _child(index: int, job: Job, messages, stop, terminal: bool) -> None:
     def log(line: str) -> None:
         send(("log", line))
 
-    from npubuild.stages import set_bar_factory
+    from npubuild.terminal import set_bar_factory
 
     keys = iter(range(1 << 30))
     set_bar_factory((lambda total, what: _RemoteBar(send, next(keys), total, what)) if terminal else None)
@@ -155,7 +155,7 @@ def run_side_by_side(jobs: list[Job], log: Callable[[str], None], slots: int) ->
     """Run `jobs` in child processes, at most `slots` at once, in the order given; return their values
     in that order. Raises the first BuildError a job raised (after the running ones stopped), or
     KeyboardInterrupt."""
-    from npubuild.stages import on_terminal
+    from npubuild.terminal import on_terminal
 
     ctx = multiprocessing.get_context("spawn")
     messages, stop = ctx.Queue(), ctx.Event()

@@ -22,11 +22,12 @@ from npubuild.config import DetectorSettings, load_recipe
 from npubuild.int8_runner import dequantize
 from npubuild.int8_runner import quantize as quantize_int8
 from npubuild.kinds import get_kind
+from npubuild.kinds.kws import audio as kws_audio
 from npubuild.kinds.kws import data as kws_data
 from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q
 from npubuild.kinds.quality.data import prepare
-from npubuild.kinds.quality.evaluate import threshold_q as head_threshold_q
+from npubuild.kinds.quality.head_metrics import threshold_q as head_threshold_q
 from npubuild.kinds.quality.views import (
     center_square,
     crop_candidates,
@@ -210,7 +211,7 @@ def run_frontend(exe: Path, samples: np.ndarray):
 def python_frontend(samples: np.ndarray, context: dict):
     """The host: StreamingMfcc fed stride by stride, standardised and quantized as KwsModel feeds the model."""
     stream = StreamingMfcc(FE)
-    audio = samples.astype(np.float32) / 32768.0  # kws_data.read_wav's int16 conversion
+    audio = samples.astype(np.float32) / 32768.0  # kws_audio.read_wav's int16 conversion
     rows, windows = [], []
     for start in range(0, len(audio) - FE.stride_samples + 1, FE.stride_samples):
         frames = stream.push(audio[start:start + FE.stride_samples])
@@ -269,7 +270,7 @@ def test_frontend_equals_host_on_a_generated_stream(frontend_program):
 def test_frontend_equals_host_on_spoken_keywords(frontend_program, speech_clips):
     exe, context = frontend_program
     rng = np.random.default_rng(3)
-    noise = kws_data.make_noise(rng, len(speech_clips) * FE.clip_samples + FE.sample_rate, FE.sample_rate) * 0.01
+    noise = kws_audio.make_noise(rng, len(speech_clips) * FE.clip_samples + FE.sample_rate, FE.sample_rate) * 0.01
     stream = np.concatenate([np.zeros(FE.sample_rate // 2, np.float32), *speech_clips])
     stream = stream + noise[:len(stream)]
     compare_frontend("frontend, 4 spoken keyword clips in noise", exe, context, to_int16(stream))
@@ -616,7 +617,7 @@ def test_smoke_build_ships_the_loop_equal_to_listen(smoke_project, tmp_path):
     the C front end -> the INT8 model (reference kernels) -> the C detector gives what `invoke listen`'s
     Detector gives on the same audio."""
     from npubuild.assets import io_tensors
-    from npubuild.firmware_kit import run_litert
+    from npubuild.golden_vectors import run_litert
     from npubuild.kinds.kws.listen import Detector, KwsModel
 
     from .conftest import TARGET
@@ -666,7 +667,7 @@ def test_smoke_build_ships_the_loop_equal_to_listen(smoke_project, tmp_path):
     host = Detector(model, settings, FE)
     host.push(samples.astype(np.float32) / 32768.0)
     # the host's windows are the C windows but for the rare one-step input differences measured above
-    # (about 1 value in 5,000, so about one window in ten of 490 values has one): where a window's inputs
+    # (rare per value, so a share of the 490-value windows has one): where a window's inputs
     # are the same, so are the model's outputs; where they are not, a one-step input can move an output
     # by a few steps, as much as the model's sensitivity makes it (the smoke model is trained one epoch)
     same = np.all(host.outputs_q == q, axis=1)

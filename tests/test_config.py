@@ -1,13 +1,15 @@
-"""Targets and recipes load into frozen dataclasses; each problem is one line naming file and field."""
+"""Targets and recipes load into frozen dataclasses; each problem is one line naming file and field;
+`invoke fit --apply` edits a recipe file line by line."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from npubuild.config import load_recipe, load_target, resolve_targets
+from npubuild.config import edit_recipe, load_recipe, load_target, resolve_targets
 from npubuild.errors import BuildError
 
 from .conftest import ROOT, TARGET
@@ -158,3 +160,21 @@ def test_bad_recipe_names_file_and_field(tmp_path, old, new, field):
     with pytest.raises(BuildError) as err:
         load_recipe(path)
     assert str(err.value).startswith(f"{path}: ") and f"'{field}'" in str(err.value)
+
+
+def test_edit_recipe_changes_its_lines_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "digits.toml"
+    shutil.copy(ROOT / "models" / "digits.toml", path)
+    shutil.copy(ROOT / "models" / "digits.py", tmp_path / "digits.py")
+    before = path.read_text()
+    edit_recipe(path, "pcqat", {"optimize.clusters": 4, "optimize.target_sparsity": 0.75})
+    after = path.read_text()
+    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+    assert changed == [('ship = "prune_cluster"', 'ship = "pcqat"'), ("target_sparsity = 0.5", "target_sparsity = 0.75"),
+                       ("clusters = 8", "clusters = 4")]
+    recipe = load_recipe(path)
+    assert (recipe.ship, recipe.optimize.clusters, recipe.optimize.target_sparsity) == ("pcqat", 4, 0.75)
+    # a key with a comment after it, and one missing from its table
+    path.write_text(after.replace("clusters = 4", "clusters = 4  # few").replace("seed = 7\n", ""))
+    edit_recipe(path, "pcqat", {"optimize.clusters": 16})
+    assert "clusters = 16  # few" in path.read_text()

@@ -163,6 +163,26 @@ def test_int8_model_gets_assets_and_a_report(tmp_path, models):
     assert f"#define MYNET_COMPILED_MODEL_LEN {compiled.stat().st_size}u" in array
 
 
+def test_a_deployed_model_beside_a_built_one_builds_reports_and_summarises(tmp_path, models, smoke_project):
+    """A target folder holding a deployed model (no accuracy) and a built one: the next build's report
+    and summary show the deployed model with "-" for its accuracy."""
+    from npubuild.pipeline import build
+
+    built = smoke_project[0]
+    root = make_project(tmp_path / "project")
+    for part in ("build", "firmware_assets"):  # the session's smoke build, as it was left
+        shutil.copytree(built / part, root / part, ignore=shutil.ignore_patterns(".lock"))
+    deploy(root, tflite=models["int8"], target=TARGET, name="mynet", log=lambda s: None)
+    lines: list[str] = []
+    summary = build(root, model="kws", target=TARGET, profile="smoke", log=lines.append)
+    names = [m["name"] for m in summary.reports[TARGET]["models"]]
+    assert "kws" in names and "mynet" in names
+    rows = {line.split()[1]: line.split() for line in lines[-1].splitlines() if line.startswith(TARGET)}
+    assert rows["mynet"][5] == "-" and float(rows["kws"][5]) >= 0.0  # INT8 accuracy column
+    assert "| mynet |" in (root / "firmware_assets" / TARGET / "memory_report.md").read_text()
+    assert (root / "firmware_assets" / "index.html").is_file()
+
+
 @pytest.mark.parametrize(("kind", "message"), [
     ("float", "a float model: the Ethos-U NPU needs full INT8"),
     ("dynamic", "needs full INT8"),
@@ -187,7 +207,7 @@ def test_not_a_tflite_file_through_invoke(tmp_path):
 
 def test_file_litert_rejects_gets_golden_vectors_from_tflm(tmp_path, depthwise_int8):
     """Fault: TFLM's person-detection model; Vela compiles it, LiteRT refuses to load it."""
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors
     from npubuild.assets import io_tensors
     from npubuild.int8_runner import Int8Runner
 
@@ -202,9 +222,9 @@ def test_file_litert_rejects_gets_golden_vectors_from_tflm(tmp_path, depthwise_i
     folder = root / "firmware_assets" / TARGET / "person"
     golden_c = (folder / "person_golden.c").read_text()
     # the same numbers as LiteRT gives for the file before the rewrite (the bias field is all that changed)
-    expected = firmware_kit.random_golden(depthwise_int8, io_tensors(depthwise_int8)[0])
+    expected = golden_vectors.random_golden(depthwise_int8, io_tensors(depthwise_int8)[0])
     for row in (*expected["inputs"], *expected["outputs"]):
-        assert firmware_kit.c_rows(row) in golden_c
+        assert golden_vectors.c_rows(row) in golden_c
     assert "TFLM's interpreter" in (folder / "person_golden.h").read_text()
 
 
@@ -254,7 +274,7 @@ def test_file_compiled_by_older_vela_is_packaged(tmp_path, models):
 
 
 def test_16x8_model_gets_int16_assets(tmp_path, models):
-    from npubuild import firmware_kit
+    from npubuild import golden_vectors
     from npubuild.assets import io_tensors
     from npubuild.int8_runner import run_tflm
 
@@ -271,11 +291,11 @@ def test_16x8_model_gets_int16_assets(tmp_path, models):
     assert f"#define NET16_INPUT_SCALE {inp.scale}f" in meta and "#define NET16_INPUT_ZERO_POINT (0)" in meta
     header = (folder / "net16_golden.h").read_text()
     assert "extern const int16_t net16_golden_input[" in header and "extern const int16_t net16_golden_output[" in header
-    expected = firmware_kit.random_golden(models["16x8"], inp)
+    expected = golden_vectors.random_golden(models["16x8"], inp)
     assert expected["inputs"].dtype == np.int16 and np.abs(expected["inputs"]).max() > 128
     golden_c = (folder / "net16_golden.c").read_text()
     for row in (*expected["inputs"], *expected["outputs"]):
-        assert firmware_kit.c_rows(row) in golden_c
+        assert golden_vectors.c_rows(row) in golden_c
     assert "data.i16" in (folder / "integration.md").read_text()
     # TFLM (what firmware runs) is within one step of these LiteRT numbers, as the notes say
     tflm = np.concatenate([o.reshape(3, -1) for o in run_tflm(models["16x8"], expected["inputs"])], axis=1)

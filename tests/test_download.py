@@ -22,7 +22,7 @@ import pytest
 
 from npubuild import datasets
 from npubuild.errors import BuildError
-from npubuild.kinds.kws import data as kws_data
+from npubuild.kinds.kws import recordings
 
 from .conftest import ROOT
 from .test_kws_data import RECIPE, write_wav
@@ -148,7 +148,7 @@ def test_full_download_is_verified_extracted_and_read_as_a_data_dir(tmp_path, ar
     assert any("CC BY 4.0" in line for line in lines) and lines[-1] == f"sc-test: ready in {data}"
     assert any(re.fullmatch(r"  data\.tar\.gz: [\d.,]+ / [\d.,]+ MiB \(100%\)", line) for line in lines)
     # what --data-dir reads: the Speech Commands folder with its lists
-    split = kws_data.speech_commands_dataset(RECIPE, data)
+    split = recordings.speech_commands_dataset(RECIPE, data).splits
     assert [RECIPE.labels[i] for i in split["val"][1]] == ["yes", "_silence_"]
 
 

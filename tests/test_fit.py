@@ -1,4 +1,4 @@
-"""`invoke fit`: the choice (pure, no TensorFlow), --apply's line edits, the chain plan; then the digits
+"""`invoke fit`: the choice (pure, no TensorFlow), the candidates and their chain plan; then the digits
 model fitted on the smoke profile to two targets (one tiny, so some candidates do not fit), a second
 fit that runs nothing, `report --check` on the fit; and the same search on a real local Ray cluster
 (a head and a worker process on 127.0.0.1), every artifact compared with a local run."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,21 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from npubuild.candidates import candidate_paths, candidate_stages, candidates
+from npubuild.chains import compare_on_ray
 from npubuild.config import load_recipe
 from npubuild.errors import OverBudget
-from npubuild.fit import (
-    Bound,
-    candidate_paths,
-    candidate_stages,
-    candidates,
-    check_fits,
-    choose,
-    compare_on_ray,
-    edit_recipe,
-    figures_of,
-    fit,
-    pareto_front,
-)
+from npubuild.fit import Bound, check_fits, choose, figures_of, fit, pareto_front
 from npubuild.pipeline import build, figures_file
 
 from .conftest import ROOT, code_env, make_project
@@ -79,24 +68,6 @@ def test_nothing_fits_names_the_closest_and_by_how_much():
 def test_pareto_front():
     records = [rec("a", 0.9, 100), rec("b", 0.95, 200), rec("c", 0.9, 150), rec("d", 0.97, 500), rec("e", 0.94, 300)]
     assert pareto_front(records, "flash_bytes") == ["a", "b", "d"]
-
-
-def test_apply_edits_lines_and_keeps_the_rest(tmp_path):
-    path = tmp_path / "digits.toml"
-    shutil.copy(ROOT / "models" / "digits.toml", path)
-    shutil.copy(ROOT / "models" / "digits.py", tmp_path / "digits.py")
-    before = path.read_text()
-    edit_recipe(path, "pcqat", {"optimize.clusters": 4, "optimize.target_sparsity": 0.75})
-    after = path.read_text()
-    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert changed == [('ship = "prune_cluster"', 'ship = "pcqat"'), ("target_sparsity = 0.5", "target_sparsity = 0.75"),
-                       ("clusters = 8", "clusters = 4")]
-    recipe = load_recipe(path)
-    assert (recipe.ship, recipe.optimize.clusters, recipe.optimize.target_sparsity) == ("pcqat", 4, 0.75)
-    # a key with a comment after it, and one missing from its table
-    path.write_text(after.replace("clusters = 4", "clusters = 4  # few").replace("seed = 7\n", ""))
-    edit_recipe(path, "pcqat", {"optimize.clusters": 16})
-    assert "clusters = 16  # few" in path.read_text()
 
 
 def test_candidates_share_what_their_settings_allow(tmp_path):

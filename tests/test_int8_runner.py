@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from npubuild.int8_runner import Int8Runner, quantize, run_int8
+from npubuild.int8_runner import Int8Runner, quantize, run_quantized
 from npubuild.kinds.quality import data as quality_data
 from npubuild.kinds.quality.predictor import ImageQualityPredictor
 from npubuild.stages import CODE_ROOT
@@ -40,7 +40,7 @@ def test_worker_processes_give_the_same_bits_as_one_runner(smoke_project, model)
     runner = Int8Runner(int8)
     q = np.random.default_rng(3).integers(-128, 128, (150, *runner.input.shape[1:])).astype(np.int8)
     here = runner.run(q)
-    there = run_int8(int8, q, processes=2)
+    there = run_quantized(int8, q, processes=2)
     assert len(here) == len(there) == len(runner.outputs)
     for a, b in zip(here, there, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
@@ -51,7 +51,7 @@ def test_thresholds_and_predictor_use_the_reference_bits(smoke_project):
     """The quality evaluation's int8 thresholds were chosen on reference-kernel outputs: recomputing the
     validation scores with the runner gives the F1-best threshold it stored; the predictor's raw outputs
     are the runner's."""
-    from npubuild.kinds.quality.evaluate import choose_threshold, run_int8_heads, threshold_q
+    from npubuild.kinds.quality.head_metrics import choose_threshold, run_int8_heads, threshold_q
 
     root, _, _ = smoke_project
     base = root / "build" / "smoke" / "quality" / "builtin"

@@ -1,5 +1,5 @@
-"""Keyword data: eSpeak NG synthesis is reproducible, voices do not leak between splits,
-real-data policies (resample, downmix, pad/trim) and errors."""
+"""Keyword data: eSpeak NG synthesis is reproducible, voices do not leak between splits, and a
+Speech Commands folder is read and split (its errors included)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from npubuild.config import load_recipe
 from npubuild.errors import BuildError
 from npubuild.kinds.kws import data as kws_data
+from npubuild.kinds.kws import recordings
 
 from .conftest import ROOT
 
@@ -73,35 +74,6 @@ def test_breathy_voices_are_reproducible_across_processes():
     assert not np.array_equal(a[0], other[0])
 
 
-def test_read_wav_resamples_and_downmixes(tmp_path):
-    t = np.arange(44100) / 44100
-    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
-    stereo = np.stack([tone, tone], axis=1).reshape(-1)
-    write_wav(tmp_path / "s.wav", stereo, rate=44100, channels=2)
-    audio = kws_data.read_wav(tmp_path / "s.wav", 16000)
-    assert audio.ndim == 1 and abs(len(audio) - 16000) <= 1
-    spectrum = np.abs(np.fft.rfft(audio[:16000]))
-    assert abs(np.argmax(spectrum) - 440) <= 1
-
-
-def test_bad_wav_is_one_line_error(tmp_path):
-    bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"RIFF\x00\x00not really a wav")
-    with pytest.raises(BuildError) as err:
-        kws_data.read_wav(bad, 16000)
-    assert str(err.value).startswith(f"{bad}: not a readable WAV file")
-
-
-def test_fit_clip_pads_short_and_keeps_loudest_second_of_long():
-    short = np.ones(11200, np.float32)
-    assert np.array_equal(kws_data.fit_clip(short, 16000)[:11200], short)
-    assert not kws_data.fit_clip(short, 16000)[11200:].any()
-    long = np.zeros(24000, np.float32)
-    long[20000:21000] = 1.0
-    fitted = kws_data.fit_clip(long, 16000)
-    assert len(fitted) == 16000 and fitted.sum() == 1000.0
-
-
 def test_speech_commands_layout(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "sc"
@@ -111,7 +83,7 @@ def test_speech_commands_layout(tmp_path):
     write_wav(root / "_background_noise_" / "white.wav", rng.uniform(-0.5, 0.5, 48000))
     (root / "validation_list.txt").write_text("yes/00000001_nohash_0.wav\n")
     (root / "testing_list.txt").write_text("\n".join(f"{w}/00000002_nohash_0.wav" for w in (*RECIPE.keywords, "bird")))
-    data = kws_data.speech_commands_dataset(RECIPE, root)
+    data = recordings.speech_commands_dataset(RECIPE, root).splits
     x_test, y_test = data["test"]
     labels = [RECIPE.labels[i] for i in y_test]
     assert labels.count("_unknown_") == 1 and labels.count("_silence_") == 1  # 10% of 10 keyword clips each
@@ -125,12 +97,12 @@ def test_speech_commands_layout(tmp_path):
 def test_speech_commands_missing_keyword_folder(tmp_path):
     (tmp_path / "sc" / "yes").mkdir(parents=True)
     with pytest.raises(BuildError, match=r"sc/yes: no \.wav clips for keyword 'yes'"):
-        kws_data.speech_commands_dataset(RECIPE, tmp_path / "sc")
+        recordings.speech_commands_dataset(RECIPE, tmp_path / "sc")
 
 
 def test_missing_data_dir(tmp_path):
     with pytest.raises(BuildError, match="data directory does not exist"):
-        kws_data.speech_commands_dataset(RECIPE, tmp_path / "nope")
+        recordings.speech_commands_dataset(RECIPE, tmp_path / "nope")
 
 
 def speakers_folder(root, speakers, words, clips_per_speaker=2):
@@ -149,7 +121,7 @@ def speakers_by_split(per_split=2):
     i = 0
     while any(len(v) < per_split for v in found.values()):
         name = f"spk{i:03d}"
-        split = kws_data.hash_split(f"{name}_nohash_0.wav")
+        split = recordings.hash_split(f"{name}_nohash_0.wav")
         if len(found[split]) < per_split:
             found[split].append(name)
         i += 1
@@ -163,9 +135,9 @@ def test_hash_split_is_speech_commands_rule():
     for name in ("0a7c2a8d_nohash_0.wav", "yes/0a7c2a8d_nohash_3.wav", "c9b5ff26_nohash_1.wav", "me.wav"):
         speaker = name.split("/")[-1].split("_nohash_")[0].removesuffix(".wav")
         percent = (int(hashlib.sha1(speaker.encode()).hexdigest(), 16) % 2**27) * (100.0 / (2**27 - 1))
-        assert kws_data.hash_split(name) == ("val" if percent < 10 else "test" if percent < 20 else "train")
-    assert kws_data.speaker_id("yes/abc_nohash_1.wav") == "abc" and kws_data.speaker_id("kitchen-07.wav") == "kitchen-07"
-    counts = [kws_data.hash_split(f"{i:08x}_nohash_0.wav") for i in range(5000)]
+        assert recordings.hash_split(name) == ("val" if percent < 10 else "test" if percent < 20 else "train")
+    assert recordings.speaker_id("yes/abc_nohash_1.wav") == "abc" and recordings.speaker_id("kitchen-07.wav") == "kitchen-07"
+    counts = [recordings.hash_split(f"{i:08x}_nohash_0.wav") for i in range(5000)]
     assert 400 < counts.count("val") < 600 and 400 < counts.count("test") < 600
 
 
@@ -173,15 +145,15 @@ def test_folder_without_lists_is_split_by_speaker_and_said_once(tmp_path):
     speakers = speakers_by_split()
     words = (*RECIPE.keywords, "bird")
     root = speakers_folder(tmp_path / "ours", sorted(sum(speakers.values(), [])), words)
-    rule = kws_data.SplitRule.for_folder(root)
+    rule = recordings.SplitRule.for_folder(root)
     seen: dict[str, set[str]] = {}
     for wav in sorted(root.glob("*/*.wav")):
-        seen.setdefault(kws_data.speaker_id(wav.name), set()).add(rule.split_of(f"{wav.parent.name}/{wav.name}"))
+        seen.setdefault(recordings.speaker_id(wav.name), set()).add(rule.split_of(f"{wav.parent.name}/{wav.name}"))
     assert all(len(splits) == 1 for splits in seen.values())  # no speaker in two splits
     assert {s: sorted(k for k, v in seen.items() if v == {s}) for s in kws_data.SPLITS} == speakers
     # stable: the same splits from a fresh rule, after another speaker's clips were added
     speakers_folder(root, ["newcomer"], words)
-    again = kws_data.SplitRule.for_folder(root)
+    again = recordings.SplitRule.for_folder(root)
     assert all(again.split_of(f"yes/{spk}_nohash_0.wav") == s for s, names in speakers.items() for spk in names)
 
     lines = []
@@ -194,8 +166,8 @@ def test_folder_without_lists_is_split_by_speaker_and_said_once(tmp_path):
         y_val = [RECIPE.labels[i] for i in d["y_val"]]
     # 2 val speakers x 2 clips of each of 10 keywords; unknown and silence each ceil(10% of 40)
     assert len(y_val) == 40 + 4 + 4 and y_val.count("_unknown_") == 4
-    val_files = kws_data.validation_files(RECIPE, root, per_keyword=1, unknown=1)
-    assert {kws_data.speaker_id(p.name) for p, _ in val_files} <= set(speakers["val"]) and len(val_files) == 11
+    val_files = recordings.validation_files(RECIPE, root, per_keyword=1, unknown=1)
+    assert {recordings.speaker_id(p.name) for p, _ in val_files} <= set(speakers["val"]) and len(val_files) == 11
 
 
 def test_one_list_is_used_and_the_rest_hashed(tmp_path):
@@ -203,12 +175,12 @@ def test_one_list_is_used_and_the_rest_hashed(tmp_path):
     root = speakers_folder(tmp_path / "ours", sorted(sum(speakers.values(), [])), RECIPE.keywords)
     listed = f"yes/{speakers['train'][0]}_nohash_0.wav"
     (root / "validation_list.txt").write_text(listed + "\n")
-    rule = kws_data.SplitRule.for_folder(root)
+    rule = recordings.SplitRule.for_folder(root)
     splits = {f"{w.parent.name}/{w.name}": rule.split_of(f"{w.parent.name}/{w.name}") for w in root.glob("*/*.wav")}
     assert [rel for rel, s in splits.items() if s == "val"] == [listed]  # only the listed clip validates
-    assert {kws_data.speaker_id(rel) for rel, s in splits.items() if s == "test"} == set(speakers["test"])
+    assert {recordings.speaker_id(rel) for rel, s in splits.items() if s == "test"} == set(speakers["test"])
     assert splits[f"no/{speakers['val'][0]}_nohash_1.wav"] == "train"  # the hash's val share trains
     assert rule.note() == ("no testing_list.txt: validation_list.txt as given, the other clips split by a hash "
                            "of the speaker id (10% test)")
     (root / "testing_list.txt").write_text("")
-    assert kws_data.SplitRule.for_folder(root).note() == ""  # both lists given: as before, nothing said
+    assert recordings.SplitRule.for_folder(root).note() == ""  # both lists given: as before, nothing said

@@ -20,7 +20,7 @@ import scipy.io.wavfile
 from npubuild.config import DetectorSettings, DetectorTuning, load_recipe
 from npubuild.errors import BuildError
 from npubuild.kinds.kws import data as kws_data
-from npubuild.kinds.kws import listen
+from npubuild.kinds.kws import listen, streams
 from npubuild.kinds.kws.frontend import mfcc
 
 from .conftest import ROOT, TARGET, code_env, make_project
@@ -238,8 +238,8 @@ def test_listen_reports_the_keywords_in_order_near_where_they_were_placed(listen
     clips = _unheard_clips(WORDS, seed=2024)
     rng = np.random.default_rng(11)
     noise = listen.noise_segments(rng, 1, 10.0, FE.sample_rate)[0]
-    audio, placements = listen.compose_stream(clips, [RECIPE.labels.index(w) for w in WORDS], noise, rng,
-                                              FE.sample_rate, bed_db=(-50.0, -40.0))
+    audio, placements = streams.compose(list(clips), [RECIPE.labels.index(w) for w in WORDS], noise, rng,
+                                        FE.sample_rate, gaps_s=(2.0, 3.0), bed_db=(-50.0, -40.0))
     wav = write_wav(tmp_path / "words.wav", audio, rate=48000, stereo=True)  # read policy: mono, 16 kHz
     plot = tmp_path / "timeline.png"
     proc = invoke(root, "--wav", str(wav), "--plot", str(plot), "--profile", "smoke")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from npubuild.config import load_recipe
+from npubuild.optimization_recipes import RECIPES, chain_name
 from npubuild.optimize import expectations, plan_recipe, verify_int8
-from npubuild.techniques import RECIPES, chain_name
 from npubuild.weights import LayerWeights
 
 from .conftest import ROOT

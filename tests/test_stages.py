@@ -179,7 +179,7 @@ def test_code_files_follow_imports_and_bring_templates_only_to_template_users():
     vela = names(("vela",))
     assert {"vela.py", "vela_ini.py", "config.py"} <= vela and "train.py" not in vela and "meta.h.j2" not in vela
     assets = names(("assets",))
-    assert {"assets.py", "firmware_kit.py", "tflite_file.py", "meta.h.j2", "model.c.j2"} <= assets
+    assert {"assets.py", "golden_vectors.py", "op_resolver.py", "tflite_file.py", "meta.h.j2", "model.c.j2"} <= assets
     assert "meta.h.j2" not in names(("train",)) and "train.py" in names(("train",))
 
 
@@ -273,38 +273,3 @@ def test_python_floor_covers_what_the_code_imports():
     floor = tuple(int(x) for x in re.search(r">=\s*([0-9.]+)", claimed).group(1).split("."))
     assert floor >= (3, 11)
     assert "import tomllib" in (ROOT / "npubuild" / "config.py").read_text()
-
-
-def test_progress_draws_a_bar_on_a_terminal_and_plain_lines_elsewhere(monkeypatch, capsys):
-    from npubuild import stages
-
-    lines = []
-    token = stages._STAGE_LOG.set(lines.append)
-    try:
-        monkeypatch.setattr(stages, "on_terminal", lambda: True)
-        bar = stages.Progress(4, "clips", every_s=0.0)
-        for _ in range(4):
-            bar.advance()
-        drawn = capsys.readouterr().err
-        monkeypatch.setattr(stages, "on_terminal", lambda: False)
-        plain = stages.Progress(4, "clips", every_s=0.0)
-        for _ in range(4):
-            plain.advance()
-    finally:
-        stages._STAGE_LOG.reset(token)
-    assert "  clips:" in drawn and "%|" in drawn  # tqdm's bar on standard error
-    assert lines[0].startswith("  clips: 4/4 in ")  # the bar leaves one line in the log
-    assert lines[1:4] == ["  clips: 1/4, about 0 s left", "  clips: 2/4, about 0 s left",
-                          "  clips: 3/4, about 0 s left"] and lines[4].startswith("  clips: 4/4 in ")
-
-
-def test_on_terminal_is_false_when_plain_is_asked(monkeypatch):
-    import sys
-
-    from npubuild import stages
-
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    monkeypatch.setenv("NPUBUILD_PLAIN", "1")
-    assert not stages.on_terminal()
-    monkeypatch.delenv("NPUBUILD_PLAIN")
-    assert stages.on_terminal()

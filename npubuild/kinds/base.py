@@ -16,11 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.errors import BuildError
+from npubuild.report_text import percent
 
 
 class BaseImagesDir(type(Path())):
     """A folder given with `--base-images`: clean photos a kind degrades into its training data, not a
     labelled folder (`--data-dir`). A path like any other; its type tells the two apart."""
+
+
+class WithBuiltinData(type(Path())):
+    """A labelled folder (`--data-dir`) to train on together with the kind's built-in data (`--voice-bank`
+    for keyword spotting): the data stage mixes them (`ModelKind.mixes_builtin_data`)."""
 
 
 @dataclass
@@ -31,6 +37,7 @@ class DataPlan:
     tools: tuple[str, ...]
     action: Callable[[], None]
     code: tuple[str, ...]
+    inputs: tuple[Path, ...] = ()  # files the action reads besides the recipe's data (the built-in data)
 
 
 @dataclass
@@ -54,10 +61,6 @@ def problem_of(error: BuildError, path: Path) -> str:
     return re.sub(r" \(.*\)$", "", text)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 class ModelKind:
     """A kind of model. Class attributes describe its recipe; methods do what differs."""
 
@@ -67,6 +70,7 @@ class ModelKind:
     profile_sizes: tuple[str, ...] = ()  # profile fields that size its dataset (must be positive)
     architectures: tuple[str, ...] = ()  # `architecture` values it builds; empty: the recipe names its model
     takes_base_images = False  # builds its data from a folder of clean photos (`--base-images`)
+    mixes_builtin_data = False  # can train on a labelled folder and its built-in data together
     metric_note = "Accuracy is top-1"
     folder_help = "a labelled folder"
 
@@ -78,7 +82,9 @@ class ModelKind:
 
     # ------------------------------------------------------------------ data
 
-    def data_plan(self, recipe, profile, data_dir: Path | None, out: Path, log) -> DataPlan:
+    def data_plan(self, recipe, profile, data_dir: Path | None, out: Path, log, builtin: Path | None = None) -> DataPlan:
+        """How the data stage makes `out`. `builtin`: with a `WithBuiltinData` folder, the built-in data
+        stage's file (made first), to mix in."""
         raise NotImplementedError
 
     def load_split(self, recipe, features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +117,15 @@ class ModelKind:
         """None when every epoch takes the training split's inputs as they are (`train.fit_epochs` only
         shuffles them); otherwise a function (epoch, rng) -> the inputs of that epoch, row for row the
         training split (`rows` of it when given): augmentation drawn afresh every epoch, with `rng`
-        (seeded per epoch)."""
+        (seeded per epoch). The function may also return (inputs, rows): inputs as many as the split's
+        rows, each the row of the split (of `rows` when given) whose labels it takes, for a kind that
+        draws its own mix of rows per epoch."""
         return None
+
+    def epoch_samples(self, recipe, features: Path, rows: np.ndarray | None, rows_count: int) -> int:
+        """How many samples one training epoch draws (`epoch_inputs`); the split's rows unless the kind
+        draws its own."""
+        return rows_count
 
     def search_space(self, recipe, technique: str) -> dict[str, tuple]:
         """Extra settings `invoke fit` may search for `technique`, beyond the optimization steps' own:
@@ -125,7 +138,7 @@ class ModelKind:
 
     def evaluate(self, recipe, model, tflite: Path, features: Path, out: Path) -> None:
         """The evaluate stage: `model` is the Keras model the INT8 file came from."""
-        from npubuild.evaluate import evaluate_classifier
+        from npubuild.classifier_accuracy import evaluate_classifier
 
         x_test, y_test = self.load_split(recipe, features, "test")
         evaluate_classifier(list(recipe.labels), model, tflite, x_test, y_test, out)
@@ -139,12 +152,12 @@ class ModelKind:
 
     def score(self, recipe, model, tflite: Path, x: np.ndarray, y: np.ndarray, evaluation: dict) -> dict:
         """FP32 and INT8 metrics of one labelled set."""
-        from npubuild.evaluate import classification_metrics, run_int8
+        from npubuild.classifier_accuracy import classification_metrics, int8_scores
         from npubuild.tfenv import array_batches
 
         labels = list(recipe.labels)
         fp32 = model.predict(array_batches(x, 256), verbose=0).argmax(axis=1)
-        int8 = run_int8(tflite, x).argmax(axis=1)
+        int8 = int8_scores(tflite, x).argmax(axis=1)
         return {"count": int(len(y)), "fp32": classification_metrics(labels, y, fp32),
                 "int8": classification_metrics(labels, y, int8),
                 "int8_fp32_agreement": round(float(np.mean(fp32 == int8)), 6) if len(y) else 0.0}
@@ -164,12 +177,12 @@ class ModelKind:
         lines = ["| set | samples | FP32 top-1 | INT8 top-1 | INT8 = FP32 |", "|---|---:|---:|---:|---:|"]
         for n in names:
             s = sets[n]
-            lines.append(f"| {n} | {s['count']} | {_pct(s['fp32']['accuracy'])} | {_pct(s['int8']['accuracy'])} | "
-                         f"{_pct(s['int8_fp32_agreement'])} |")
+            lines.append(f"| {n} | {s['count']} | {percent(s['fp32']['accuracy'], 1)} | {percent(s['int8']['accuracy'], 1)} | "
+                         f"{percent(s['int8_fp32_agreement'], 1)} |")
         lines += ["", "INT8 accuracy per class:", "",
                   "| class | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for label in recipe.labels:
-            lines.append(f"| {label} | " + " | ".join(_pct(sets[n]["int8"]["per_class"][label]) for n in names) + " |")
+            lines.append(f"| {label} | " + " | ".join(percent(sets[n]["int8"]["per_class"][label], 1) for n in names) + " |")
         return lines
 
     def confusion_matrices(self, recipe, scored: dict) -> list[tuple[str, np.ndarray, list[str]]]:

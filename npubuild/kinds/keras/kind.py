@@ -34,7 +34,8 @@ class KerasClassifier(ModelKind):
                   "digest": digest, "image_size": recipe.keras.image_size}
 
         def action() -> None:
-            from npubuild.stages import atomic_output, say
+            from npubuild.stages import atomic_output
+            from npubuild.terminal import say
 
             arrays = user.load_arrays(recipe, source, from_recipe=data_dir is None)
             say("  " + ", ".join(f"{s}: {len(arrays[f'y_{s}'])} samples" for s in user.SPLITS)

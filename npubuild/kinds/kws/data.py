@@ -9,7 +9,7 @@ A voice bank of three engines (`engines.py`): eSpeak NG (8 accents x its voice v
 Flite (kal16, awb, rms, slt) and Festival (ked). Half of the speech clips of each split
 (OTHER_SHARE) are spoken by the Flite/Festival voices, half by eSpeak NG. Each keyword and each
 `_unknown_` word is synthesised with a voice, speed, pitch and pitch range drawn per clip, then
-made into another speaker (`perturb_voice`: vocal-tract length and speed), trimmed, resampled to
+made into another speaker (`audio.perturb_voice`: vocal-tract length and speed), trimmed, resampled to
 16 kHz, scaled to a random peak level, placed at a random offset in a 1 s clip, and mixed with
 generated noise (white, pink, brown, mains hum) at a random SNR. `_silence_` clips are noise alone.
 Whole voices are dealt to train/validation/test, so no split hears a voice another split was built
@@ -32,15 +32,19 @@ import math
 import multiprocessing
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from npubuild.config import Profile, Recipe
-from npubuild.errors import BuildError
-from npubuild.kinds.kws.frontend import periodic_hann
+from npubuild.kinds.kws.audio import (
+    WavNotes,
+    make_noise,
+    perturb_voice,
+    recording_like,
+    resample,
+)
 
 SPLITS = ("train", "val", "test")
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
@@ -146,138 +150,6 @@ def plan_clips(recipe: Recipe, profile: Profile, split: str) -> list[ClipSpec]:
     return specs
 
 
-# --------------------------------------------------------------------------- noise
-
-
-def make_noise(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
-    """Unit-RMS background noise of a random colour, sometimes with mains hum."""
-    kind = rng.integers(4)
-    white = rng.standard_normal(n)
-    if kind == 0:
-        noise = white
-    elif kind in (1, 2):  # pink (1/f) or brown (1/f^2) by shaping the spectrum
-        spectrum = np.fft.rfft(white)
-        f = np.arange(len(spectrum), dtype=np.float64)
-        f[0] = 1.0
-        spectrum /= f ** (0.5 if kind == 1 else 1.0)
-        noise = np.fft.irfft(spectrum, n)
-    else:  # hum: mains fundamental and harmonics over a little white noise
-        t = np.arange(n) / sample_rate
-        mains = 50.0 if rng.random() < 0.5 else 60.0
-        noise = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * mains * h * t + rng.uniform(0, 2 * np.pi))
-                    for h in range(1, 6)) + 0.05 * white
-    noise = noise - noise.mean()
-    return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
-
-
-def stft_frames(audio: np.ndarray, n_fft: int, hop: int) -> tuple[np.ndarray, int]:
-    """Hann-windowed frames' spectra (frames, n_fft // 2 + 1) of `audio` extended by a mirror image of
-    half a window at each end (so the first and last samples sit mid-frame), and that extension."""
-    pad = n_fft // 2
-    padded = np.pad(audio.astype(np.float64), pad, mode="reflect")
-    frames = 1 + -(-(len(padded) - n_fft) // hop)
-    padded = np.pad(padded, (0, (frames - 1) * hop + n_fft - len(padded)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    return np.fft.rfft(windows * periodic_hann(n_fft), axis=-1), pad
-
-
-@lru_cache(maxsize=256)
-def _overlap_norm(n_fft: int, hop: int, count: int) -> np.ndarray:
-    """The summed squared window at every sample of `count` overlapped frames."""
-    squared = periodic_hann(n_fft) ** 2
-    norm = np.zeros((count - 1) * hop + n_fft)
-    for k in range(count):
-        norm[k * hop:k * hop + n_fft] += squared
-    return np.maximum(norm, 1e-10)
-
-
-def istft_frames(spectra: np.ndarray, n_fft: int, hop: int, pad: int, length: int) -> np.ndarray:
-    """The signal whose `stft_frames` are `spectra`: windowed overlap-add divided by the summed
-    squared window (the least-squares inverse), with the extension cut off."""
-    frames = np.fft.irfft(spectra, n_fft, axis=-1) * periodic_hann(n_fft)
-    count, overlaps = len(frames), n_fft // hop  # hop divides n_fft
-    out = np.zeros((count - 1) * hop + n_fft)
-    blocks = frames.reshape(count, overlaps, hop)
-    for k in range(overlaps):
-        out[k * hop:k * hop + count * hop] += blocks[:, k].reshape(-1)
-    return (out / _overlap_norm(n_fft, hop, count))[pad:pad + length]
-
-
-def vtlp(audio: np.ndarray, alpha: float, sample_rate: int, boundary_hz: float = 4800.0) -> np.ndarray:
-    """Vocal-tract-length perturbation: the short-time spectrum warped along frequency by `alpha`
-    (Jaitly & Hinton's piecewise-linear warp: f -> alpha*f up to a boundary, then a straight line to
-    Nyquist), so formants move as in a longer (alpha < 1) or shorter (alpha > 1) vocal tract. Magnitudes
-    are warped, each bin keeps its phase; the length is kept."""
-    if len(audio) < 64 or alpha == 1.0:
-        return audio
-    n_fft, hop = 512, 128
-    z, pad = stft_frames(audio, n_fft, hop)
-    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
-    nyquist = sample_rate / 2
-    knee = boundary_hz * min(alpha, 1.0) / alpha
-    # Source frequency of every output bin: the inverse of the warp.
-    out_knee = alpha * knee
-    src = np.where(freqs <= out_knee, freqs / alpha,
-                   knee + (freqs - out_knee) * (nyquist - knee) / (nyquist - out_knee))
-    position = np.clip(src / freqs[1], 0, len(freqs) - 1)  # fractional bin, the same for every frame
-    low = np.minimum(position.astype(int), len(freqs) - 2)
-    weight = position - low
-    magnitude = np.abs(z)
-    warped = magnitude[:, low] * (1 - weight) + magnitude[:, low + 1] * weight
-    phase = np.divide(z, magnitude, out=np.ones_like(z), where=magnitude > 0)
-    return istft_frames(warped * phase, n_fft, hop, pad, len(audio)).astype(np.float32)
-
-
-@lru_cache(maxsize=64)
-def _resampling_filter(up: int, down: int, dtype: str) -> np.ndarray:
-    """The low-pass `scipy.signal.resample_poly` designs for up/down (in lowest terms) by default, in the
-    signal's dtype as it makes it (Kaiser window, beta 5; read-only). Designing it took a third of a
-    speed change's time, and 16 kHz from an engine's 22,050 Hz an 8,821-tap filter for every clip."""
-    from scipy.signal import firwin
-
-    rate = max(up, down)
-    h = firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(dtype)
-    h.flags.writeable = False
-    return h
-
-
-def resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
-    """`scipy.signal.resample_poly(audio, up, down)` with its default filter made once per ratio and dtype
-    (`_resampling_filter`): the same samples, bit for bit (tested)."""
-    from scipy.signal import resample_poly
-
-    g = math.gcd(up, down)
-    audio = np.asarray(audio)
-    if up == down or audio.dtype.kind != "f":
-        return resample_poly(audio, up, down)
-    return resample_poly(audio, up // g, down // g, window=_resampling_filter(up // g, down // g, audio.dtype.str))
-
-
-def change_speed(audio: np.ndarray, factor: float) -> np.ndarray:
-    """Play `factor` times faster (pitch, formants and tempo together, as a tape does): resampling."""
-    from fractions import Fraction
-
-    if factor == 1.0 or not len(audio):
-        return audio
-    ratio = Fraction(factor).limit_denominator(100)
-    return resample(audio, ratio.denominator, ratio.numerator).astype(np.float32)
-
-
-# Per clip: how a voice becomes many speakers (`perturb_voice`).
-VTLP_RANGE = (0.8, 1.2)  # an adult male's formants sit about 15-20% below an adult female's
-SPEED_RANGE = (0.9, 1.1)
-
-
-def perturb_voice(rng: np.random.Generator, speech: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Another speaker from the same voice: a vocal-tract length (VTLP factor in VTLP_RANGE, 80% of
-    clips) and a speed (SPEED_RANGE, 50%: pitch and tempo together), drawn per clip."""
-    if len(speech) and rng.random() < 0.8:
-        speech = vtlp(speech, float(rng.uniform(*VTLP_RANGE)), sample_rate)
-    if len(speech) and rng.random() < 0.5:
-        speech = change_speed(speech, float(rng.uniform(*SPEED_RANGE)))
-    return speech
-
-
 def _trim(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
     if not len(audio):
         return audio
@@ -303,90 +175,6 @@ def render_clip(spec: ClipSpec, speech: np.ndarray, sample_rate: int, clip_sampl
     if spec.recording:
         clip = recording_like(np.random.default_rng([spec.seed, 7]), clip, sample_rate)
     return np.clip(clip, -1.0, 1.0)
-
-
-def room_response(rng: np.random.Generator, sample_rate: int) -> np.ndarray:
-    """A synthetic room impulse response: the direct sound, then exponentially decaying
-    noise (reverberation time RT60 0.15-0.9 s) starting 1-10 ms later."""
-    rt60 = rng.uniform(0.15, 0.9)
-    n = int(rt60 * sample_rate)
-    t = np.arange(n) / sample_rate
-    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
-    delay = int(rng.uniform(0.001, 0.010) * sample_rate)
-    tail[:delay] = 0.0
-    tail *= rng.uniform(0.2, 1.0) / (np.sqrt(np.sum(tail**2)) + 1e-12)  # direct-to-reverberant 0-14 dB
-    tail[0] = 1.0
-    return tail
-
-
-def bandpass_sos(order: int, low: float, high: float, sample_rate: int) -> np.ndarray:
-    """A digital Butterworth band-pass of `order` as second-order sections: the filter of scipy's
-    `butter(order, [low, high], "bandpass", output="sos")` (the same poles, zeros and gain: analog
-    prototype, band-pass transform, bilinear transform with pre-warped edges) in a closed form about
-    six times faster than scipy's general one, which took about an eighth of a rendering's time here."""
-    w1, w2 = 4.0 * np.tan(np.pi * np.array([low, high], np.float64) / sample_rate)  # pre-warped, fs = 2
-    centre, width = np.sqrt(w1 * w2), w2 - w1
-    lowpass = -np.exp(1j * np.pi * np.arange(-order + 1, order, 2) / (2 * order)) * width / 2
-    root = np.sqrt(lowpass * lowpass - centre * centre)
-    analog = np.concatenate([lowpass + root, lowpass - root])
-    poles = (4.0 + analog) / (4.0 - analog)
-    # `order` zeros at s = 0 go to z = 1, the `order` at infinity to z = -1: one of each per section
-    gain = width ** order * np.real(4.0 ** order / np.prod(4.0 - analog))
-    upper = np.sort_complex(poles[poles.imag > 0])
-    sos = np.zeros((order, 6))
-    sos[:, 0], sos[:, 2], sos[:, 3] = 1.0, -1.0, 1.0
-    sos[:, 4], sos[:, 5] = -2.0 * upper.real, np.abs(upper) ** 2
-    sos[0, :3] *= gain
-    return sos
-
-
-def microphone(rng: np.random.Generator, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """A band-limited microphone: telephone band, a small MEMS/laptop capsule, or a wide one."""
-    from scipy.signal import sosfilt
-
-    kind = rng.integers(3)
-    if kind == 0:
-        low, high = rng.uniform(250, 400), rng.uniform(3000, 3600)
-    elif kind == 1:
-        low, high = rng.uniform(100, 250), rng.uniform(4500, 7000)
-    else:
-        low, high = rng.uniform(20, 80), 7800.0
-    return sosfilt(bandpass_sos(4, low, high, sample_rate), audio)
-
-
-def babble(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
-    """Speech-like noise: pink noise in the speech band, amplitude-modulated at syllable rates."""
-    from scipy.signal import sosfilt
-
-    noise = make_noise(np.random.default_rng(rng.integers(2**31)), n, sample_rate)
-    noise = sosfilt(bandpass_sos(2, 200.0, 3500.0, sample_rate), noise)
-    t = np.arange(n) / sample_rate
-    envelope = sum(1 + np.sin(2 * np.pi * rng.uniform(2, 7) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
-    out = noise * envelope
-    return out / (np.sqrt(np.mean(out**2)) + 1e-12)
-
-
-def recording_like(rng: np.random.Generator, clip: np.ndarray, sample_rate: int) -> np.ndarray:
-    """What a real recording does to a clean clip: a room (reverberation, in 70% of clips), more
-    noise of another kind (babble or coloured, 0-25 dB SNR, 60%), a band-limited microphone,
-    a level from quiet to hot with clipping (25%), and a DC offset (50%)."""
-    from scipy.signal import fftconvolve
-
-    n = len(clip)
-    out = clip.astype(np.float64)
-    if rng.random() < 0.7:
-        out = fftconvolve(out, room_response(rng, sample_rate))[:n]
-    rms = np.sqrt(np.mean(out**2)) + 1e-9
-    if rng.random() < 0.6:
-        noise = babble(rng, n, sample_rate) if rng.random() < 0.5 else make_noise(rng, n, sample_rate)
-        out = out + noise * rms / 10 ** (rng.uniform(0.0, 25.0) / 20)
-    out = microphone(rng, out, sample_rate)
-    out = out / (np.abs(out).max() + 1e-12) * 10 ** (rng.uniform(-26.0, -3.0) / 20)
-    if rng.random() < 0.25:
-        out = np.clip(out * 10 ** (rng.uniform(6.0, 20.0) / 20), -1.0, 1.0)
-    if rng.random() < 0.5:
-        out = out + rng.choice([-1.0, 1.0]) * rng.uniform(0.01, 0.1)
-    return out.astype(np.float32)
 
 
 def variant_seed(seed: int, variant: int) -> int:
@@ -451,12 +239,12 @@ def _run_chunks(specs: list[ClipSpec], sample_rate: int, clip_samples: int, vari
     if not chunks:
         return np.zeros((variants, 0, *((clip_samples,) if fe is None else (fe.num_frames, fe.num_mfcc))),
                         np.float32)
-    from npubuild.stages import Progress
+    from npubuild.terminal import Progress
 
     workers = workers or min(len(chunks), os.cpu_count() or 1)
     # Every chunk in a fresh process (eSpeak NG keeps state from one utterance to the next), forked
-    # from a server that imported the modules once: a spawned process paid about 1.5 s of imports
-    # (scipy.signal alone 1.2 s) for each of the default profile's 50 chunks.
+    # from a server that imported the modules once: a spawned process would import them (scipy.signal
+    # above all) again for every chunk.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["npubuild.kinds.kws.data", "npubuild.kinds.kws.engines",
                                 "npubuild.kinds.kws.frontend", "scipy.signal", "threadpoolctl"])
@@ -492,283 +280,39 @@ def builtin_features(recipe: Recipe, profile: Profile,
     return data
 
 
-# --------------------------------------------------------------------------- Speech Commands v2
-
-# The Speech Commands recipe: silence and unknown each 10% of the keyword clips
-# of a split; background noise mixed into training clips with probability 0.8
-# at volume up to 0.1; training clips shifted by up to 100 ms.
-SC_SILENCE_PERCENT = 10
-SC_UNKNOWN_PERCENT = 10
-SC_BACKGROUND_VOLUME = 0.1
-SC_TIME_SHIFT_S = 0.1
-
-
-def read_wav(path: Path, sample_rate: int, notes: WavNotes | None = None) -> np.ndarray:
-    """Mono float32 audio at `sample_rate`. Policy: stereo is averaged to mono;
-    other sample rates are resampled (polyphase); 8/16/32-bit PCM and float WAVs are read.
-    `notes`, when given, counts what was converted."""
-    import struct
-
-    import scipy.io.wavfile
-
-    try:
-        rate, data = scipy.io.wavfile.read(path)
-    except (ValueError, OSError, EOFError, struct.error) as e:
-        raise BuildError(f"{path}: not a readable WAV file ({e})") from None
-    if data.size == 0:
-        raise BuildError(f"{path}: WAV file holds no samples")
-    if data.dtype == np.uint8:
-        audio = (data.astype(np.float32) - 128.0) / 128.0
-    elif np.issubdtype(data.dtype, np.integer):
-        audio = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    else:
-        audio = data.astype(np.float32)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-        if notes is not None:
-            notes.downmixed += 1
-    if rate != sample_rate:
-        g = math.gcd(rate, sample_rate)
-        audio = resample(audio, sample_rate // g, rate // g).astype(np.float32)
-        if notes is not None:
-            notes.resampled[rate] = notes.resampled.get(rate, 0) + 1
-    return audio
-
-
-@dataclass
-class WavNotes:
-    """What the read policy changed in a folder of recordings, said once per build."""
-
-    files: int = 0
-    downmixed: int = 0
-    resampled: dict[int, int] = field(default_factory=dict)  # original rate -> files
-    padded: int = 0
-    trimmed: int = 0
-    split_rule: str = ""  # how clips were dealt to splits, when a list file is missing (SplitRule.note)
-
-    def count_length(self, samples: int, clip_samples: int) -> None:
-        self.files += 1
-        self.padded += samples < clip_samples
-        self.trimmed += samples > clip_samples
-
-    def summary(self, sample_rate: int) -> str:
-        rates = ", ".join(f"{n} at {r} Hz" for r, n in sorted(self.resampled.items())) or "none"
-        return (f"{self.files} clips read: {self.downmixed} stereo averaged to mono; resampled to {sample_rate} Hz: "
-                f"{rates}; {self.padded} shorter than 1 s zero-padded; {self.trimmed} longer cut to their "
-                f"loudest second")
-
-
-def fit_clip(audio: np.ndarray, clip_samples: int) -> np.ndarray:
-    """Policy for clip length: shorter clips are zero-padded at the end, longer ones
-    keep their loudest `clip_samples` window."""
-    if len(audio) < clip_samples:
-        return np.pad(audio, (0, clip_samples - len(audio)))
-    if len(audio) > clip_samples:
-        energy = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
-        window = energy[clip_samples:] - energy[:-clip_samples]
-        start = int(np.argmax(window))
-        return audio[start:start + clip_samples]
-    return audio
-
-
-# Without the folder's own lists, split as Speech Commands made them (`which_set` in TensorFlow's
-# speech_commands/input_data.py): SHA-1 of the speaker id, the file name before `_nohash_`, modulo
-# 2**27, as a percentage: 10% validation, 10% testing. One speaker's clips all land in one split,
-# and a clip keeps its split when files are added. (TensorFlow hashes the whole file name when it has
-# no `_nohash_`; here the stem, so `a.wav` and `a.flac` would agree: no clip of Speech Commands differs.)
-SC_VALIDATION_PERCENT = 10
-SC_TESTING_PERCENT = 10
-_MAX_NUM_WAVS_PER_CLASS = 2**27 - 1
-_NOHASH = "_nohash_"
-
-
-def speaker_id(filename: str) -> str:
-    """The part of a clip's file name before `_nohash_`; the whole stem when there is none."""
-    name = Path(filename).name
-    return name.partition(_NOHASH)[0] if _NOHASH in name else Path(name).stem
-
-
-def hash_split(filename: str) -> str:
-    """train, val or test for a clip, from a stable hash of its speaker id (Speech Commands' rule)."""
-    import hashlib
-
-    digest = int(hashlib.sha1(speaker_id(filename).encode()).hexdigest(), 16)
-    percent = (digest % (_MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / _MAX_NUM_WAVS_PER_CLASS)
-    if percent < SC_VALIDATION_PERCENT:
-        return "val"
-    if percent < SC_VALIDATION_PERCENT + SC_TESTING_PERCENT:
-        return "test"
-    return "train"
-
-
-@dataclass(frozen=True)
-class SplitRule:
-    """How a Speech Commands folder's clips are dealt to splits: its `validation_list.txt` and
-    `testing_list.txt` (None when the file is missing), and the speaker hash for what they leave open."""
-
-    val_list: frozenset[str] | None
-    test_list: frozenset[str] | None
-
-    @classmethod
-    def for_folder(cls, data_dir: Path) -> SplitRule:
-        def read(name: str) -> frozenset[str] | None:
-            path = data_dir / name
-            return frozenset(path.read_text().split()) if path.is_file() else None
-
-        return cls(read("validation_list.txt"), read("testing_list.txt"))
-
-    def split_of(self, rel: str) -> str:
-        """The split of the clip at `rel` ("word/file.wav"). A split that has its list takes only the
-        clips listed; the hash's share of it goes to training."""
-        if self.val_list is not None and rel in self.val_list:
-            return "val"
-        if self.test_list is not None and rel in self.test_list:
-            return "test"
-        hashed = hash_split(rel)
-        listed = {"val": self.val_list is not None, "test": self.test_list is not None}
-        return "train" if hashed == "train" or listed[hashed] else hashed
-
-    def note(self) -> str:
-        """One line for the data stage's log when a list is missing ("" when both are there)."""
-        if self.val_list is not None and self.test_list is not None:
-            return ""
-        if self.val_list is None and self.test_list is None:
-            return (f"no validation_list.txt / testing_list.txt: split by a hash of the speaker id "
-                    f"({SC_VALIDATION_PERCENT}% val, {SC_TESTING_PERCENT}% test)")
-        missing, given, percent = (("testing_list.txt", "validation_list.txt", f"{SC_TESTING_PERCENT}% test")
-                                   if self.test_list is None else
-                                   ("validation_list.txt", "testing_list.txt", f"{SC_VALIDATION_PERCENT}% val"))
-        return f"no {missing}: {given} as given, the other clips split by a hash of the speaker id ({percent})"
-
-
-def speech_commands_dataset(recipe: Recipe, data_dir: Path,
-                            notes: WavNotes | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read a Speech Commands v2 folder: one folder per word, `_background_noise_/`,
-    `validation_list.txt` and `testing_list.txt` (clips named in neither are training clips; without
-    a list, by Speech Commands' speaker hash: `SplitRule`)."""
-    if not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-    fe = recipe.frontend
-    rng = np.random.default_rng([recipe.seed, 3])
-    rule = SplitRule.for_folder(data_dir)
-    if notes is not None:
-        notes.split_rule = rule.note()
-    word_dirs = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    for keyword in recipe.keywords:
-        folder = data_dir / keyword
-        if not folder.is_dir() or not any(folder.glob("*.wav")):
-            raise BuildError(f"{folder}: no .wav clips for keyword '{keyword}'")
-    noise_files = sorted((data_dir / "_background_noise_").glob("*.wav"))
-    noises = [read_wav(p, fe.sample_rate) for p in noise_files]
-    noises = [n for n in noises if len(n) >= fe.clip_samples]
-
-    files: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
-    unknown: dict[str, list[Path]] = {s: [] for s in SPLITS}
-    unknown_label, silence_label = recipe.labels.index("_unknown_"), recipe.labels.index("_silence_")
-    for folder in word_dirs:
-        for wav in sorted(folder.glob("*.wav")):
-            rel = f"{folder.name}/{wav.name}"
-            split = rule.split_of(rel)
-            if folder.name in recipe.keywords:
-                files[split].append((wav, recipe.labels.index(folder.name)))
-            else:
-                unknown[split].append(wav)
-
-    def noise_crop(volume: float) -> np.ndarray:
-        if not noises:
-            return np.zeros(fe.clip_samples, np.float32)
-        noise = noises[rng.integers(len(noises))]
-        start = rng.integers(0, len(noise) - fe.clip_samples + 1)
-        return noise[start:start + fe.clip_samples] * volume
-
-    data = {}
-    for split in SPLITS:
-        n_kw = len(files[split])
-        n_unknown = min(len(unknown[split]), math.ceil(n_kw * SC_UNKNOWN_PERCENT / 100))
-        picks = [unknown[split][i] for i in sorted(rng.permutation(len(unknown[split]))[:n_unknown])]
-        entries = files[split] + [(p, unknown_label) for p in picks]
-        clips, labels = [], []
-        for path, label in entries:
-            audio = read_wav(path, fe.sample_rate, notes)
-            if notes is not None:
-                notes.count_length(len(audio), fe.clip_samples)
-            audio = fit_clip(audio, fe.clip_samples)
-            if split == "train":
-                shift = int(rng.integers(-int(SC_TIME_SHIFT_S * fe.sample_rate), int(SC_TIME_SHIFT_S * fe.sample_rate) + 1))
-                audio = np.roll(audio, shift)
-                if shift > 0:
-                    audio[:shift] = 0
-                elif shift < 0:
-                    audio[shift:] = 0
-                if rng.random() < 0.8:
-                    audio = audio + noise_crop(rng.uniform(0, SC_BACKGROUND_VOLUME))
-            clips.append(np.clip(audio, -1, 1))
-            labels.append(label)
-        for _ in range(math.ceil(n_kw * SC_SILENCE_PERCENT / 100)):
-            clips.append(np.clip(noise_crop(rng.uniform(0, 1.0)), -1, 1))
-            labels.append(silence_label)
-        if not clips:
-            hint = ("check validation_list.txt / testing_list.txt" if not rule.note() else
-                    "the speaker hash sent no speaker there: add validation_list.txt / testing_list.txt, or speakers")
-            raise BuildError(f"{data_dir}: split '{split}' has no clips ({hint})")
-        data[split] = (np.stack(clips).astype(np.float32), np.array(labels, np.int32))
-    return data
-
-
-def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: int) -> list[tuple[Path, int]]:
-    """(file, label) of up to `per_keyword` validation clips of each keyword and `unknown` of other words
-    (spread over the other words) from a Speech Commands folder's validation split (`SplitRule`)."""
-    rule = SplitRule.for_folder(data_dir)
-    if rule.val_list is not None:
-        val_list = sorted(rule.val_list)
-    else:
-        val_list = sorted(f"{p.parent.name}/{p.name}" for p in data_dir.glob("*/*.wav")
-                          if not p.parent.name.startswith("_") and rule.split_of(f"{p.parent.name}/{p.name}") == "val")
-    by_word: dict[str, list[Path]] = {}
-    for rel in val_list:
-        word = rel.split("/")[0]
-        if (data_dir / rel).is_file() and not word.startswith("_"):
-            by_word.setdefault(word, []).append(data_dir / rel)
-    picked = []
-    for keyword in recipe.keywords:
-        picked += [(path, recipe.labels.index(keyword)) for path in by_word.get(keyword, [])[:per_keyword]]
-    others = [w for w in sorted(by_word) if w not in recipe.keywords]
-    unknown_label = recipe.labels.index("_unknown_")
-    for i in range(unknown):
-        if not others:
-            break
-        word = others[i % len(others)]
-        if i // len(others) < len(by_word[word]):
-            picked.append((by_word[word][i // len(others)], unknown_label))
-    return picked
-
-
-def fingerprint_dir(data_dir: Path) -> str:
-    """A cheap identity of a data folder: every file's relative path, size and mtime."""
-    from npubuild.stages import folder_fingerprint
-
-    if not data_dir.is_dir():
-        raise BuildError(f"{data_dir}: data directory does not exist")
-    return folder_fingerprint(data_dir)
-
-
 def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out: Path,
-                   log: Callable[[str], None] = print) -> None:
+                   log: Callable[[str], None] = print, *, builtin: Path | None = None,
+                   real_share: float = 0.5) -> None:
     """The data stage: clips -> MFCC features per split, with the training split's statistics.
-    For a folder of recordings, says once what the read policy converted."""
+    For a folder of recordings (`recordings`), says once what the read policy converted; with `builtin`
+    (the built-in data stage's file), the voice bank's training split goes in too, `real_share` of each
+    training epoch drawn from the recordings (`EpochInputs`)."""
     from npubuild.kinds.kws.frontend import mfcc_batched
     from npubuild.stages import atomic_output
 
     arrays = {}
     if data_dir:
+        from npubuild.kinds.kws.recordings import render_training, speech_commands_dataset
+
         notes = WavNotes()
-        data = speech_commands_dataset(recipe, data_dir, notes)
+        recorded = speech_commands_dataset(recipe, data_dir, notes)
         log(f"  {data_dir}: {notes.summary(recipe.frontend.sample_rate)}")
         if notes.split_rule:
             log(f"  {data_dir}: {notes.split_rule}")
-        for split, (audio, labels) in data.items():
-            arrays[f"x_{split}"] = mfcc_batched(audio, recipe.frontend)
-            arrays[f"y_{split}"] = labels
+        audio, labels = recorded.splits["train"]
+        variants = max(1, profile.train_variants)
+        train = render_training(recipe, audio, labels, recorded.noise, variants)
+        arrays["x_train"], arrays["y_train"] = train[0], labels
+        if variants > 1:  # further renderings of the training clips, one per epoch
+            arrays["x_train_variants"] = train[1:]
+        for split in ("val", "test"):
+            audio, labels = recorded.splits[split]
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = mfcc_batched(audio, recipe.frontend), labels
+        # an epoch is at least what an epoch of the built-in data is: a small folder trains as long
+        arrays["epoch_samples"] = np.int64(profile.train_per_class * len(recipe.labels))
+        log(f"  {data_dir}: {len(arrays['y_train'])} training clips rendered {variants} times, "
+            f"{len(arrays['y_val'])} validation and {len(arrays['y_test'])} test clips; an epoch is "
+            f"{max(int(arrays['epoch_samples']), len(arrays['y_train']))} samples")
     else:
         for split, (features, labels, engines) in builtin_features(recipe, profile).items():
             arrays[f"x_{split}"] = features[0]
@@ -776,8 +320,24 @@ def build_features(recipe: Recipe, profile: Profile, data_dir: Path | None, out:
                 arrays[f"x_{split}_variants"] = features[1:]
             arrays[f"y_{split}"] = labels
             arrays[f"e_{split}"] = engines
-    arrays["mean"] = arrays["x_train"].mean(axis=(0, 1)).astype(np.float32)
-    arrays["std"] = (arrays["x_train"].std(axis=(0, 1)) + 1e-6).astype(np.float32)
+    mean = arrays["x_train"].mean(axis=(0, 1), dtype=np.float64)
+    var = arrays["x_train"].var(axis=(0, 1), dtype=np.float64)
+    if builtin is not None:
+        with np.load(builtin) as bank:
+            arrays["x_bank"], arrays["y_bank"] = bank["x_train"], bank["y_train"]
+            if "x_train_variants" in bank.files:
+                arrays["x_bank_variants"] = bank["x_train_variants"]
+        arrays["real_share"] = np.float32(real_share)
+        # the statistics of the training mixture: the recordings' and the bank's, weighted by their share
+        bank_mean = arrays["x_bank"].mean(axis=(0, 1), dtype=np.float64)
+        bank_var = arrays["x_bank"].var(axis=(0, 1), dtype=np.float64)
+        mixed = real_share * mean + (1 - real_share) * bank_mean
+        var = real_share * (var + mean**2) + (1 - real_share) * (bank_var + bank_mean**2) - mixed**2
+        mean = mixed
+        log(f"  voice bank: {len(arrays['y_bank'])} built-in training clips beside the recordings, "
+            f"{real_share:.0%} of each epoch from the recordings")
+    arrays["mean"] = mean.astype(np.float32)
+    arrays["std"] = (np.sqrt(var) + 1e-6).astype(np.float32)
     with atomic_output(out) as f:
         np.savez(f, **arrays)
 
@@ -804,7 +364,14 @@ def mask_features(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 
 class EpochInputs:
     """The training split as each epoch sees it: rendering `epoch mod renderings` (the data stage's
-    `x_train` and `x_train_variants`), standardised, with fresh masks (`mask_features`)."""
+    `x_train` and `x_train_variants`), standardised, with fresh masks (`mask_features`).
+
+    A folder of recordings stores how many samples an epoch is (`epoch_samples`: at least what an epoch
+    of the built-in data is, so a small folder still trains as long); with the voice bank in the file
+    (`x_bank`), `real_share` of them are recordings and the rest voice-bank clips. Such an epoch takes
+    the recordings in shuffled passes (continued from epoch to epoch) and the bank's clips drawn without
+    repeats, each source at its own rendering for the epoch; the call then returns (inputs, the row of
+    the split each input is)."""
 
     def __init__(self, features: Path, rows: np.ndarray | None) -> None:
         from npubuild.kinds.kws.frontend import standardise
@@ -813,17 +380,61 @@ class EpochInputs:
             renderings = [d["x_train"]]
             if "x_train_variants" in d.files:
                 renderings += list(d["x_train_variants"])
-            self.renderings = [standardise(r if rows is None else r[rows], d["mean"], d["std"]) for r in renderings]
+            n_real = len(d["y_train"])
+            self.bank, self.samples = None, None
+            if "x_bank" in d.files:
+                bank = [d["x_bank"], *(list(d["x_bank_variants"]) if "x_bank_variants" in d.files else [])]
+                self.bank = [standardise(r, d["mean"], d["std"]) for r in bank]
+            mixed = self.bank is not None or "epoch_samples" in d.files
+            if mixed:
+                self.share = float(d["real_share"]) if self.bank is not None else 1.0
+                self.samples = epoch_samples(features, rows)
+            self.renderings = [standardise(r if rows is None or mixed else r[rows], d["mean"], d["std"])
+                               for r in renderings]
+        if self.samples is not None:
+            n_bank = len(self.bank[0]) if self.bank is not None else 0
+            self.rows = np.arange(n_real + n_bank) if rows is None else np.asarray(rows)
+            self.real_at = np.flatnonzero(self.rows < n_real)  # positions in `rows` of recordings
+            self.bank_at = np.flatnonzero(self.rows >= n_real)
+            self.n_real = n_real
+            self._cycle: list[int] = []
 
-    def __call__(self, epoch: int, rng: np.random.Generator) -> np.ndarray:
-        x = mask_features(rng, self.renderings[epoch % len(self.renderings)])
-        return x.reshape(len(x), -1)
+    def __call__(self, epoch: int, rng: np.random.Generator):
+        if self.samples is None:
+            x = mask_features(rng, self.renderings[epoch % len(self.renderings)])
+            return x.reshape(len(x), -1)
+        n = self.samples
+        k = int(round(self.share * n)) if len(self.bank_at) else n
+        k = k if len(self.real_at) else 0
+        while len(self._cycle) < k:  # recordings in shuffled passes, continued across epochs
+            self._cycle += list(rng.permutation(self.real_at))
+        real, self._cycle = np.array(self._cycle[:k], np.int64), self._cycle[k:]
+        bank = rng.choice(self.bank_at, n - k, replace=n - k > len(self.bank_at)) if n > k else real[:0]
+        parts = [self.renderings[epoch % len(self.renderings)][self.rows[real]]]
+        if self.bank is not None:
+            parts.append(self.bank[epoch % len(self.bank)][self.rows[bank] - self.n_real])
+        x = mask_features(rng, np.concatenate(parts))
+        return x.reshape(len(x), -1), np.concatenate([real, bank])
+
+
+def epoch_samples(features: Path, rows: np.ndarray | None) -> int:
+    """How many samples a training epoch is: the data file's `epoch_samples` (a folder of recordings),
+    else as many as the training split has rows (`rows` when given)."""
+    with np.load(features) as d:
+        if rows is not None:
+            return len(rows)
+        n = len(d["y_train"]) + (len(d["y_bank"]) if "y_bank" in d.files else 0)
+        return max(n, int(d["epoch_samples"])) if "epoch_samples" in d.files else n
 
 
 def load_split(features: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised, flattened features and labels of one split, as the model takes them."""
+    """Standardised, flattened features and labels of one split, as the model takes them; with the voice
+    bank in the file, the training split is the recordings followed by the bank's clips."""
     from npubuild.kinds.kws.frontend import standardise
 
     with np.load(features) as d:
-        x = standardise(d[f"x_{split}"], d["mean"], d["std"])
-        return x.reshape(len(x), -1), d[f"y_{split}"]
+        x, y = d[f"x_{split}"], d[f"y_{split}"]
+        if split == "train" and "x_bank" in d.files:
+            x, y = np.concatenate([x, d["x_bank"]]), np.concatenate([y, d["y_bank"]])
+        x = standardise(x, d["mean"], d["std"])
+        return x.reshape(len(x), -1), y

@@ -16,8 +16,9 @@ for `refractory_ms`. A detection's time is the end of the window at which the av
 reached the threshold, in seconds from the start of the audio (the moment firmware could act on it).
 No decision is made before `average_windows` windows have been seen.
 
-`tune` picks the detector settings: `run_streams` composes streams of keyword clips over background
-noise, and noise-only streams, and runs the model once per 20 ms window of them (the expensive part);
+`tune` picks the detector settings: `run_streams` composes streams of keywords over background noise,
+words 0.3-1.0 s apart in half of them and 2-3 s apart in the others (`streams`), and noise-only
+streams, and runs the model once per 80 ms window of them (the expensive part);
 `score_grid` applies every setting of a small grid to those outputs in numpy (a stride of k frames takes
 every k-th window: the same windows the detector would run) and picks one (`SELECTION_RULE`).
 """
@@ -43,6 +44,15 @@ from npubuild.config import (
 )
 from npubuild.errors import BuildError
 from npubuild.kinds.kws.frontend import mfcc, standardise
+from npubuild.kinds.kws.streams import (
+    APART_GAPS_S,
+    PACED_GAPS_S,
+    Placement,
+    compose,
+    cut_to_speech,
+    match_detections,
+    sum_counts,
+)
 
 MODEL_BATCH = 1024  # windows per model call (bounds the memory of a long recording)
 
@@ -113,13 +123,13 @@ class KwsModel:
     def outputs_q(self, windows: np.ndarray) -> np.ndarray:
         """int8 outputs (n, labels) for window features (n, num_frames, num_mfcc), as firmware feeds
         them: standardised, quantized with the input's scale and zero point, reference kernels."""
-        from npubuild.int8_runner import quantize, run_int8
+        from npubuild.int8_runner import quantize, run_quantized
 
         out = np.empty((len(windows), len(self.labels)), np.int8)
         for i in range(0, len(windows), MODEL_BATCH):
             x = standardise(windows[i:i + MODEL_BATCH], self.mean, self.std).reshape(-1, self.input.size)
             q = quantize(x, self.input.scale, self.input.zero_point)
-            out[i:i + MODEL_BATCH] = run_int8(self.int8, q)[0].reshape(len(q), -1)
+            out[i:i + MODEL_BATCH] = run_quantized(self.int8, q)[0].reshape(len(q), -1)
         return out
 
 
@@ -225,59 +235,34 @@ class Detector:
 # --------------------------------------------------------------------------- test streams and tuning
 
 
-@dataclass(frozen=True)
-class Placement:
-    start: int  # sample where the 1 s clip starts in the stream
-    length: int
-    label: int
-
-
 def noise_segments(rng: np.random.Generator, count: int, seconds: float, sample_rate: int,
                    level_db: tuple[float, float] = (-60.0, -20.0)) -> list[np.ndarray]:
-    """Background noise (`kws_data.make_noise`: white, pink, brown or hum), each segment at an RMS level
+    """Background noise (`audio.make_noise`: white, pink, brown or hum), each segment at an RMS level
     in dBFS drawn from `level_db`."""
-    from npubuild.kinds.kws.data import make_noise
+    from npubuild.kinds.kws.audio import make_noise
 
     n = int(seconds * sample_rate)
     return [make_noise(rng, n, sample_rate) * np.float32(10 ** (rng.uniform(*level_db) / 20)) for _ in range(count)]
 
 
-def compose_stream(clips: np.ndarray, labels: Sequence[int], noise: np.ndarray, rng: np.random.Generator,
-                   sample_rate: int, pause_s: tuple[float, float] = (2.0, 3.0),
-                   bed_db: tuple[float, float] = (-55.0, -35.0)) -> tuple[np.ndarray, list[Placement]]:
-    """Clips one after another, each after a pause drawn from `pause_s`, then one more pause and a clip's
-    length of noise (room for the last clip's detections), over a bed cut from `noise` (tiled as needed)
-    at an RMS level drawn from `bed_db` dBFS. Returns the audio and where each clip is."""
-    pauses = rng.uniform(*pause_s, size=len(clips) + 1)
-    placements, cursor = [], 0
-    for clip, label, pause in zip(clips, labels, pauses, strict=False):
-        cursor += int(pause * sample_rate)
-        placements.append(Placement(cursor, len(clip), int(label)))
-        cursor += len(clip)
-    total = cursor + int(pauses[-1] * sample_rate) + len(clips[0]) if len(clips) else int(pauses[-1] * sample_rate)
-    offset = int(rng.integers(len(noise)))
-    audio = np.resize(np.roll(noise, -offset), total).astype(np.float64)
-    audio *= 10 ** (rng.uniform(*bed_db) / 20) / (np.sqrt(np.mean(audio**2)) + 1e-12)
-    for p, clip in zip(placements, clips, strict=True):
-        audio[p.start:p.start + p.length] += clip
-    return np.clip(audio, -1.0, 1.0).astype(np.float32), placements
-
-
 # Strides share an 80 ms base, so the model runs on every fourth 20 ms window only: the tuning's cost is
-# the model (reference kernels, ~16 ms a window here) on every window of the streams; 12.5 runs a second
-# and slower is also what an NPU duty cycle wants.
+# the model (reference kernels, slow) on every window of the streams; 12.5 runs a second and slower is
+# also what an NPU duty cycle wants. Refractory periods reach down to 250 ms: words said 0.3 s apart.
 DEFAULT_GRID = {"stride_ms": (80, 160, 240), "average_windows": (1, 2, 3, 5, 8),
-                "threshold": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "refractory_ms": (500, 1000, 1500, 2000)}
+                "threshold": (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), "refractory_ms": (250, 500, 1000, 1500, 2000)}
+# Gap ranges of the tuning streams, taken in turn: commands in a row, and words far apart (`streams`).
+TUNING_GAPS_S = (PACED_GAPS_S, APART_GAPS_S)
 
 
 @dataclass
 class StreamOutputs:
-    """The model's int8 outputs for every window (one per frame stride) of one test stream."""
+    """The model's int8 outputs for every window (one per `TuningRuns.stride_ms`) of one test stream."""
 
-    q: np.ndarray  # (windows, labels) int8, one window per `TuningRuns.stride_ms`
+    q: np.ndarray  # (windows, labels) int8
     ends: np.ndarray  # end of each window, in samples from the start of the stream
-    placements: list[Placement]  # the clips in it; empty for a noise-only stream
+    placements: list[Placement]  # the words in it; empty for a noise-only stream
     seconds: float
+    gaps_s: tuple[float, float] | None = None  # the range its gaps were drawn from (None: noise only)
 
 
 @dataclass
@@ -289,48 +274,57 @@ class TuningRuns:
     scale: float
     zero_point: int
     frontend: FrontEnd
-    pause_s: tuple[float, float]
+    gaps_s: tuple[tuple[float, float], ...]
     seed: int
     keyword_streams: list[StreamOutputs]
     noise_streams: list[StreamOutputs]
     stride_ms: int  # the model ran every this many ms; a setting's stride is a multiple of it
 
 
+def run_on_stream(model: KwsModel, fe: FrontEnd, audio: np.ndarray, stride_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's int8 outputs on every `stride_ms` window of `audio`, and each window's end (samples)."""
+    detector = Detector(model, DetectorSettings(stride_ms=stride_ms, average_windows=1, threshold=1.0,
+                                                refractory_ms=0), fe)
+    detector.push(audio)
+    return detector.outputs_q, np.round(detector.times * fe.sample_rate).astype(np.int64)
+
+
 def run_streams(model: KwsModel, fe: FrontEnd, clips: np.ndarray, clip_labels: Sequence[int],
-                noise: Sequence[np.ndarray], *, clips_per_stream: int = 20, pause_s: tuple[float, float] = (2.0, 3.0),
-                seed: int = 0, stride_ms: int | None = None, log: Callable[[str], None] | None = None) -> TuningRuns:
+                noise: Sequence[np.ndarray], *, clips_per_stream: int = 20,
+                gaps_s: Sequence[tuple[float, float]] = TUNING_GAPS_S, seed: int = 0, stride_ms: int | None = None,
+                log: Callable[[str], None] | None = None) -> TuningRuns:
     """Compose the test streams and run the model on every window of them, one window per `stride_ms`
     (default: the frame stride; the grid's strides must be multiples of it).
 
     `clips` (N, samples) with their label indices in `model.labels` (keywords; `_unknown_` clips may be
-    among them) are shuffled into streams of `clips_per_stream`, separated by pauses, over beds cut
-    from `noise` (`compose_stream`); each `noise` array is also a noise-only stream."""
+    among them) are cut to their speech and shuffled into streams of `clips_per_stream` words, the
+    streams' gaps drawn from the ranges of `gaps_s` in turn, over beds cut from `noise`
+    (`streams.compose`); each `noise` array is also a noise-only stream."""
     rng = np.random.default_rng(seed)
     stride_ms = stride_ms or 1000 * fe.stride_samples // fe.sample_rate
-    every_stride = DetectorSettings(stride_ms=stride_ms, average_windows=1, threshold=1.0, refractory_ms=0)
 
-    def run(audio: np.ndarray, placements: list[Placement], what: str) -> StreamOutputs:
-        detector = Detector(model, every_stride, fe)
-        detector.push(audio)
+    def run(audio: np.ndarray, placements: list[Placement], what: str, gaps=None) -> StreamOutputs:
+        q, ends = run_on_stream(model, fe, audio, stride_ms)
         if log:
-            log(f"{what}: {len(audio) / fe.sample_rate:.0f} s, {len(detector.times)} windows")
-        return StreamOutputs(detector.outputs_q, np.round(detector.times * fe.sample_rate).astype(np.int64),
-                             placements, len(audio) / fe.sample_rate)
+            log(f"{what}: {len(audio) / fe.sample_rate:.0f} s, {len(q)} windows")
+        return StreamOutputs(q, ends, placements, len(audio) / fe.sample_rate, gaps)
 
+    words = [cut_to_speech(clip, fe.sample_rate) for clip in clips]
     order = rng.permutation(len(clips))
     starts = range(0, len(order), clips_per_stream)
     keyword_streams = []
     for n, i in enumerate(starts):
         pick = order[i:i + clips_per_stream]
-        audio, placements = compose_stream(clips[pick], [clip_labels[j] for j in pick], noise[n % len(noise)], rng,
-                                           fe.sample_rate, pause_s)
-        keyword_streams.append(run(audio, placements, f"keyword stream {n + 1}/{len(starts)}"))
+        gaps = tuple(gaps_s[n % len(gaps_s)])
+        audio, placements = compose([words[j] for j in pick], [clip_labels[j] for j in pick], noise[n % len(noise)],
+                                    rng, fe.sample_rate, gaps)
+        keyword_streams.append(run(audio, placements, f"keyword stream {n + 1}/{len(starts)}", gaps))
     noise_streams = [run(segment, [], f"noise stream {n + 1}/{len(noise)}") for n, segment in enumerate(noise)]
     return TuningRuns(model.int8.name, model.labels, model.output.scale, model.output.zero_point, fe,
-                      tuple(pause_s), seed, keyword_streams, noise_streams, stride_ms)
+                      tuple(tuple(g) for g in gaps_s), seed, keyword_streams, noise_streams, stride_ms)
 
 
-def _score_setting(runs: TuningRuns, settings: DetectorSettings, tolerance: int) -> dict:
+def _score_setting(runs: TuningRuns, settings: DetectorSettings, tolerance_s: float) -> dict:
     """Apply one setting to the outputs of every stream (a stride of k frames: every k-th window)."""
     fe, labels = runs.frontend, runs.labels
     every = settings.stride_ms // runs.stride_ms
@@ -339,33 +333,22 @@ def _score_setting(runs: TuningRuns, settings: DetectorSettings, tolerance: int)
         decider = Decider(settings, labels, runs.scale, runs.zero_point, fe.sample_rate)
         return decider.step(stream.q[::every], stream.ends[::every])[0]
 
-    hits = clips = wrong = on_unknown = repeats = stray = 0
-    delays = []
-    for stream in runs.keyword_streams:
-        found = detect(stream)
-        times = np.array([round(d.time_s * fe.sample_rate) for d in found], np.int64)
-        used = np.zeros(len(found), bool)
-        for p in stream.placements:
-            inside = np.flatnonzero((times >= p.start) & (times <= p.start + p.length + tolerance))
-            used[inside] = True
-            word = labels[p.label]
-            if word.startswith("_"):
-                on_unknown += len(inside)
-                continue
-            clips += 1
-            right = [i for i in inside if found[i].word == word]
-            if right:
-                hits += 1
-                delays.append((times[right[0]] - p.start - p.length) / fe.sample_rate)
-            repeats += max(len(right) - 1, 0)
-            wrong += len(inside) - len(right)
-        stray += int((~used).sum())
+    per_stream = [match_detections(detect(s), s.placements, labels, fe.sample_rate, tolerance_s)
+                  for s in runs.keyword_streams]
+    c = sum_counts(per_stream)
+    paced = sum_counts([row for row, s in zip(per_stream, runs.keyword_streams, strict=True)
+                        if s.gaps_s is not None and s.gaps_s[1] <= PACED_GAPS_S[1]])
     false_alarms = sum(len(detect(stream)) for stream in runs.noise_streams)
-    false_detections = wrong + on_unknown + repeats + stray
+    hits, clips = c.get("detected", 0), c.get("keywords", 0)
+    false_detections = c.get("wrong_word", 0) + c.get("on_unknown_words", 0) + c.get("repeats", 0) + c.get("stray", 0)
     wrong_total = false_detections + false_alarms
+    delays = c.get("delays_s", [])
     return {**asdict(settings), "detection_rate": round(hits / clips, 4) if clips else 0.0, "detected": hits,
-            "keyword_clips": clips, "wrong_word": wrong, "on_unknown_words": on_unknown, "repeats": repeats,
-            "stray_in_pauses": stray, "false_detections": false_detections, "false_alarms": false_alarms,
+            "in_order": c.get("in_order", 0), "keyword_clips": clips, "wrong_word": c.get("wrong_word", 0),
+            "on_unknown_words": c.get("on_unknown_words", 0), "repeats": c.get("repeats", 0),
+            "stray_in_pauses": c.get("stray", 0), "false_detections": false_detections, "false_alarms": false_alarms,
+            "paced_detection_rate": (round(paced["detected"] / paced["keywords"], 4) if paced.get("keywords")
+                                     else None),
             "f1": round(2 * hits / (2 * hits + wrong_total + clips - hits), 4) if clips else 0.0,
             "median_delay_s": round(float(np.median(delays)), 3) if delays else None}
 
@@ -373,23 +356,21 @@ def _score_setting(runs: TuningRuns, settings: DetectorSettings, tolerance: int)
 SELECTION_RULE = ("among settings with at most the false-alarm limit per hour on the noise-only streams (or the "
                   "fewest false alarms, when none is under the limit): the best F1, where true detections are "
                   "the keywords detected and false ones are every other detection (wrong words, detections on "
-                  "unknown words, repeats of a detected keyword, detections in pauses or on noise); then the "
+                  "unknown words, repeats of a detected keyword, detections between words or on noise); then the "
                   "best detection rate, the highest threshold, the longest stride (cheapest on the device), the "
                   "fewest windows averaged, the shortest refractory period")
 
 
-def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float = 1.5,
+def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float = 1.0,
                false_alarm_limit: float = 1.0) -> dict:
     """Every setting of `grid` on `runs`, and the one to ship (`SELECTION_RULE`), as a JSON-able dict.
 
-    A keyword counts as detected when its word is reported between the start of its clip and
-    `tolerance_s` after its end; other words reported there are wrong words. False alarms per hour
-    are the detections on the noise-only streams per hour of them. `median_delay_s`: from the end of
-    a keyword's clip to its first correct detection."""
+    A keyword counts as detected when its word is reported between the start of the word and
+    `tolerance_s` after its end (`streams.match_detections`); other words reported there are wrong
+    words. False alarms per hour are the detections on the noise-only streams per hour of them.
+    `median_delay_s`: from the end of a keyword to its first correct detection."""
     grid = {**DEFAULT_GRID, **(grid or {})}
     fe = runs.frontend
-    if tolerance_s >= runs.pause_s[0]:
-        raise ValueError("tolerance_s must be shorter than the shortest pause (clips would share detections)")
     hours = sum(s.seconds for s in runs.noise_streams) / 3600
     results = []
     for stride in grid["stride_ms"]:
@@ -404,7 +385,7 @@ def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float
                     if settings.stride_ms % runs.stride_ms:
                         raise ValueError(f"grid: stride_ms {stride} is not a multiple of the {runs.stride_ms} ms "
                                          f"the model ran at")
-                    row = _score_setting(runs, settings, int(tolerance_s * fe.sample_rate))
+                    row = _score_setting(runs, settings, tolerance_s)
                     row["false_alarms_per_hour"] = round(row["false_alarms"] / hours, 3) if hours else None
                     results.append(row)
     allowed = [r for r in results if hours and r["false_alarms_per_hour"] <= false_alarm_limit]
@@ -416,8 +397,9 @@ def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float
     spoken = [p.label for s in runs.keyword_streams for p in s.placements]
     return {
         "model": runs.model, "grid": {k: list(v) for k, v in grid.items()}, "rule": SELECTION_RULE,
-        "false_alarm_limit_per_hour": false_alarm_limit, "tolerance_s": tolerance_s, "pause_s": list(runs.pause_s),
-        "seed": runs.seed, "keyword_clips": sum(not runs.labels[x].startswith("_") for x in spoken),
+        "false_alarm_limit_per_hour": false_alarm_limit, "tolerance_s": tolerance_s,
+        "gaps_s": [list(g) for g in runs.gaps_s], "seed": runs.seed,
+        "keyword_clips": sum(not runs.labels[x].startswith("_") for x in spoken),
         "unknown_clips": sum(runs.labels[x].startswith("_") for x in spoken),
         "keyword_stream_seconds": round(sum(s.seconds for s in runs.keyword_streams), 1),
         "noise_seconds": round(hours * 3600, 1), "chosen": chosen, "results": results,
@@ -425,13 +407,13 @@ def score_grid(runs: TuningRuns, *, grid: dict | None = None, tolerance_s: float
 
 
 def tune(model: KwsModel, fe: FrontEnd, clips: np.ndarray, clip_labels: Sequence[int], noise: Sequence[np.ndarray],
-         *, grid: dict | None = None, false_alarm_limit: float = 1.0, tolerance_s: float = 1.5,
-         clips_per_stream: int = 20, pause_s: tuple[float, float] = (2.0, 3.0), seed: int = 0,
+         *, grid: dict | None = None, false_alarm_limit: float = 1.0, tolerance_s: float = 1.0,
+         clips_per_stream: int = 20, gaps_s: Sequence[tuple[float, float]] = TUNING_GAPS_S, seed: int = 0,
          log: Callable[[str], None] | None = None) -> dict:
     """The tuning sweep: `run_streams` (the model once per window of every stream, at the grid's
     common stride), then `score_grid` (every setting of the grid applied to those outputs in numpy)."""
     grid = {**DEFAULT_GRID, **(grid or {})}
-    runs = run_streams(model, fe, clips, clip_labels, noise, clips_per_stream=clips_per_stream, pause_s=pause_s,
+    runs = run_streams(model, fe, clips, clip_labels, noise, clips_per_stream=clips_per_stream, gaps_s=gaps_s,
                        seed=seed, stride_ms=math.gcd(*(int(v) for v in grid["stride_ms"])), log=log)
     return score_grid(runs, grid=grid, tolerance_s=tolerance_s, false_alarm_limit=false_alarm_limit)
 
@@ -446,6 +428,7 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
     and `detector_unknown_clips` of other words, from the validation voices of the built-in data
     (`kws_data.plan_clips(..., "val")`) or the validation clips of a Speech Commands folder."""
     from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws.audio import fit_clip, read_wav
 
     fe = recipe.frontend
     per_keyword, unknown = profile.detector_clips_per_keyword, profile.detector_unknown_clips
@@ -457,8 +440,10 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
             specs += [s for s in plan if s.label == recipe.labels.index(label)][:take]
         return (kws_data.synthesise(specs, fe.sample_rate, fe.clip_samples), [s.label for s in specs],
                 "validation voices of the built-in data")
-    files = kws_data.validation_files(recipe, data_dir, per_keyword, unknown)
-    audio = np.stack([kws_data.fit_clip(kws_data.read_wav(path, fe.sample_rate), fe.clip_samples)
+    from npubuild.kinds.kws.recordings import validation_files
+
+    files = validation_files(recipe, data_dir, per_keyword, unknown)
+    audio = np.stack([fit_clip(read_wav(path, fe.sample_rate), fe.clip_samples)
                       for path, _ in files]) if files else np.zeros((0, fe.clip_samples), np.float32)
     return audio.astype(np.float32), [label for _, label in files], f"validation clips of {data_dir.name}"
 
@@ -511,8 +496,8 @@ def detector_json(paths, technique: str) -> Path:
 def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir: Path | None,
                    log: Callable[[str], None] = print):
     """Tune the streaming detector on the shipped INT8 model (after evaluate, before assets)."""
-    from npubuild.kinds.kws import data as kws_data
     from npubuild.kinds.kws.engines import program_versions
+    from npubuild.kinds.kws.recordings import fingerprint_dir
     from npubuild.stages import Stage
 
     prof = recipe.profile(profile)
@@ -522,7 +507,7 @@ def detector_stage(recipe: Recipe, profile: str, paths, technique: str, data_dir
                 "clips_per_keyword": prof.detector_clips_per_keyword, "unknown_clips": prof.detector_unknown_clips,
                 "noise_seconds": prof.detector_noise_seconds, "seed": recipe.seed, "labels": recipe.labels,
                 "frontend": vars(recipe.frontend), "unknown_words": recipe.unknown_words,
-                "source": "builtin" if data_dir is None else kws_data.fingerprint_dir(data_dir),
+                "source": "builtin" if data_dir is None else fingerprint_dir(data_dir),
                 **({"engines": program_versions()} if data_dir is None else {})},
         outputs=(detector_json(paths, technique),), tools=("ai-edge-litert", "espeakng-loader"),
         action=lambda: tune_detector(recipe, prof, paths.int8(technique), paths.features, data_dir,

@@ -30,11 +30,6 @@ ESPEAK, FLITE, FESTIVAL = "espeak", "flite", "festival"
 ENGINES = (ESPEAK, FLITE, FESTIVAL)
 # Debian package per engine run as a program (eSpeak NG comes with the Python package espeakng-loader).
 PACKAGES = {FLITE: "flite", FESTIVAL: "festival festvox-kdlpc16k"}
-LICENCES = {
-    ESPEAK: "eSpeak NG, GPL-3.0-or-later (the bundled library and voice data of espeakng-loader)",
-    FLITE: "Flite 2.2 and its CMU ARCTIC voices, BSD-style (free for any use, commercial included)",
-    FESTIVAL: "Festival 2.5 and the kdlpc16k voice, BSD-style / free for any use",
-}
 # Typical fundamental frequency (Hz) of each Flite voice, around which a clip's pitch is drawn
 # (`rms` ignores the f0 setting: its pitch varies by the clip's later perturbation only).
 FLITE_F0 = {"kal16": 105.0, "awb": 115.0, "rms": 110.0, "slt": 175.0}

@@ -13,7 +13,7 @@ import numpy as np
 from npubuild.config import Recipe
 from npubuild.errors import BuildError
 from npubuild.kinds.base import Folder, problem_of
-from npubuild.kinds.kws.data import WavNotes, fit_clip, read_wav
+from npubuild.kinds.kws.audio import WavNotes, fit_clip, read_wav
 from npubuild.kinds.kws.frontend import mfcc_batched, standardise
 
 CLIPPED_SHARE = 0.001  # a clip is "clipped" when more of its samples than this are at full scale

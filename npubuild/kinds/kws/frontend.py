@@ -54,7 +54,7 @@ def _tables(fe: FrontEnd) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def mfcc(audio: np.ndarray, fe: FrontEnd) -> np.ndarray:
     """MFCCs of 1-second clips: (..., clip_samples) float in [-1, 1] -> (..., frames, num_mfcc) float32."""
-    from scipy.fft import rfft  # pocketfft's C++ port: single precision 2.5x faster than numpy's here
+    from scipy.fft import rfft  # pocketfft's C++ port: computes in single precision, faster than numpy's
 
     audio = np.asarray(audio, dtype=np.float32)
     if audio.shape[-1] != fe.clip_samples:

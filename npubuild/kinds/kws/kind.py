@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.kinds.base import DataPlan, ModelKind, _pct
+from npubuild.kinds.base import DataPlan, ModelKind
+from npubuild.report_text import percent
 
 SIZES = ("train_per_class", "val_per_class", "test_per_class")
 
 
 class KeywordSpotting(ModelKind):
     name = "keyword_spotting"
+    mixes_builtin_data = True  # your recordings with the voice bank (`--voice-bank`, `[mix]`)
     label_field = "labels"
     tables = ("frontend",)
     profile_sizes = SIZES
@@ -33,7 +35,7 @@ class KeywordSpotting(ModelKind):
                         return f"profiles.{name}.{size}", "must be given and positive (the [detector] is tuned on it)"
         return None
 
-    def data_plan(self, recipe, profile, data_dir, out, log) -> DataPlan:
+    def data_plan(self, recipe, profile, data_dir, out, log, builtin=None) -> DataPlan:
         from npubuild.kinds.kws import data
 
         params = {"recipe": recipe.name, "labels": recipe.labels, "frontend": vars(recipe.frontend),
@@ -46,10 +48,18 @@ class KeywordSpotting(ModelKind):
                           engines=program_versions())
             tools = ("espeakng-loader", "scipy", "numpy")
         else:
-            params.update(source="speech_commands", fingerprint=data.fingerprint_dir(data_dir))
+            from npubuild.kinds.kws.recordings import fingerprint_dir
+
+            params.update(source="speech_commands", fingerprint=fingerprint_dir(data_dir),
+                          train_variants=profile.train_variants)
+            if builtin is not None:
+                params.update(voice_bank=True, real_share=recipe.mix.real_share)
             tools = ("scipy", "numpy")
-        return DataPlan(params, tools, lambda: data.build_features(recipe, profile, data_dir, out, log),
-                        ("kinds.kws.data",))
+        share = recipe.mix.real_share
+        return DataPlan(params, tools,
+                        lambda: data.build_features(recipe, profile, data_dir, out, log, builtin=builtin,
+                                                    real_share=share),
+                        ("kinds.kws.data", "kinds.kws.recordings"), inputs=(builtin,) if builtin else ())
 
     def load_split(self, recipe, features, split):
         """A split of the data stage's file, or `test_<engine>`: the test clips that engine spoke."""
@@ -58,7 +68,7 @@ class KeywordSpotting(ModelKind):
 
         engine = split.removeprefix("test_")
         if engine in ENGINES:
-            from npubuild.kinds.kws.engine_out import engine_rows
+            from npubuild.kinds.kws.held_out_engine import engine_rows
 
             x, y = load_split(features, "test")
             rows = engine_rows(features, "test", engine, keep=True)
@@ -71,6 +81,13 @@ class KeywordSpotting(ModelKind):
         from npubuild.kinds.kws.data import EpochInputs
 
         return EpochInputs(features, rows)
+
+    def epoch_samples(self, recipe, features, rows, rows_count):
+        """A folder of recordings trains at least as many samples an epoch as the built-in data (and with
+        the voice bank, the recordings and the bank's clips together: `data.EpochInputs`)."""
+        from npubuild.kinds.kws.data import epoch_samples
+
+        return epoch_samples(features, rows)
 
     def build_model(self, recipe):
         from npubuild.kinds.kws.model import ds_cnn_l
@@ -95,13 +112,13 @@ class KeywordSpotting(ModelKind):
         return sets
 
     def evaluation_stages(self, recipe, profile, paths, technique, log):
-        """The leave-one-engine-out model (`engine_out`), on built-in data that has engines."""
-        from npubuild.kinds.kws.engine_out import engine_out_stage
+        """The leave-one-engine-out model (`held_out_engine`), on built-in data that has engines."""
+        from npubuild.kinds.kws.held_out_engine import held_out_engine_stage
 
         with np.load(paths.features) as d:
             if "e_train" not in d.files:
                 return []
-        return [engine_out_stage(recipe, profile, paths, log)]
+        return [held_out_engine_stage(recipe, profile, paths, log)]
 
     def read_folder(self, recipe, data_dir, features):
         from npubuild.kinds.kws.folder import read_kws_folder
@@ -116,7 +133,7 @@ class KeywordSpotting(ModelKind):
         if {"test", "test_rec"} <= set(sets):
             result["gap_int8_points"] = round(100 * (sets["test"]["int8"]["accuracy"]
                                                      - sets["test_rec"]["int8"]["accuracy"]), 2)
-        from npubuild.kinds.kws.engine_out import scores_json
+        from npubuild.kinds.kws.held_out_engine import scores_json
 
         path = scores_json(paths)
         if path.is_file():
@@ -148,11 +165,11 @@ class KeywordSpotting(ModelKind):
             at = lines.index("INT8 accuracy per class:") - 1
             shipped = out["shipped_fp32_on_engine"]
             lines[at:at] = ["", f"Leave one engine out: the FP32 model trained again without {e} "
-                                f"({out['train_clips']} training clips) scores {_pct(out['test'][e]['fp32_accuracy'])} on the "
+                                f"({out['train_clips']} training clips) scores {percent(out['test'][e]['fp32_accuracy'], 1)} on the "
                                 f"{out['test'][e]['count']} test clips of {e}, an engine it never heard, "
-                                f"{_pct(out['test']['others']['fp32_accuracy'])} on the other test clips: a gap of "
+                                f"{percent(out['test']['others']['fp32_accuracy'], 1)} on the other test clips: a gap of "
                                 f"{out['gap_fp32_points']:.2f} points. The shipped model (which heard other {e} voices) "
-                                f"scores {_pct(shipped)} FP32 on the same {e} clips."]
+                                f"scores {percent(shipped, 1)} FP32 on the same {e} clips."]
         detector = result.get("detector")
         if detector and detector["settings"]:
             d = detector["settings"]

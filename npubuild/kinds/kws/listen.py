@@ -18,7 +18,6 @@ from npubuild.kinds.kws.detector import (  # noqa: F401 (the streaming pieces, a
     Detector,
     KwsModel,
     StreamingMfcc,
-    compose_stream,
     detector_json,
     noise_segments,
     threshold_q,
@@ -32,12 +31,9 @@ def plot_timeline(times: np.ndarray, scores: np.ndarray, keywords: Sequence[str]
                   detections: Sequence[Detection], path: Path, title: str = "") -> None:
     """PNG of the averaged keyword scores over time, the threshold, and the detections (deterministic:
     no timestamp or software version in the file)."""
-    import matplotlib
+    from npubuild.charts import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from npubuild.stages import atomic_path
+    plt = pyplot()
 
     palette = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
@@ -57,9 +53,7 @@ def plot_timeline(times: np.ndarray, scores: np.ndarray, keywords: Sequence[str]
     ax.set_title(title or f"{len(detections)} detection{'s' if len(detections) != 1 else ''}")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- invoke listen
@@ -125,13 +119,13 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
            build_dir: Path | None = None, block_ms: int = 100) -> ListenResult:
     """Run the shipped model of `profile` over a WAV file as firmware would, `block_ms` of audio at a time.
 
-    WAV policy (`kws_data.read_wav`): stereo is averaged, other rates are resampled to the front end's."""
+    WAV policy (`audio.read_wav`): stereo is averaged, other rates are resampled to the front end's."""
     import warnings
 
     import scipy.io.wavfile
 
     from npubuild.config import resolve_models, resolve_targets
-    from npubuild.kinds.kws import data as kws_data
+    from npubuild.kinds.kws.audio import read_wav
     from npubuild.pipeline import shipped_paths
 
     recipe = resolve_models(root, model)[0]
@@ -144,7 +138,7 @@ def listen(root: Path, wav: Path, *, model: str = "kws", profile: str = "default
     resolve_settings(recipe, DetectorSettings(some_stride, 1, 0.5, 0), **overrides)  # bad options first
     with warnings.catch_warnings():  # scipy warns about chunks it skips; an unreadable file is one error line
         warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
-        audio = kws_data.read_wav(Path(wav), fe.sample_rate)
+        audio = read_wav(Path(wav), fe.sample_rate)
     paths = shipped_paths(root, recipe, profile, build_dir)
     tuned = tuned_settings(detector_json(paths, recipe.ship)) if recipe.detector is not None else None
     settings = resolve_settings(recipe, tuned, **overrides)

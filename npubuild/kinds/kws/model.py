@@ -12,7 +12,7 @@ def ds_cnn_l(num_frames: int, num_mfcc: int, num_classes: int):
     BatchNormalization uses momentum 0.95 rather than Keras' 0.99: the first
     convolution's outputs have a variance near 0.01 at initialisation, and with
     0.99 the moving variance (starting at 1) needs several epochs to get there, so
-    the model in inference mode predicts one class for the first 5-6 epochs.
+    the model in inference mode predicts one class for several epochs.
     """
     _, keras = import_tf()
     layers = keras.layers

@@ -42,7 +42,8 @@ import numpy as np
 
 from npubuild.errors import BuildError
 from npubuild.kinds.quality.views import photo_views, whole_view
-from npubuild.stages import atomic_output, say
+from npubuild.stages import atomic_output
+from npubuild.terminal import say
 
 # Photos bundled in scikit-image 0.26's wheel (skimage/data/*.png|jpg), by loader name.
 # clock_motion is left out: it is motion-blurred already.
@@ -51,7 +52,7 @@ NATURAL = ("astronaut", "camera", "chelsea", "coffee", "rocket", "brick", "grass
            "text", "cell")
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"train": 0.7, "val": 0.15, "test": 0.15}
-MIN_SIDE = 32
+MIN_SIDE = 32  # smaller real images are rejected rather than upscaled beyond recognition
 BASE_SIDE = 512  # photos are scaled so their short side is at most this before cropping
 # Views (see `random_view`): which share of them are detail views, how far a detail view's crop is
 # shrunk (1-1.5: the photo's own fine detail at the model's pixels), how much of the base a whole view
@@ -238,9 +239,9 @@ def random_view(rng: np.random.Generator, levels: tuple[np.ndarray, ...], size: 
 #   noise (sigma at 18% grey, linear light): 0.035 .. 0.12 is noisy; clean is the camera's noise floor
 # A blurry draw that cannot show is not kept: the picture is drawn again when the blur keeps more than
 # BLUR_VISIBLE of the scene's fine detail (a short shake across a smooth patch), or another degradation
-# hides it (more than HIDDEN_CLIPPED of the pixels saturated, -3 EV and darker, or noise above
-# HIDDEN_NOISE: grain that strong masks the edges blur softens; the model built on the data where they
-# mixed flagged 37-44% of the sharp noisy pictures as blurry and found 37-51% of the blurred noisy ones).
+# hides it (more than HIDDEN_CLIPPED of the pixels saturated, -3 EV and darker, or noise above HIDDEN_NOISE,
+# the noisy head's level: grain that strong masks the edges blur softens, and a model trained
+# on both mixed called sharp noisy pictures blurry and missed blurred noisy ones).
 EV_DARK, EV_CLEAN, EV_BRIGHT = (-4.0, -1.5), (-0.5, 0.3), (0.7, 2.5)
 SHAKE_PX, DEFOCUS_PX = (4.0, 24.0), (1.8, 8.0)
 CLEAN_SHAKE_PX, CLEAN_DEFOCUS_PX = 1.0, 0.6
@@ -360,7 +361,7 @@ BUILTIN_SPLITS = (*SPLITS, "test_cam")
 @lru_cache(maxsize=256)
 def _texture(seed: int) -> np.ndarray:
     """`skin_texture(seed)`, read-only and kept: a split's chunks draw from the same few hundred seeds, and
-    rendering one took over half of an image's time when every chunk rendered its own."""
+    rendering a texture costs more than the rest of an image."""
     texture = skin_texture(seed)
     texture.flags.writeable = False
     return texture
@@ -422,7 +423,7 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
     n_textures = max(4, count // 25)
     jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures, base_files, detail_side)
             for c in range(-(-count // CHUNK))]
-    from npubuild.stages import Progress
+    from npubuild.terminal import Progress
 
     progress = Progress(count, f"{split} images made")
     parts = []

@@ -56,8 +56,7 @@ class ImageQuality(ModelKind):
     def epoch_inputs(self, recipe, features, rows):
         """Every epoch, each training image in one of its eight flips and quarter turns, drawn afresh: no
         label changes with them (blur, exposure and noise have no direction the data prefers), and the
-        model sees eight times as many pictures for nothing (blurry F1 +0.04 to +0.06 in a
-        2,000-image probe)."""
+        model sees eight times as many pictures for the cost of a copy."""
         from npubuild.kinds.quality.data import load_images, to_model_input
 
         images, _ = load_images(features, "train")
@@ -106,7 +105,7 @@ class ImageQuality(ModelKind):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, recipe, model, tflite, features, out):
-        from npubuild.kinds.quality.evaluate import evaluate_heads
+        from npubuild.kinds.quality.head_metrics import evaluate_heads
 
         evaluate_heads(recipe, model, tflite, self.load_split(recipe, features, "val"),
                        self.load_split(recipe, features, "test"), out)
@@ -123,7 +122,7 @@ class ImageQuality(ModelKind):
         """The camera-like gap, and per severity band what each head flagged (INT8, the build's thresholds)."""
         import json
 
-        from npubuild.kinds.quality.evaluate import bands_of_split
+        from npubuild.kinds.quality.head_metrics import bands_of_split
 
         sets = result["sets"]
         if {"test", "test_cam"} <= set(sets):
@@ -143,7 +142,7 @@ class ImageQuality(ModelKind):
     def score(self, recipe, model, tflite, x, y, evaluation):
         """Per head, at the thresholds the build chose on its validation split. `x`: model inputs
         [N, H, W, 3], or [N, views, H, W, 3] for photos (`views.py`: each head scored on its view)."""
-        from npubuild.kinds.quality.evaluate import fp32_scores, int8_head_scores, score_set
+        from npubuild.kinds.quality.head_metrics import fp32_scores, int8_head_scores, score_set
         from npubuild.kinds.quality.views import head_views, per_head
 
         heads = list(recipe.heads)

@@ -1,13 +1,6 @@
-"""What firmware needs beyond the model array: the operators to register, golden vectors.
-
-- Operators: read from the Vela-compiled file itself (its operator codes): the
-  Ethos-U custom operator plus whatever Vela left on the CPU, so the resolver
-  registers exactly what the model calls ("Failed to get registration from op
-  code CUSTOM" cannot happen, and no unused kernel is linked).
-- Golden vectors: a few int8 inputs from the test split and the int8 outputs the
-  INT8 model (before Vela; LiteRT on the host) gives for them, for an on-target
-  unit test of the whole chain (driver, NPU, compiled model).
-"""
+"""Golden vectors: a few integer inputs and the outputs the INT8 model (before Vela; the reference
+kernels on the host) gives for them, for an on-target unit test of the whole chain (driver, NPU,
+compiled model). From the test split when the build has one, else from seeded random inputs."""
 
 from __future__ import annotations
 
@@ -16,43 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.config import Recipe
-from npubuild.errors import BuildError
 
 GOLDEN_COUNT = 3
-
-
-def compiled_operators(vela_tflite: Path) -> list[tuple[str, str | None]]:
-    """(builtin name, custom code) of every operator code in a (Vela-compiled) TFLite file."""
-    from ethosu.vela.tflite.BuiltinOperator import BuiltinOperator
-    from ethosu.vela.tflite.Model import Model
-
-    names = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
-    model = Model.GetRootAsModel(vela_tflite.read_bytes(), 0)
-    ops = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        custom = code.CustomCode()
-        ops.append((names.get(builtin, f"BUILTIN_{builtin}"), custom.decode() if custom else None))
-    return ops
-
-
-def tflm_method(builtin: str) -> str:
-    """TFLM's MicroMutableOpResolver method for a builtin operator: CONV_2D -> AddConv2D."""
-    parts = builtin.split("_")
-    return "Add" + "".join(p.upper() if p[:1].isdigit() else p[:1] + p[1:].lower() for p in parts)
-
-
-def resolver_entries(vela_tflite: Path) -> list[dict]:
-    entries = []
-    for builtin, custom in compiled_operators(vela_tflite):
-        if builtin == "CUSTOM":
-            if custom != "ethos-u":
-                raise BuildError(f"{vela_tflite}: custom operator {custom!r} has no TFLM kernel to register")
-            entries.append({"method": "AddEthosU", "op": "ethos-u (custom: the NPU command stream)"})
-        else:
-            entries.append({"method": tflm_method(builtin), "op": f"{builtin} (on the CPU)"})
-    return entries
 
 
 def _test_indices(n: int, count: int) -> list[int]:
@@ -74,9 +32,9 @@ def quantized_test_inputs(recipe: Recipe, int8: Path, features: Path) -> np.ndar
 def run_litert(int8: Path, inputs: np.ndarray) -> np.ndarray:
     """Integer outputs of the quantized model for integer inputs, every output flattened in the
     file's order, one row per input: `int8_runner` (the reference kernels TFLM computes)."""
-    from npubuild.int8_runner import run_int8
+    from npubuild.int8_runner import run_quantized
 
-    outputs = run_int8(int8, inputs)
+    outputs = run_quantized(int8, inputs)
     return np.concatenate([o.reshape(len(inputs), -1) for o in outputs], axis=1)
 
 

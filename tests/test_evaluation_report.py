@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npubuild.dataset_eval import evaluate_dataset
 from npubuild.errors import BuildError
+from npubuild.evaluation_report import evaluate_dataset
+from npubuild.kinds.kws import audio as kws_audio
 from npubuild.kinds.kws import data as kws_data
 
 from .conftest import TARGET, report_model
@@ -44,7 +45,7 @@ def speech_commands_like(folder, n_per_word=2):
     (folder / "left" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt ")
     write_wav(folder / "right" / "empty.wav", np.zeros(0))
     write_wav(folder / "_background_noise_" / "hum.wav",
-              0.1 * kws_data.make_noise(np.random.default_rng(5), 48000 + 500, 16000))
+              0.1 * kws_audio.make_noise(np.random.default_rng(5), 48000 + 500, 16000))
     return len(chosen) + 4  # + stereo, short, dc, clipped; the broken and the empty one are skipped
 
 
@@ -84,7 +85,7 @@ def test_kws_folder_every_file_is_used_or_counted_with_its_reason(smoke_project,
     root, _, _ = smoke_project
     data = tmp_path / "test set"
     clips = speech_commands_like(data)
-    noise = 0.05 * kws_data.make_noise(np.random.default_rng(1), 16000, 16000)
+    noise = 0.05 * kws_audio.make_noise(np.random.default_rng(1), 16000, 16000)
     for i in range(3):
         write_wav(data / "_unknown_" / f"u{i}_nohash_0.wav", noise)
     write_wav(data / "_silence_" / "s0.wav", noise)

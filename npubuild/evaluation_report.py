@@ -21,7 +21,7 @@ import numpy as np
 
 from npubuild.config import Recipe, resolve_models
 from npubuild.errors import BuildError
-from npubuild.stages import atomic_path, write_json, write_text
+from npubuild.stages import write_json, write_text
 
 SKIPPED_LISTED = 20  # skipped files named in the report (all are counted)
 
@@ -47,19 +47,21 @@ def _on_target(assets_dir: Path, target: str, model: str) -> dict:
 
 def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: str = "default",
                      target: str | None = None, build_dir: Path | None = None, assets_dir: Path | None = None,
-                     log: Callable[[str], None] = print) -> dict:
-    """Evaluate the shipped model of `profile` (trained on the built-in data) on `data_dir`, or
-    on the built-in test sets; write the JSON, Markdown and confusion PNG; return the JSON.
+                     trained_on: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """Evaluate the shipped model of `profile` (trained on the built-in data, or on `trained_on`: the
+    `--data-dir` of its build) on `data_dir`, or on its build's own test sets; write the JSON, Markdown
+    and confusion PNG; return the JSON.
     With `target`, the report also gives what the model costs there (from its memory report)."""
-    from npubuild.pipeline import Layout, shipped_paths
-    from npubuild.techniques import RECIPES
+    from npubuild.optimization_recipes import RECIPES
+    from npubuild.pipeline import Layout, dataset_id, shipped_paths
 
     layout = Layout.for_project(root, build_dir, assets_dir)
     recipes = resolve_models(layout.root, model)
     if len(recipes) != 1:
         raise BuildError(f"--model: evaluate one model at a time (a name from models/), not {model!r}")
     recipe = recipes[0]
-    paths = shipped_paths(layout.root, recipe, profile, layout.build_dir, need=("int8", "evaluation", "features"))
+    paths = shipped_paths(layout.root, recipe, profile, layout.build_dir, need=("int8", "evaluation", "features"),
+                          trained_on=trained_on)
     technique = recipe.ship
     tflite, evaluation_path = paths.int8(technique), paths.evaluation(technique)
     if data_dir is not None and not data_dir.is_dir():
@@ -76,6 +78,10 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
     name = dataset_name(data_dir)
     result: dict = {"model": recipe.name, "recipe": technique, "profile": profile, "dataset": name,
                     "labels": list(recipe.labels)}
+    if trained_on is not None:
+        from npubuild.pipeline import dataset_label
+
+        result["trained_on"] = dataset_label(trained_on)
     sets: dict[str, dict] = {}
     if data_dir is None:
         available = kind.builtin_sets(recipe, paths.features)
@@ -103,7 +109,7 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
         result["on_target"] = on_target
 
     out = layout.assets_dir / "evaluate"
-    stem = f"{recipe.name}-{name}"
+    stem = f"{recipe.name}-{name}" + ("" if trained_on is None else f"-by-{dataset_id(trained_on)}")
     main_set = list(sets)[-1]  # a labelled folder, or the last (hardest) built-in set
     render_confusion(recipe, sets[main_set], out / f"{stem}-confusion.png",
                      f"{recipe.name} INT8, {name} {'' if main_set == 'folder' else main_set}".strip())
@@ -125,13 +131,10 @@ def evaluate_dataset(root: Path, *, model: str, data_dir: Path | None, profile: 
 def render_confusion(recipe: Recipe, scored: dict, path: Path, title: str) -> None:
     """The kind's INT8 confusion matrices (`ModelKind.confusion_matrices`: rows true, columns predicted,
     counts). Deterministic PNG (no timestamp)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from npubuild.charts import pyplot, save_png
     from npubuild.kinds import get_kind
 
+    plt = pyplot()
     matrices = get_kind(recipe.kind).confusion_matrices(recipe, scored)
     fig, axes = plt.subplots(1, len(matrices), figsize=(7.5 if len(matrices) == 1 else 3 * len(matrices), 6.5
                                                         if len(matrices) == 1 else 3.2), dpi=100, squeeze=False)
@@ -152,13 +155,7 @@ def render_confusion(recipe: Recipe, scored: dict, path: Path, title: str) -> No
             ax.set_title(head, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    save_png(fig, path)
 
 
 def render_markdown(recipe: Recipe, result: dict, chart: str) -> str:

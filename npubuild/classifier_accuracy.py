@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.stages import say, write_json
+from npubuild.stages import write_json
+from npubuild.terminal import say
 
 
-def run_int8(tflite_path: Path, x: np.ndarray) -> np.ndarray:
-    """INT8 model outputs (dequantised) for float inputs, with the reference kernels (int8_runner)."""
+def int8_scores(tflite_path: Path, x: np.ndarray) -> np.ndarray:
+    """The INT8 model's scores for float inputs: inputs quantized, the first output dequantised and
+    flattened per sample (N, values), with the reference kernels (int8_runner)."""
     from npubuild.int8_runner import dequantize, run_float
     from npubuild.tflite_file import io_tensors
 
@@ -40,7 +42,7 @@ def evaluate_classifier(labels: list[str], model, tflite_path: Path, x_test: np.
     from npubuild.tfenv import array_batches
 
     fp32 = model.predict(array_batches(x_test, 256), verbose=0).argmax(axis=1)
-    int8 = run_int8(tflite_path, x_test).argmax(axis=1)
+    int8 = int8_scores(tflite_path, x_test).argmax(axis=1)
     result = {
         "labels": list(labels),
         "test_clips": int(len(y_test)),

@@ -1,4 +1,4 @@
-"""Firmware kit on the smoke build: operators to register, golden vectors, TFLM parity."""
+"""Firmware files of the smoke build: operators to register, golden vectors, TFLM parity."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from npubuild.config import load_recipe
-from npubuild.firmware_kit import compiled_operators, quantized_test_inputs, run_litert, tflm_method
+from npubuild.golden_vectors import quantized_test_inputs, run_litert
+from npubuild.op_resolver import compiled_operators, tflm_method
 from npubuild.tflite_file import io_tensors
 
 from .conftest import TARGET
@@ -70,10 +71,8 @@ def test_tflm_gives_litert_bits_on_golden_vectors_and_the_test_split(smoke_proje
     assert [int(v) for v in first_output.replace("\n", " ").split(",") if v.strip()] == expected[0].tolist()
     picked = [int(i) for i in np.linspace(0, len(inputs) - 1, 3)]
     assert np.array_equal(got[picked], expected[picked])
-    # the whole split: one quantization step apart on rare outputs (TFLM's and TFLite's reference kernels
-    # round differently at some ties; smoke models: MobileNetV2 1 of 96 outputs, DS-CNN-L 3 of 576 with
-    # the batch normalization statistics of 9ab63b4, 0 before; default-profile models: 0 of 800 and 0 of
-    # 21,600 for the shipped ones, 2 of 21,600 for the DS-CNN-L shipped before 9ab63b4)
+    # the whole split: one quantization step apart on rare outputs at most (TFLM's and TFLite's reference
+    # kernels round differently at some ties, which a model's weights may or may not meet)
     diff = np.abs(got.astype(np.int16) - expected.astype(np.int16))
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.02, (int((diff > 0).sum()), diff.size)
 

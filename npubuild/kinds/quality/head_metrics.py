@@ -19,7 +19,8 @@ import numpy as np
 
 from npubuild.config import Recipe
 from npubuild.int8_runner import dequantize
-from npubuild.stages import say, write_json
+from npubuild.stages import write_json
+from npubuild.terminal import say
 
 
 def threshold_q(threshold: float, scale: float, zero_point: int) -> int:

@@ -57,7 +57,7 @@ def train_without(recipe: Recipe, profile, features: Path, engine: str, out_dir:
     write_json(out_dir / "scores.json", {"left_out": engine, "train_clips": int(len(rows)), "test": scores})
 
 
-def engine_out_stage(recipe: Recipe, profile: str, paths, log: Callable[[str], None] = print,
+def held_out_engine_stage(recipe: Recipe, profile: str, paths, log: Callable[[str], None] = print,
                      engine: str = LEFT_OUT):
     from npubuild.stages import Stage
 
@@ -70,5 +70,5 @@ def engine_out_stage(recipe: Recipe, profile: str, paths, log: Callable[[str], N
                 "learning_rate": prof.learning_rate},
         outputs=(scores_json(paths, engine), out_dir / "model.h5"), tools=("tensorflow", "tf-keras"),
         action=lambda: train_without(recipe, prof, paths.features, engine, out_dir),
-        code=("kinds.kws.engine_out",),
+        code=("kinds.kws.held_out_engine",),
     )

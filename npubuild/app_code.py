@@ -92,6 +92,11 @@ def app_context(context: dict) -> dict:
                              f"got {quality['input']['height']} x {quality['input']['width']}")
         extra["input_scale_literal"] = _f(context["input"].scale)
         extra["input_exact"] = quality["input"]["quantization"] == "q = pixel - 128"
+        views = [h.get("view", "whole") for h in quality["heads"]]
+        extra["detail"] = bool(quality["input"].get("detail_side")) and "detail" in views
+        if extra["detail"]:
+            extra["quality"] = {**quality, "head_view_indices": [int(v == "detail") for v in views],
+                                "detail_head_names": [h["name"] for h in quality["heads"] if h.get("view") == "detail"]}
     return {**context, **extra}
 
 

@@ -23,9 +23,44 @@ from npubuild.stages import tool_versions, write_json
 
 
 def _machine() -> dict:
-    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "machine": platform.machine(), "cpu_model": cpu_model(),
+            "vector_units": vector_units(), "python": platform.python_version(),
             "tools": tool_versions(("tensorflow", "tf-keras", "tensorflow-model-optimization", "ethos-u-vela",
                                     "ai-edge-litert"))}
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor: its name and, on x86, vendor, family, model and stepping from the first CPU of
+    /proc/cpuinfo (a virtual machine may show only "AMD EPYC"; the family tells Zen 4 from Zen 5);
+    elsewhere what `platform` says. Trained weights are byte-identical across x86 CPUs only where
+    TensorFlow's oneDNN kernels match (docs/reproducibility.md)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if not line.strip():
+                if fields:
+                    break  # the first processor is enough
+                continue
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = (fields.get("model name") or fields.get("Model") or fields.get("Processor") or platform.processor()
+            or platform.machine())
+    if "vendor_id" in fields and "cpu family" in fields:
+        return (f"{name} ({fields['vendor_id']} family {fields['cpu family']} model {fields.get('model', '?')} "
+                f"stepping {fields.get('stepping', '?')})")
+    return name
+
+
+def vector_units() -> list[str]:
+    """The vector instruction sets numpy found on this CPU (its dispatch targets): which kernels ran."""
+    try:
+        features = np._core._multiarray_umath.__cpu_features__
+    except AttributeError:
+        return []
+    wanted = ("AVX2", "FMA3", "AVX512F", "AVX512_SKX", "AVX512_ICL", "AVX512_SPR", "ASIMD", "SVE")
+    return [name for name in wanted if features.get(name)]
 
 
 def _cpu_jiffies(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:

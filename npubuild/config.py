@@ -397,6 +397,11 @@ class ImageSettings:
     height: int
     width: int
     alpha: float  # MobileNetV2 width multiplier
+    # How a photo reaches the model (`kinds/quality/views.py`): every head reads the whole view (the
+    # centre square at height x width); with detail_side > 0, the heads in detail_heads read the detail
+    # view instead (the centre square at detail_side x detail_side, its centre height x width pixels).
+    detail_side: int = 0
+    detail_heads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -588,6 +593,14 @@ def load_recipe(path: Path) -> Recipe:
                              f"centre-cropped to a square)")
         if not 0.0 < image.alpha <= 1.4:
             raise BuildError(f"{path}: field 'image.alpha' must be in (0, 1.4]")
+        if image.detail_side and image.detail_side < image.height:
+            raise BuildError(f"{path}: field 'image.detail_side' must be 0 (no detail view) or at least "
+                             f"'image.height' ({image.height})")
+        unknown_heads = [h for h in image.detail_heads if h not in labels]
+        if unknown_heads:
+            raise BuildError(f"{path}: field 'image.detail_heads' names {unknown_heads[0]!r}, not one of the heads")
+        if image.detail_heads and not image.detail_side:
+            raise BuildError(f"{path}: field 'image.detail_heads' needs 'image.detail_side'")
     detector = (_load_detector(path, subtables["detector"], frontend) if subtables["detector"] is not None
                 else None)
     mix = MixSettings()

@@ -28,6 +28,13 @@ from npubuild.kinds.kws.frontend import LOG_FLOOR, mfcc_batched, standardise
 from npubuild.kinds.kws.listen import Decider, StreamingMfcc, threshold_q
 from npubuild.kinds.quality.data import prepare
 from npubuild.kinds.quality.head_metrics import threshold_q as head_threshold_q
+from npubuild.kinds.quality.views import (
+    center_square,
+    crop_candidates,
+    detail_crop,
+    detail_square,
+    detail_view,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 KWS = load_recipe(ROOT / "models" / "kws.toml")
@@ -107,7 +114,8 @@ def kws_context(rng: np.random.Generator, settings: DetectorSettings | None = No
 
 
 def quality_context(rng: np.random.Generator) -> dict:
-    """The context for the quality model: heads in a shuffled output order, thresholds per head."""
+    """The context for the quality model: heads in a shuffled output order, thresholds per head, each
+    head reading the view the recipe gives it."""
     heads, size = list(QUALITY.heads), QUALITY.image.height
     order = [int(i) for i in rng.permutation(len(heads))]
     outs = [TensorInfo((1, 1), "int8", float(np.float32(1 / 256)), -128) for _ in heads]
@@ -117,11 +125,12 @@ def quality_context(rng: np.random.Generator) -> dict:
         meta_heads.append({"name": head, "output_index": order[i], "scale": outs[order[i]].scale,
                            "zero_point": outs[order[i]].zero_point, "threshold": threshold,
                            "threshold_q": head_threshold_q(threshold, outs[order[i]].scale,
-                                                           outs[order[i]].zero_point)})
+                                                           outs[order[i]].zero_point),
+                           "view": "detail" if head in QUALITY.image.detail_heads else "whole"})
     quality = {"model": "quality", "heads": meta_heads,
                "input": {"height": size, "width": size, "channels": 3, "layout": "HWC RGB",
                          "scale": 1 / 128, "zero_point": 0, "quantization": "q = pixel - 128",
-                         "resize": "centre square crop, then resize"},
+                         "resize": "centre square crop, then resize", "detail_side": QUALITY.image.detail_side},
                "head_macros": [m.upper() for m in unique_c_identifiers(heads)]}
     return {"name": "quality", "guard": "QUALITY", "symbol_base": "quality", "source_name": "quality_vela.tflite",
             "sha256": "0" * 64, "labels": heads, "input": TensorInfo((1, size, size, 3), "int8", 1 / 128, 0),
@@ -367,22 +376,30 @@ PREPROCESS_MAIN = """
     #include <stdio.h>
     #include <stdlib.h>
     #include "quality_preprocess.h"
-    /* argv: format (888, 565 or issues), width, height, stride; stdin: the frame; stdout: the int8 input */
+    /* argv: format (888, 565 or issues), width, height, stride, view (0 whole, 1 detail); stdin: the frame;
+     * stdout: the int8 input. Issues: rows of the whole view's and the detail view's outputs -> mask */
     static int8_t input[QUALITY_PREPROCESS_INPUT_SIZE];
     int main(int argc, char **argv) {
-        if (argc < 5) return 1;
+        if (argc < 6) return 1;
         long w = strtol(argv[2], NULL, 10), h = strtol(argv[3], NULL, 10), stride = strtol(argv[4], NULL, 10);
-        int format = atoi(argv[1]), status;
-        if (format == 0) { /* issues: rows of NUM_HEAD_OUTPUTS int8 -> mask */
-            int8_t q[QUALITY_NUM_HEAD_OUTPUTS];
-            while (fread(q, 1, sizeof q, stdin) == sizeof q) printf("%lu\\n", (unsigned long)quality_issues(q));
+        int format = atoi(argv[1]), detail = atoi(argv[5]), status;
+        if (format == 0) {
+            int8_t q[2][QUALITY_NUM_HEAD_OUTPUTS];
+            while (fread(q, 1, sizeof q, stdin) == sizeof q)
+                printf("%lu\\n", (unsigned long)quality_issues(q[0], q[1]));
             return 0;
         }
         size_t bytes = (size_t)stride * (size_t)h * (format == 888 ? 1u : 2u);
         void *frame = malloc(bytes);
         if (frame == NULL || fread(frame, 1, bytes, stdin) != bytes) return 2;
-        status = format == 888 ? quality_preprocess_rgb888(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input)
-                               : quality_preprocess_rgb565(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input);
+        if (detail)
+            status = format == 888
+                ? quality_preprocess_detail_rgb888(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input)
+                : quality_preprocess_detail_rgb565(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input);
+        else
+            status = format == 888
+                ? quality_preprocess_rgb888(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input)
+                : quality_preprocess_rgb565(frame, (int32_t)w, (int32_t)h, (int32_t)stride, input);
         if (status != QUALITY_PREPROCESS_OK) return 10 - status;
         fwrite(input, 1, sizeof input, stdout);
         free(frame);
@@ -418,7 +435,7 @@ def rgb565(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return packed, wide
 
 
-def run_preprocess(exe: Path, image: np.ndarray, fmt: int, pad: int = 0) -> np.ndarray:
+def run_preprocess(exe: Path, image: np.ndarray, fmt: int, pad: int = 0, detail: bool = False) -> np.ndarray:
     h, w = image.shape[:2]
     if fmt == 888:
         frame = np.zeros((h, w * 3 + pad), np.uint8)
@@ -428,8 +445,8 @@ def run_preprocess(exe: Path, image: np.ndarray, fmt: int, pad: int = 0) -> np.n
         frame = np.zeros((h, w + pad), "<u2")
         frame[:, :w] = image
         stride = w + pad
-    proc = subprocess.run([str(exe), str(fmt), str(w), str(h), str(stride)], input=frame.tobytes(),
-                          capture_output=True, check=True)
+    proc = subprocess.run([str(exe), str(fmt), str(w), str(h), str(stride), str(int(detail))],
+                          input=frame.tobytes(), capture_output=True, check=True)
     size = QUALITY.image.height
     return np.frombuffer(proc.stdout, np.int8).reshape(size, size, 3)
 
@@ -438,20 +455,29 @@ FRAME_SIZES = [(480, 640), (241, 333), (128, 128), (1080, 720), (97, 203), (64, 
 
 
 def test_preprocess_within_one_step_of_prepare(preprocess_program):
+    """Both views (`views.py`): the whole view as `data.prepare` makes it, the detail view as
+    `views.detail_view` (frames smaller and larger than the detail side, odd sizes, strides)."""
     exe, _ = preprocess_program
     rng = np.random.default_rng(7)
-    size = QUALITY.image.height
-    rows = []
+    size, detail_side = QUALITY.image.height, QUALITY.image.detail_side
+    assert detail_side > size  # the recipe has a detail view
+    rows, off_centre = [], 0
     for h, w in FRAME_SIZES:
         image = make_image(rng, h, w)
         packed, wide = rgb565(image)
+        n = detail_square(min(h, w), size, detail_side)
+        off_centre += detail_crop(center_square(image), n, size) != crop_candidates(n, size)[0]
         for fmt, frame, reference in ((888, image, image), (565, packed, wide)):
-            got = run_preprocess(exe, frame, fmt, pad=3 if (h + w) % 2 else 0)
-            expected = prepare(reference, size).astype(np.int16) - 128  # q = pixel - 128 (meta.h)
-            diff = np.abs(got.astype(np.int16) - expected)
-            rows.append({"frame": f"{w}x{h}", "format": f"RGB{fmt}", "equal_fraction": round(float((diff == 0).mean()), 6),
-                         "max_step_difference": int(diff.max()), "values_differing": int((diff > 0).sum())})
-            assert diff.max() <= 1, rows[-1]
+            for view in ("whole", "detail"):
+                got = run_preprocess(exe, frame, fmt, pad=3 if (h + w) % 2 else 0, detail=view == "detail")
+                host = prepare(reference, size) if view == "whole" else detail_view(reference, size, detail_side)
+                expected = host.astype(np.int16) - 128  # q = pixel - 128 (meta.h)
+                diff = np.abs(got.astype(np.int16) - expected)
+                rows.append({"frame": f"{w}x{h}", "format": f"RGB{fmt}", "view": view,
+                             "equal_fraction": round(float((diff == 0).mean()), 6),
+                             "max_step_difference": int(diff.max()), "values_differing": int((diff > 0).sum())})
+                assert diff.max() <= 1, rows[-1]
+    assert off_centre >= 2  # the C picked the same off-centre crops as the host (else the pixels differ)
     record("preprocess vs quality_data.prepare", frames=rows,
            values=len(rows) * size * size * 3, values_differing=sum(r["values_differing"] for r in rows),
            equal_fraction_min=min(r["equal_fraction"] for r in rows),
@@ -460,26 +486,29 @@ def test_preprocess_within_one_step_of_prepare(preprocess_program):
 
 def test_preprocess_rejects_bad_sizes(preprocess_program):
     exe, _ = preprocess_program
-    proc = subprocess.run([str(exe), "888", "0", "10", "0"], input=b"", capture_output=True)
-    assert proc.returncode == 11  # BAD_SIZE
-    proc = subprocess.run([str(exe), "888", "10", "10", "20"], input=bytes(200), capture_output=True)
-    assert proc.returncode == 11  # stride shorter than a row
+    for view in ("0", "1"):
+        proc = subprocess.run([str(exe), "888", "0", "10", "0", view], input=b"", capture_output=True)
+        assert proc.returncode == 11  # BAD_SIZE
+        proc = subprocess.run([str(exe), "888", "10", "10", "20", view], input=bytes(200), capture_output=True)
+        assert proc.returncode == 11  # stride shorter than a row
 
 
 def test_issues_are_the_heads_thresholds(preprocess_program):
     exe, context = preprocess_program
     rng = np.random.default_rng(8)
     heads = context["quality"]["heads"]
-    q = rng.integers(-128, 128, (4000, len(heads))).astype(np.int8)
-    q[:256, :] = np.arange(-128, 128)[:, None]  # every value on every output
+    assert {h["view"] for h in heads} == {"whole", "detail"}
+    q = rng.integers(-128, 128, (4000, 2, len(heads))).astype(np.int8)  # the whole view's outputs, the detail's
+    q[:256, :, :] = np.arange(-128, 128)[:, None, None]  # every value on every output
+    q[256:512, 1, :] = np.arange(127, -129, -1)[:, None]  # and against every other value of the other view
     stdin = q.tobytes()
-    got = [int(v) for v in subprocess.run([str(exe), "0", "0", "0", "0"], input=stdin, capture_output=True,
+    got = [int(v) for v in subprocess.run([str(exe), "0", "0", "0", "0", "0"], input=stdin, capture_output=True,
                                           check=True).stdout.split()]
     expected = []
-    for row in q:
+    for rows in q:
         mask = 0
         for i, head in enumerate(heads):
-            raw = row[head["output_index"]]
+            raw = rows[int(head["view"] == "detail"), head["output_index"]]
             fires = bool(dequantize(raw, head["scale"], head["zero_point"]) >= np.float32(head["threshold"]))
             assert fires == (int(raw) >= head["threshold_q"])  # the float and the int8 decision agree
             mask |= fires << i

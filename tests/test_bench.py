@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from npubuild.bench import CpuUse, run_benchmarks
+from npubuild.bench import CpuUse, cpu_model, run_benchmarks
 from npubuild.errors import BuildError
 from tests.conftest import make_project
 
@@ -53,6 +53,30 @@ def test_clean_build_bench_times_every_stage_and_keeps_other_parts(tmp_path):
     assert saved["training"]["digits"]["epochs"] == results["training"]["digits"]["epochs"]
     assert saved["vela_all_targets"]["models"] == ["digits"]
     assert saved["vela_all_targets"]["compilations"] == len(list((root / "targets").glob("*.toml")))
+    assert saved["machine"]["cpu_model"] == cpu_model() and saved["machine"]["cpu_model"]
+
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+stepping\t: 8
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: another CPU
+"""
+
+
+def test_cpu_model_names_the_processor_and_its_family(tmp_path):
+    """The machine record names the CPU (a virtual machine's name can be bare; the family tells more)."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(INTEL)
+    assert cpu_model(info) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (GenuineIntel family 6 model 143 stepping 8)"
+    info.write_text("Processor\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\n")
+    assert cpu_model(info) == "ARMv7 Processor rev 4 (v7l)"
+    assert cpu_model(tmp_path / "missing")  # no /proc/cpuinfo: what platform says
 
 
 def test_cpu_use_reads_busy_and_idle_ticks_per_bin(tmp_path):

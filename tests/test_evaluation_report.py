@@ -152,7 +152,8 @@ def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):
     rng = np.random.default_rng(0)
     rows = []
     for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 64, 3), dtype=np.uint8)).save(data / f"{i}.jpg")
+        shape = (600, 800, 3) if i == 7 else (40 + 8 * i, 64, 3)  # one large enough for a detail view of its own
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(data / f"{i}.jpg")
         rows.append(f"{i}.jpg,{i % 2},{int(i < 4)},0,{int(i > 5)}")
     (data / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     rows.append("broken.jpg,1,0,0,0")
@@ -168,6 +169,20 @@ def test_quality_on_a_labelled_folder_skips_bad_images(smoke_project, tmp_path):
     head = result["sets"]["folder"]["int8"]["per_head"]["too_dark"]
     assert head["positives"] == 4 and np.array(head["confusion"]).sum() == 8
     assert {"precision", "recall", "f1"} <= set(head)
+    # each head scored on the view it reads, as the predictor (and firmware) decide a photo
+    from npubuild.kinds.quality.predictor import ImageQualityPredictor
+
+    predictor = ImageQualityPredictor.create(
+        root / "build" / "smoke" / "quality" / "builtin" / "prune_cluster" / "quality_int8.tflite",
+        root / "firmware_assets" / TARGET / "quality" / "quality_meta.json")
+    found = [{name for name, _ in predictor.predict(np.asarray(Image.open(data / f"{i}.jpg").convert("RGB")))}
+             for i in range(8)]
+    for name, scored in result["sets"]["folder"]["int8"]["per_head"].items():
+        truth = [int(r.split(",")[1 + ["blurry", "too_dark", "too_bright", "noisy"].index(name)]) for r in rows[:8]]
+        confusion = np.zeros((2, 2), int)
+        for t, f in zip(truth, found, strict=True):
+            confusion[t, int(name in f)] += 1
+        assert confusion.tolist() == scored["confusion"], name
 
 
 def test_evaluate_errors_are_one_line(smoke_project, tmp_path):

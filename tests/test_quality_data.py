@@ -66,8 +66,8 @@ def test_blur_hidden_by_clipping_or_darkness_is_drawn_again(monkeypatch):
         (Shot("defocus", 3.0, 1, -3.5, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 1, "too_bright": 0, "noisy": 0}),
         (Shot("shake", 14.0, 1, 0.0, 0.0, 0.4, "srgb", 90), {"blurry": 1, "too_dark": 0, "too_bright": 0, "noisy": 0}),
     ])
-    monkeypatch.setattr(q, "draw_shot", lambda rng, style: next(draws))
-    textured = q.random_view(np.random.default_rng(1), q.natural_image("brick"), 64)
+    monkeypatch.setattr(q, "draw_shot", lambda rng, style, scale=1.0: next(draws))
+    textured = q.random_view(np.random.default_rng(1), (q.natural_image("brick"),), 64, detail_view=False)[0]
     _, labels, params = q.picture(np.random.default_rng(0), textured, TRAIN_CAMERA, HEADS)
     assert labels == [1, 0, 0, 0] and params[q.PARAMS.index("ev")] == 0.0  # the third draw: nothing hides it
     # a blur that keeps most of the fine detail (a flat scene has none to lose) is drawn again too
@@ -185,3 +185,40 @@ def test_base_images_through_the_build_and_refused_for_kws(tmp_path):
     with pytest.raises(BuildError, match=r"^--base-images: model kws \(keyword_spotting\) does not build"):
         build(root, model="kws", target=TARGET, profile="smoke", data_dir=BaseImagesDir(bases), dry_run=True,
               log=lines.append)
+
+
+def test_views_whole_and_detail():
+    """The whole view is the centre square at the model's size; the detail view the centre of the square
+    resized to min(detail_side, its side), never enlarged below the model's size."""
+    from npubuild.kinds.quality.views import crop_candidates, detail_square, detail_view, photo_views
+
+    assert [detail_square(s, 128, 512) for s in (64, 128, 300, 512, 3000)] == [128, 128, 300, 512, 512]
+    assert crop_candidates(512, 128) == [(192, 192), (64, 64), (64, 192), (64, 320), (192, 64), (192, 320),
+                                         (320, 64), (320, 192), (320, 320)]
+    assert crop_candidates(200, 128) == [(36, 36), (0, 0), (0, 36), (0, 72), (36, 0), (36, 72), (72, 0),
+                                         (72, 36), (72, 72)]
+    assert crop_candidates(128, 128) == [(0, 0)]
+    # a flat photo with one textured patch off the centre: the detail view is the crop that holds it
+    rng = np.random.default_rng(3)
+    photo = np.full((700, 1000, 3), 120, np.uint8)
+    photo[40:200, 190:360] = rng.integers(0, 256, (160, 170, 3), dtype=np.uint8)
+    square = photo[:, 150:850].astype(np.float32) / 255.0
+    expected = np.round(q.resize(square, 512, 512)[64:192, 64:192] * 255).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(detail_view(photo, 128, 512), expected)
+    flat = np.full((300, 200, 3), 90, np.uint8)  # no detail anywhere: the centre; short side 200: own pixels
+    assert np.array_equal(detail_view(flat, 128, 512), flat[50:250][36:164, 36:164])
+    views = photo_views(photo, 128, 512)
+    assert views.shape == (2, 128, 128, 3) and np.array_equal(views[0], q.prepare(photo, 128))
+    assert photo_views(photo, 128).shape == (1, 128, 128, 3)
+
+
+def test_labelled_folder_gives_both_views_with_a_detail_side(tmp_path):
+    from npubuild.kinds.quality.views import detail_view
+
+    write_folder(tmp_path, GOOD)
+    out = tmp_path / "features.npz"
+    q.build_from_dir(tmp_path, HEADS, 32, out, detail_side=48)
+    x, y = q.load_images(out, "train")
+    image = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert x.shape == (2, 32, 32, 3) and y.tolist() == [[1, 0, 0, 0]] * 2
+    assert np.array_equal(x[0], q.prepare(image, 32)) and np.array_equal(x[1], detail_view(image, 32, 48))

@@ -86,6 +86,20 @@ def test_predictor_takes_any_image_size(smoke_project):
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     assert [name for name, _ in found] == sorted((n for n in scores if scores[n] >= next(
         i.threshold for i in predictor.issues if i.name == n)), key=lambda n: -scores[n])
+    # two views (views.py): the blur head reads the detail view, the others the whole photo
+    from npubuild.int8_runner import Int8Runner
+    from npubuild.kinds.quality.views import detail_view
+
+    photo = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    views = predictor.views(photo)
+    assert views.shape == (2, 128, 128, 3)
+    assert np.array_equal(views[0], quality_data.prepare(photo, 128))
+    assert np.array_equal(views[1], detail_view(photo, 128, predictor.detail_side))
+    runner = Int8Runner(int8)
+    outputs = [runner.run((v.astype(np.int16) - 128).astype(np.int8)[None]) for v in views]
+    expected = [int(outputs[int(i.view == "detail")][i.output_index].reshape(-1)[0]) for i in predictor.issues]
+    assert predictor.raw(photo).tolist() == expected
+    assert [i.view for i in predictor.issues] == ["detail", "whole", "whole", "whole"]
 
 
 def test_quality_header_compiles_and_indexes_the_outputs(smoke_project, tmp_path):

@@ -6,14 +6,20 @@ Built-in dataset, deterministic for a seed:
   download), and skin-like textures generated here (tone, shading, mottling,
   pores, freckles, fine hairs). Each split has base images of its own: the
   photos are dealt to train/val/test, and textures come from disjoint seeds.
-- A sample: a random crop (with enough fine detail for blur to be visible),
-  flips and quarter turns, resized to the model's input, exposure normalised to
-  a well-lit mean; then photographed by a camera model in linear light
-  (`camera.py`): camera-shake or defocus blur, an exposure shift in stops with
-  clipping at sensor saturation, shot and read noise, a tone curve, 8 bits and
-  JPEG. Each issue's label comes from the physical parameter drawn, which avoids a
-  margin band between "clean" and "degraded" (the ranges below), so no label is a
-  coin toss; the parameters are kept per image (`p_<split>`) for per-band figures.
+- A sample: a view of a base as the model sees photos (`views.py`): a detail view
+  (a crop at 1-1.5 times the model's size: the photo's own pixels, as the blur
+  head sees a photo) or a whole view (60-100% of the base), with enough fine
+  detail for blur to be judged (`DETAIL_FLOOR`, for every label), flipped and
+  turned, exposure normalised to a well-lit mean; then photographed by a camera
+  model in linear light (`camera.py`) whose resolution (`camera.CAMERA_SIDES`)
+  sets the scale between its pixels and the view's: camera-shake or defocus
+  blur, an exposure shift in stops with clipping at sensor saturation, shot and
+  read noise, a tone curve, 8 bits and JPEG. Each issue's label comes from the
+  physical parameter drawn, which avoids a margin band between "clean" and
+  "degraded" (the ranges below), so no label is a coin toss; the parameters are
+  kept per image (`p_<split>`) for per-band figures.
+- Every number is computed the same way on every x86-64 CPU (`exact_math.py`), so
+  a seed gives the same bytes on any of them.
 - The camera-like test set (`test_cam`): the test split's bases through another
   camera (other tone curves, JPEG qualities and noise floor: `camera.TEST_CAMERA`).
 - `--base-images DIR`: the user's own clean photos replace the built-in bases
@@ -21,8 +27,8 @@ Built-in dataset, deterministic for a seed:
 
 Real data (`--data-dir DIR`): images plus `labels.csv` with a `file` column and
 one 0/1 column per head (an optional `split` column: train/val/test; otherwise
-files are split 70/15/15 by a hash of their name). Every image is centre-cropped
-to a square and resized to the model input (area averaging when shrinking).
+files are split 70/15/15 by a hash of their name). Every image gives the views
+its heads read (`views.py`), each a row with the image's labels.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from npubuild.errors import BuildError
+from npubuild.kinds.quality.views import photo_views, whole_view
 from npubuild.stages import atomic_output
 from npubuild.terminal import say
 
@@ -46,7 +53,17 @@ NATURAL = ("astronaut", "camera", "chelsea", "coffee", "rocket", "brick", "grass
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"train": 0.7, "val": 0.15, "test": 0.15}
 MIN_SIDE = 32  # smaller real images are rejected rather than upscaled beyond recognition
-BASE_SIDE = 288  # photos are scaled so their short side is at most this before cropping
+BASE_SIDE = 512  # photos are scaled so their short side is at most this before cropping
+# Views (see `random_view`): which share of them are detail views, how far a detail view's crop is
+# shrunk (1-1.5: the photo's own fine detail at the model's pixels), how much of the base a whole view
+# spans; a view with less fine detail than DETAIL_FLOOR (`_detail`: a flat patch, a microscope's soft
+# cell) is not used, as blur cannot be judged there (a sharp and a blurred copy look the same).
+P_DETAIL_VIEW = 0.65
+DETAIL_ZOOM = (1.0, 1.5)
+WHOLE_SHARE = (0.6, 1.0)
+DETAIL_FLOOR = 0.06
+DETAIL_ENOUGH = 0.1
+VIEW_TRIES = 4
 
 
 # --------------------------------------------------------------------------- base images
@@ -80,7 +97,7 @@ def natural_image(name: str) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+    from npubuild.kinds.quality.exact_math import gaussian_filter
 
     field = gaussian_filter(rng.standard_normal((size, size)), scale, mode="wrap")
     return field / (field.std() + 1e-8)
@@ -93,7 +110,8 @@ SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.90, 0.72, 0.60], [0.82, 0.62, 0.49
 
 def skin_texture(seed: int, size: int = 256) -> np.ndarray:
     """A skin-like texture: tone, shading, mottling, pores, freckles or moles, fine hairs."""
-    from scipy.ndimage import gaussian_filter
+    from npubuild.kinds.quality import exact_math
+    from npubuild.kinds.quality.exact_math import gaussian_filter
 
     rng = np.random.default_rng(seed)
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.92, 1.08, 3)
@@ -117,17 +135,19 @@ def skin_texture(seed: int, size: int = 256) -> np.ndarray:
         spots[rng.integers(0, size), rng.integers(0, size)] = rng.uniform(0.5, 1.0)
     spots = gaussian_filter(spots, rng.uniform(1.5, 4.0))
     if spots.max() > 0:
-        image *= (1.0 - 0.45 * spots / spots.max())[..., None] ** np.array([0.8, 1.0, 1.2], np.float32)
+        image *= exact_math.power((1.0 - 0.45 * spots / spots.max())[..., None],
+                                  np.array([0.8, 1.0, 1.2])).astype(np.float32)
     # fine hairs: thin dark curves
     hairs = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(0, 25))):
         y, x = rng.uniform(0, size, 2)
         angle, length = rng.uniform(0, np.pi), rng.uniform(15, 60)
         bend = rng.uniform(-0.02, 0.02)
-        for t in np.linspace(0, length, int(length * 2)):
-            a = angle + bend * t
-            yy, xx = int(y + t * np.sin(a)) % size, int(x + t * np.cos(a)) % size
-            hairs[yy, xx] = 1.0
+        t = np.linspace(0, length, int(length * 2))
+        a = angle + bend * t
+        yy = (y + t * exact_math.sin(a)).astype(np.int64) % size
+        xx = (x + t * exact_math.cos(a)).astype(np.int64) % size
+        hairs[yy, xx] = 1.0
     hairs = gaussian_filter(hairs, 0.5)
     image *= (1.0 - 0.6 * hairs / (hairs.max() + 1e-8))[..., None]
     # specular highlights
@@ -140,19 +160,11 @@ def skin_texture(seed: int, size: int = 256) -> np.ndarray:
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize float RGB; area averaging (anti-aliasing) when shrinking."""
-    from skimage.transform import resize as sk_resize
+    """Resize float RGB as skimage.transform.resize(order=1, mode="reflect") does, anti-aliasing
+    (a Gaussian) when shrinking; with the same bits on every CPU (`exact_math.resize`)."""
+    from npubuild.kinds.quality.exact_math import resize as exact_resize
 
-    shrinking = image.shape[0] > height or image.shape[1] > width
-    return sk_resize(image, (height, width), order=1, anti_aliasing=shrinking, preserve_range=True,
-                     mode="reflect").astype(np.float32)
-
-
-def center_square(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top:top + side, left:left + side]
+    return exact_resize(image, height, width)
 
 
 def _laplacian(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,25 +178,51 @@ def _detail(image: np.ndarray) -> float:
     return float(lap.std() / (grey.mean() + 0.05))
 
 
-def random_view(rng: np.random.Generator, base: np.ndarray, size: int) -> np.ndarray:
-    """A crop with fine detail, flipped / turned, at model resolution, exposure normalised."""
+def pyramid(base: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """The base, and its half-size copy when that is still larger than `size`: views spanning most of a
+    large base are cut from the half-size copy, four times less to filter (read-only arrays)."""
     h, w = base.shape[:2]
+    levels = [base]
+    if min(h, w) // 2 >= 2 * size:
+        half = resize(base, h // 2, w // 2)
+        half.flags.writeable = False
+        levels.append(half)
+    return tuple(levels)
+
+
+def crop_side(rng: np.random.Generator, short: int, size: int, detail_view: bool) -> int:
+    """The side of a view's crop in base pixels: a detail view (the blur head's: a centre crop of the photo
+    at `detail_side`) is cut at 1 to 1.5 times the model's size, a whole view (the photo's centre square
+    brought to the model's size) spans 60-100% of the base."""
+    if detail_view:
+        return int(min(short, size * rng.uniform(*DETAIL_ZOOM)))
+    return max(int(short * rng.uniform(*WHOLE_SHARE)), min(short, size))
+
+
+def random_view(rng: np.random.Generator, levels: tuple[np.ndarray, ...], size: int,
+                detail_view: bool) -> tuple[np.ndarray, float]:
+    """(view, its fine detail): a crop of the base, flipped / turned, at model resolution, exposure
+    normalised; of a few crops, the first with DETAIL_ENOUGH fine detail, or the most detailed."""
+    h, w = levels[0].shape[:2]
     best, best_detail = None, -1.0
-    for _ in range(6):
-        side = int(min(h, w) * rng.uniform(0.45, 1.0))
+    for _ in range(VIEW_TRIES):
+        side = crop_side(rng, min(h, w), size, detail_view)
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        view = resize(base[top:top + side, left:left + side], size, size)
+        level = len(levels) - 1 if side // 2 ** (len(levels) - 1) >= size else 0
+        k = 2 ** level
+        crop = levels[level][top // k:(top + side) // k, left // k:(left + side) // k]
+        view = resize(crop, size, size)
         detail = _detail(view)
         if detail > best_detail:
             best, best_detail = view, detail
-        if detail > 0.08:
+        if detail > DETAIL_ENOUGH:
             break
     view = best
     if rng.random() < 0.5:
         view = view[:, ::-1]
     view = np.rot90(view, int(rng.integers(4))).copy()
     luminance = float(view.mean())
-    return (view * (rng.uniform(0.38, 0.55) / max(luminance, 1e-3))).clip(0.0, 1.0)
+    return (view * (rng.uniform(0.38, 0.55) / max(luminance, 1e-3))).clip(0.0, 1.0), best_detail
 
 
 # --------------------------------------------------------------------------- degradations
@@ -192,31 +230,45 @@ def random_view(rng: np.random.Generator, base: np.ndarray, size: int) -> np.nda
 # Each head's label comes from a physical parameter of the shot (`camera.Shot`), drawn from a
 # degraded range or a clean range, never from the margin band between them:
 #   exposure, stops (EV): too dark -4.0 .. -1.5 | band | clean -0.5 .. +0.3 | band | too bright +0.7 .. +2.5
-#   blur (pixels at the model's resolution): shake trajectory length 4 .. 16 or defocus radius 1.8 .. 5
-#       is blurry; clean pictures have no blur or at most 1 px of shake / 0.6 px of defocus
+#   blur, in pixels of the model's view: shake trajectory length 4 .. 24 or defocus radius 1.8 .. 8
+#       is blurry; clean pictures have no blur or at most 1 px of shake / 0.6 px of defocus. The camera
+#       that took the picture (`camera.CAMERA_SIDES`: MCU sensors to 12 MP phones) sets the scale: a
+#       detail view shows the photo at min(detail_side, camera side) pixels, a whole view at the
+#       model's size, so the blur was view_scale times larger in the camera's own pixels (`p_<split>`
+#       keeps both), and the camera's own softness (0.3 .. 0.6 of its pixels) is that much smaller.
 #   noise (sigma at 18% grey, linear light): 0.035 .. 0.12 is noisy; clean is the camera's noise floor
 # A blurry draw that cannot show is not kept: the picture is drawn again when the blur keeps more than
 # BLUR_VISIBLE of the scene's fine detail (a short shake across a smooth patch), or another degradation
-# hides it (more than HIDDEN_CLIPPED of the pixels saturated, or -3 EV and darker).
+# hides it (more than HIDDEN_CLIPPED of the pixels saturated, -3 EV and darker, or noise above HIDDEN_NOISE,
+# the noisy head's level: grain that strong masks the edges blur softens, and a model trained
+# on both mixed called sharp noisy pictures blurry and missed blurred noisy ones).
 EV_DARK, EV_CLEAN, EV_BRIGHT = (-4.0, -1.5), (-0.5, 0.3), (0.7, 2.5)
-SHAKE_PX, DEFOCUS_PX = (4.0, 16.0), (1.8, 5.0)
+SHAKE_PX, DEFOCUS_PX = (4.0, 24.0), (1.8, 8.0)
 CLEAN_SHAKE_PX, CLEAN_DEFOCUS_PX = 1.0, 0.6
 NOISE_SIGMA = (0.035, 0.12)
 SOFTNESS = (0.3, 0.6)
 HIDDEN_CLIPPED = 0.5
 BLUR_VISIBLE = 0.5
 HIDDEN_DARK_EV = -3.0
+HIDDEN_NOISE = 0.035
 # How often each issue is present in the built-in data.
 P_BLUR, P_NOISE = 0.4, 0.4
 P_DARK, P_BRIGHT = 0.25, 0.25  # exposure is one of clean / dark / bright
 # Columns of the physical parameters kept per image (`p_<split>` in the data file).
-PARAMS = ("ev", "blur_px", "blur_kind", "noise")
+PARAMS = ("ev", "blur_px", "blur_kind", "noise", "camera_side", "view_scale")
 BLUR_KINDS = ("none", "shake", "defocus")
 SUPPORTED_HEADS = ("blurry", "too_dark", "too_bright", "noisy")
 
 
-def draw_shot(rng: np.random.Generator, style) -> tuple:
-    """(camera.Shot, {head: 0/1}) for one picture taken with `style` (a camera.CameraStyle)."""
+def view_scale(camera_side: int, detail_view: bool, detail_side: int, size: int) -> float:
+    """Pixels of the model's view per pixel of the camera's image: a detail view is the photo at
+    min(detail_side, its short side), a whole view its short side brought to the model's size."""
+    return min(detail_side, camera_side) / camera_side if detail_view else size / camera_side
+
+
+def draw_shot(rng: np.random.Generator, style, scale: float = 1.0) -> tuple:
+    """(camera.Shot, {head: 0/1}) for one picture taken with `style` (a camera.CameraStyle), seen at
+    `scale` view pixels per camera pixel (the blur is drawn in view pixels, the softness in camera pixels)."""
     from npubuild.kinds.quality.camera import Shot
 
     blurry = bool(rng.random() < P_BLUR)
@@ -231,7 +283,7 @@ def draw_shot(rng: np.random.Generator, style) -> tuple:
     ev = float(rng.uniform(*{"dark": EV_DARK, "bright": EV_BRIGHT, "clean": EV_CLEAN}[exposure]))
     noisy = bool(rng.random() < P_NOISE)
     noise = float(rng.uniform(*(NOISE_SIGMA if noisy else style.clean_noise)))
-    shot = Shot(kind, px, int(rng.integers(2**31)), ev, noise, float(rng.uniform(*SOFTNESS)),
+    shot = Shot(kind, px, int(rng.integers(2**31)), ev, noise, float(rng.uniform(*SOFTNESS)) * min(scale, 1.0),
                 str(style.tone_curves[int(rng.integers(len(style.tone_curves)))]),
                 int(rng.integers(style.jpeg_quality[0], style.jpeg_quality[1] + 1)))
     labels = {"blurry": int(blurry), "too_dark": int(exposure == "dark"), "too_bright": int(exposure == "bright"),
@@ -239,26 +291,28 @@ def draw_shot(rng: np.random.Generator, style) -> tuple:
     return shot, labels
 
 
-def shot_params(shot) -> list[float]:
-    return [shot.ev, shot.blur_px, float(BLUR_KINDS.index(shot.blur)), shot.noise]
+def shot_params(shot, camera_side: int = 0, scale: float = 1.0) -> list[float]:
+    return [shot.ev, shot.blur_px, float(BLUR_KINDS.index(shot.blur)), shot.noise, float(camera_side), scale]
 
 
-def picture(rng: np.random.Generator, scene: np.ndarray, style, heads: tuple[str, ...]):
-    """A labelled picture of `scene` (sRGB float): (uint8 image, labels per head, PARAMS values).
-    Draws again while a blurry draw cannot show (`BLUR_VISIBLE`, clipping, darkness)."""
+def picture(rng: np.random.Generator, scene: np.ndarray, style, heads: tuple[str, ...], camera_side: int = 0,
+            scale: float = 1.0):
+    """A labelled picture of `scene` (sRGB float) by a camera of `camera_side` pixels seen at `scale`
+    (`view_scale`): (uint8 image, labels per head, PARAMS values). Draws again while a blurry draw
+    cannot show (`BLUR_VISIBLE`, clipping, darkness)."""
     from npubuild.kinds.quality.camera import blur_linear, develop, to_linear
 
     linear = to_linear(scene)
     while True:
-        shot, labels = draw_shot(rng, style)
-        if labels["blurry"] and shot.ev <= HIDDEN_DARK_EV:
+        shot, labels = draw_shot(rng, style, scale)
+        if labels["blurry"] and (shot.ev <= HIDDEN_DARK_EV or shot.noise > HIDDEN_NOISE):
             continue
         blurred = blur_linear(linear, shot)  # the blur is computed once: for the check and the picture
         if labels["blurry"] and _detail_kept(linear, blurred, shot) > BLUR_VISIBLE:
             continue
         image, clipped = develop(rng, blurred, shot)
         if not (labels["blurry"] and clipped > HIDDEN_CLIPPED):
-            return image, [labels[h] for h in heads], shot_params(shot)
+            return image, [labels[h] for h in heads], shot_params(shot, camera_side, scale)
 
 
 def fine_detail(image: np.ndarray) -> float:
@@ -318,37 +372,56 @@ def bases_of(split: str) -> str:
     return "test" if split == "test_cam" else split
 
 
-def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from npubuild.kinds.quality.camera import TEST_CAMERA, TRAIN_CAMERA
+@lru_cache(maxsize=64)
+def _natural_levels(name: str, size: int) -> tuple[np.ndarray, ...]:
+    return pyramid(natural_image(name), size)
 
-    seed, split, chunk, count, size, heads, n_textures, base_files = args
+
+MAX_BASE_DRAWS = 20  # bases tried for a view with enough fine detail before the most detailed is taken
+
+
+def _make_chunk(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from npubuild.kinds.quality.camera import CAMERA_SIDES, TEST_CAMERA, TRAIN_CAMERA
+
+    seed, split, chunk, count, size, heads, n_textures, base_files, detail_side = args
     bases = bases_of(split)
     style = TEST_CAMERA if split == "test_cam" else TRAIN_CAMERA
     rng = np.random.default_rng([seed, BUILTIN_SPLITS.index(split), 11, chunk])
     if base_files is not None:  # the user's own photos (`--base-images`)
-        photos, seeds = [load_base(Path(f)) for f in base_files], []
+        photos, seeds = [pyramid(load_base(Path(f)), size) for f in base_files], []
     else:
-        photos = [natural_image(n) for n in split_bases(seed)[bases]]
+        photos = [_natural_levels(n, size) for n in split_bases(seed)[bases]]
         # each chunk draws its textures from the split's seeds (rendered on demand, then kept)
         seeds = texture_seeds(seed, bases, n_textures)
     x = np.empty((count, size, size, 3), np.uint8)
     y = np.empty((count, len(heads)), np.uint8)
     p = np.empty((count, len(PARAMS)), np.float32)
     for i in range(count):
-        if seeds and rng.random() < 0.5:
-            base = _texture(seeds[int(rng.integers(len(seeds)))])
-        else:
-            base = photos[int(rng.integers(len(photos)))]
-        x[i], y[i], p[i] = picture(rng, random_view(rng, base, size), style, heads)
+        detail_view = bool(rng.random() < P_DETAIL_VIEW)
+        best, best_detail = None, -1.0
+        for _ in range(MAX_BASE_DRAWS):  # a view with fine detail to judge blur by (DETAIL_FLOOR)
+            if seeds and rng.random() < 0.5:
+                levels = (_texture(seeds[int(rng.integers(len(seeds)))]),)
+            else:
+                levels = photos[int(rng.integers(len(photos)))]
+            view, detail = random_view(rng, levels, size, detail_view)
+            if detail > best_detail:
+                best, best_detail = view, detail
+            if detail >= DETAIL_FLOOR:
+                break
+        camera_side = int(CAMERA_SIDES[int(rng.integers(len(CAMERA_SIDES)))])
+        scale = view_scale(camera_side, detail_view, detail_side or size, size)
+        x[i], y[i], p[i] = picture(rng, best, style, heads, camera_side, scale)
     return x, y, p
 
 
 def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, ...],
-               workers: int = 1, base_files: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               workers: int = 1, base_files: list[str] | None = None,
+               detail_side: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(uint8 images, labels per head, PARAMS per image) of one split; `base_files`: the split's own
-    base photos instead of the built-in ones."""
+    base photos instead of the built-in ones; `detail_side`: the detail view's scale (0: the model's size)."""
     n_textures = max(4, count // 25)
-    jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures, base_files)
+    jobs = [(seed, split, c, min(CHUNK, count - c * CHUNK), size, heads, n_textures, base_files, detail_side)
             for c in range(-(-count // CHUNK))]
     from npubuild.terminal import Progress
 
@@ -374,7 +447,7 @@ def make_split(seed: int, split: str, count: int, size: int, heads: tuple[str, .
 
 
 def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], seed: int, out: Path,
-                  base_dir: Path | None = None) -> None:
+                  base_dir: Path | None = None, detail_side: int = 0) -> None:
     """The built-in dataset, or with `base_dir` the same degradations of the user's own photos."""
     unknown = [h for h in heads if h not in SUPPORTED_HEADS]
     if unknown:
@@ -389,7 +462,8 @@ def build_builtin(heads: tuple[str, ...], size: int, counts: dict[str, int], see
     for split in BUILTIN_SPLITS:
         count = counts[bases_of(split)]
         files = None if bases is None else bases[bases_of(split)]
-        x, y, p = make_split(seed, split, count, size, heads, workers=os.cpu_count() or 1, base_files=files)
+        x, y, p = make_split(seed, split, count, size, heads, workers=os.cpu_count() or 1, base_files=files,
+                             detail_side=detail_side)
         arrays[f"x_{split}"], arrays[f"y_{split}"], arrays[f"p_{split}"] = x, y, p
         rates = ", ".join(f"{h} {y[:, i].mean():.2f}" for i, h in enumerate(heads))
         say(f"  {split}: {len(x)} images ({rates})")
@@ -458,6 +532,12 @@ def _save(out: Path, heads: tuple[str, ...], arrays: dict[str, np.ndarray]) -> N
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 RGB at size x size: centre square crop, then resize."""
+    return prepare(read_photo(path), size)
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """An image file as float RGB in [0, 1] at its own size; one line naming the file when it is missing,
+    unreadable or smaller than MIN_SIDE."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -470,16 +550,12 @@ def read_image(path: Path, size: int) -> np.ndarray:
     if min(image.shape[:2]) < MIN_SIDE:
         raise BuildError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, smaller than "
                          f"{MIN_SIDE}x{MIN_SIDE}")
-    return prepare(image, size)
+    return image
 
 
 def prepare(image: np.ndarray, size: int) -> np.ndarray:
-    """The resize policy, shared with the predictor: centre square crop, resize, 8-bit RGB."""
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.round(resize(center_square(image[..., :3]), size, size) * 255.0).clip(0, 255).astype(np.uint8)
+    """The whole view (`views.whole_view`): centre square crop, resize, 8-bit RGB."""
+    return whole_view(image, size)
 
 
 def _split_of(name: str) -> str:
@@ -522,14 +598,18 @@ def read_labels(data_dir: Path, heads: tuple[str, ...],
     return out
 
 
-def build_from_dir(data_dir: Path, heads: tuple[str, ...], size: int, out: Path) -> None:
+def build_from_dir(data_dir: Path, heads: tuple[str, ...], size: int, out: Path, detail_side: int = 0) -> None:
+    """A labelled folder's splits. With `detail_side`, each photo gives two rows, its whole and its detail
+    view (`views.py`) with the photo's labels: the model learns each head on both, and reads each head on
+    the view the recipe gives it."""
     rows = read_labels(data_dir, heads)
     arrays = {}
     for split in SPLITS:
         mine = [(f, labels) for f, s, labels in rows if s == split]
-        arrays[f"x_{split}"] = np.stack([read_image(data_dir / f, size) for f, _ in mine])
-        arrays[f"y_{split}"] = np.array([labels for _, labels in mine], np.uint8)
-        say(f"  {split}: {len(mine)} images from {data_dir.name}/")
+        views = [photo_views(read_photo(data_dir / f), size, detail_side) for f, _ in mine]
+        arrays[f"x_{split}"] = np.concatenate(views)
+        arrays[f"y_{split}"] = np.array([labels for _, labels in mine for _ in range(len(views[0]))], np.uint8)
+        say(f"  {split}: {len(mine)} images from {data_dir.name}/" + (" (two views each)" if detail_side else ""))
     _save(out, heads, arrays)
 
 

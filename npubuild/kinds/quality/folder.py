@@ -1,5 +1,6 @@
 """`invoke evaluate` for image quality: a folder of images with a labels.csv, every file used or
-counted as skipped with its reason (unreadable or smaller than 32x32: skipped)."""
+counted as skipped with its reason (unreadable or smaller than 32x32: skipped). Each photo reaches the
+model as the predictor and firmware bring it (`views.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 from npubuild.config import Recipe
 from npubuild.errors import BuildError
 from npubuild.kinds.base import Folder, problem_of
-from npubuild.kinds.quality.data import read_image, read_labels, to_model_input
+from npubuild.kinds.quality.data import read_labels, read_photo, to_model_input
+from npubuild.kinds.quality.views import recipe_views
 
 
 def read_quality_folder(recipe: Recipe, data_dir: Path) -> Folder:
@@ -26,14 +28,15 @@ def read_quality_folder(recipe: Recipe, data_dir: Path) -> Folder:
     for name, _, row in rows:
         path = data_dir / name
         try:
-            images.append(read_image(path, recipe.image.height))
+            images.append(recipe_views(read_photo(path), recipe))
         except BuildError as e:
             folder.skip(problem_of(e, path), name)
             continue
         labels.append(row)
     if not images:
         raise BuildError(f"{data_dir / 'labels.csv'}: none of the listed images could be read")
-    folder.x = to_model_input(np.stack(images))
+    views = np.stack(images)  # [N, views, H, W, 3]: each head is scored on the view it reads
+    folder.x = to_model_input(views if views.shape[1] > 1 else views[:, 0])
     folder.y = np.array(labels, np.int64)
     folder.read = len(images)
     return folder

@@ -147,8 +147,8 @@ EV_BANDS = (("-4 .. -3 EV", -4.0, -3.0), ("-3 .. -2 EV", -3.0, -2.0), ("-2 .. -1
             ("+1.8 .. +2.5 EV", 1.8, 2.5))
 BLUR_BANDS = (("no blur / under 1 px", "clean", 0.0, 1.0), ("shake 4 .. 8 px", "shake", 4.0, 8.0),
               ("shake 8 .. 12 px", "shake", 8.0, 12.0), ("shake 12 .. 16 px", "shake", 12.0, 16.0),
-              ("defocus 1.8 .. 3 px", "defocus", 1.8, 3.0), ("defocus 3 .. 4 px", "defocus", 3.0, 4.0),
-              ("defocus 4 .. 5 px", "defocus", 4.0, 5.0))
+              ("shake 16 .. 24 px", "shake", 16.0, 24.0), ("defocus 1.8 .. 3 px", "defocus", 1.8, 3.0),
+              ("defocus 3 .. 5 px", "defocus", 3.0, 5.0), ("defocus 5 .. 8 px", "defocus", 5.0, 8.0))
 NOISE_BANDS = (("noise floor (clean)", 0.0, 0.0125), ("0.035 .. 0.06", 0.035, 0.06), ("0.06 .. 0.09", 0.06, 0.09),
                ("0.09 .. 0.12", 0.09, 0.12))
 

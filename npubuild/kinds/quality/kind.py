@@ -30,23 +30,49 @@ class ImageQuality(ModelKind):
 
         im = recipe.image
         params = {"recipe": recipe.name, "heads": recipe.heads, "size": [im.height, im.width], "seed": recipe.seed}
+        if im.detail_side:
+            params["detail_side"] = im.detail_side
         if data_dir is None or isinstance(data_dir, BaseImagesDir):
             counts = {"train": profile.train_images, "val": profile.val_images, "test": profile.test_images}
             params.update(counts=counts, source="builtin" if data_dir is None else "base_images")
             if data_dir is not None:
                 params["fingerprint"] = folder_fingerprint(data_dir)
             return DataPlan(params, ("scikit-image", "scipy", "numpy", "pillow"),
-                            lambda: data.build_builtin(recipe.heads, im.height, counts, recipe.seed, out, data_dir),
+                            lambda: data.build_builtin(recipe.heads, im.height, counts, recipe.seed, out, data_dir,
+                                                       detail_side=im.detail_side),
                             ("kinds.quality.data",))
         params.update(source="labels_csv", fingerprint=data.fingerprint(data_dir))
+        detail = im.detail_side if im.detail_heads else 0
         return DataPlan(params, ("pillow", "scikit-image", "numpy"),
-                        lambda: data.build_from_dir(data_dir, recipe.heads, im.height, out), ("kinds.quality.data",))
+                        lambda: data.build_from_dir(data_dir, recipe.heads, im.height, out, detail_side=detail),
+                        ("kinds.quality.data",))
 
     def load_split(self, recipe, features, split):
         from npubuild.kinds.quality.data import load_images, to_model_input
 
         images, labels = load_images(features, split)
         return to_model_input(images), labels.astype(np.float32)
+
+    def epoch_inputs(self, recipe, features, rows):
+        """Every epoch, each training image in one of its eight flips and quarter turns, drawn afresh: no
+        label changes with them (blur, exposure and noise have no direction the data prefers), and the
+        model sees eight times as many pictures for the cost of a copy."""
+        from npubuild.kinds.quality.data import load_images, to_model_input
+
+        images, _ = load_images(features, "train")
+        if rows is not None:
+            images = images[rows]
+
+        def draw(epoch, rng):
+            turn = rng.integers(8, size=len(images))
+            out = np.empty(images.shape, np.float32)
+            for t in range(8):
+                picked = turn == t
+                view = images[picked][:, :, ::-1] if t >= 4 else images[picked]
+                out[picked] = to_model_input(np.rot90(view, t % 4, axes=(1, 2)))
+            return out
+
+        return draw
 
     def representative(self, recipe, features, count, seed):
         """The training split's images, and a ramp covering every pixel value (the input range is the
@@ -114,13 +140,22 @@ class ImageQuality(ModelKind):
         return read_quality_folder(recipe, data_dir)
 
     def score(self, recipe, model, tflite, x, y, evaluation):
-        """Per head, at the thresholds the build chose on its validation split."""
+        """Per head, at the thresholds the build chose on its validation split. `x`: model inputs
+        [N, H, W, 3], or [N, views, H, W, 3] for photos (`views.py`: each head scored on its view)."""
         from npubuild.kinds.quality.head_metrics import fp32_scores, int8_head_scores, score_set
+        from npubuild.kinds.quality.views import head_views, per_head
 
         heads = list(recipe.heads)
-        int8, _ = int8_head_scores(tflite, x)
+        if x.ndim == 5:
+            index = head_views(recipe)
+            n, v = x.shape[:2]
+            flat = x.reshape(n * v, *x.shape[2:])
+            int8 = per_head(int8_head_scores(tflite, flat)[0].reshape(n, v, -1), index)
+            fp32 = per_head(fp32_scores(model, flat).reshape(n, v, -1), index)
+        else:
+            int8, fp32 = int8_head_scores(tflite, x)[0], fp32_scores(model, x)
         scored = {"count": int(len(y)),
-                  "fp32": score_set(heads, y, fp32_scores(model, x), evaluation["thresholds"]["fp32"]),
+                  "fp32": score_set(heads, y, fp32, evaluation["thresholds"]["fp32"]),
                   "int8": score_set(heads, y, int8, evaluation["thresholds"]["int8"])}
         for i, h in enumerate(heads):  # 2x2 per head: rows true (ok, issue), columns predicted
             pred = int8[:, i] >= np.float32(evaluation["thresholds"]["int8"][h])
@@ -186,18 +221,27 @@ def quality_metadata(recipe, int8: Path, evaluation: dict) -> dict:
 
     input_info, outputs = io_tensors(int8)
     order = output_order(int8)
+    from npubuild.kinds.quality.views import VIEWS, head_views, views_used
+
+    views = views_used(recipe)
     heads = []
-    for i, head in enumerate(recipe.heads):
+    for i, (head, view) in enumerate(zip(recipe.heads, head_views(recipe), strict=True)):
         out = outputs[order[i]]
         heads.append({"name": head, "output_index": order[i], "scale": out.scale, "zero_point": out.zero_point,
                       "threshold": evaluation["thresholds"]["int8"][head],
-                      "threshold_q": evaluation["threshold_q"][head]})
+                      "threshold_q": evaluation["threshold_q"][head], "view": VIEWS[view]})
     exact = input_info.scale == 1.0 / 128.0 and input_info.zero_point == 0
+    resize = "centre square crop, then resize to height x width (Gaussian anti-aliasing when shrinking)"
+    if len(views) > 1:
+        resize = (f"whole view: {resize}; detail view (heads {', '.join(recipe.image.detail_heads)}): centre square "
+                  f"resized to min({recipe.image.detail_side}, its side) (at least height), its centre "
+                  f"height x width")
     return {
         "model": recipe.name, "heads": heads,
         "input": {"height": recipe.image.height, "width": recipe.image.width, "channels": 3, "layout": "HWC RGB",
                   "scale": input_info.scale, "zero_point": input_info.zero_point,
                   "normalisation": "x = (pixel - 128) / 128",
                   "quantization": "q = pixel - 128" if exact else "q = round(x / scale) + zero_point",
-                  "resize": "centre square crop, then resize to height x width (area averaging when shrinking)"},
+                  "resize": resize, "views": list(views),
+                  "detail_side": recipe.image.detail_side if len(views) > 1 else 0},
     }

@@ -9,8 +9,8 @@ length (uint32) and the payload; every number little-endian, as the Cortex-M55 a
 |-----|-------------------------------------------------------|---------------------------------------------|
 | F   | int16 samples: one stream from a front-end reset      | per stride: row flag [, NUM_MFCC float32, ready flag [, int8 input]]; int64 window end |
 | D   | (int64 window end, NUM_LABELS int8) per model run      | (int32 label, int64 time, int32 sum) per detection; int32 -1; due flag of frames 0..399 |
-| P   | int32 format (888 or 565), width, height, stride; frame | int32 status [, int8 input]                |
-| I   | rows of NUM_HEAD_OUTPUTS int8                         | uint32 issues mask per row                  |
+| P   | int32 format (888 or 565; 1888 or 1565: detail view), width, height, stride; frame | int32 status [, int8 input] |
+| I   | rows of NUM_HEAD_OUTPUTS int8 (x2 with a detail view: whole, detail) | uint32 issues mask per row |
 
 Each answer starts with the request's operation and model bytes.
 """
@@ -47,10 +47,13 @@ def detector_request(model: int, window_ends: np.ndarray, outputs: np.ndarray) -
     return request("D", model, rows)
 
 
-def preprocess_request(model: int, frame: np.ndarray, fmt: int, width: int, height: int, stride: int) -> bytes:
-    """`frame`: uint8 rows of `stride` bytes (RGB888) or little-endian uint16 rows of `stride` pixels (RGB565)."""
+def preprocess_request(model: int, frame: np.ndarray, fmt: int, width: int, height: int, stride: int,
+                       detail: bool = False) -> bytes:
+    """`frame`: uint8 rows of `stride` bytes (RGB888) or little-endian uint16 rows of `stride` pixels (RGB565);
+    `detail`: the detail view instead of the whole view (a model whose blur heads read one)."""
     data = np.asarray(frame, np.uint8 if fmt == 888 else "<u2").tobytes()
-    return request("P", model, struct.pack("<4i", fmt, width, height, stride) + data)
+    code = fmt + 1000 if detail else fmt
+    return request("P", model, struct.pack("<4i", code, width, height, stride) + data)
 
 
 def issues_request(model: int, outputs: np.ndarray) -> bytes:

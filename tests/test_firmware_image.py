@@ -19,6 +19,7 @@ import pytest
 
 from npubuild import firmware_image, firmware_test
 from npubuild.config import DetectorSettings, load_target
+from npubuild.kinds.quality.views import detail_view, head_views, views_used
 
 from .conftest import ROOT, TARGET, make_project
 from .test_app_code import (
@@ -203,6 +204,8 @@ def test_application_code_on_cortex_m55_equals_the_host(smoke_project, tmp_path)
     sequences = output_sequences(rng, len(KWS.labels))
     every = settings.stride_ms * FE.sample_rate // (1000 * FE.stride_samples)
     frames = []
+    # frames fit the image's heap (DTCM, 512 KiB), so the detail view is a crop of the frame's own pixels
+    # here; its resize of squares over the detail side is checked on the host (test_app_code.py)
     for i, (h, w) in enumerate([(240, 320), (241, 333), (128, 128), (97, 203), (64, 64), (130, 129), (256, 380)]):
         image = make_image(rng, h, w)
         packed, wide = rgb565(image)
@@ -213,15 +216,17 @@ def test_application_code_on_cortex_m55_equals_the_host(smoke_project, tmp_path)
         r565[:, :w] = packed
         frames += [(f"{w}x{h} RGB888", image, rgb, 888, w, h, w * 3 + pad),
                    (f"{w}x{h} RGB565", wide, r565, 565, w, h, w + pad)]
-    head_rows = rng.integers(-128, 128, (2000, len(head_index))).astype(np.int8)
-    head_rows[:256] = np.arange(-128, 128)[:, None]
+    views = views_used(QUALITY)  # the whole view, and the detail view where the blur heads read one
+    view_of_head = head_views(QUALITY)
+    head_rows = rng.integers(-128, 128, (2000, len(views), len(head_index))).astype(np.int8)
+    head_rows[:256] = np.arange(-128, 128)[:, None, None]
     requests = b"".join(firmware_test.frontend_request(kws, s) for _, s in clips)
     requests += firmware_test.frontend_request(kws, stream)
     for q in sequences.values():
         ends = (np.arange(len(q)) * every + FE.num_frames - 1) * FE.stride_samples + FE.window_samples
         requests += firmware_test.detector_request(kws, ends, q)
-    requests += b"".join(firmware_test.preprocess_request(quality, f, fmt, w, h, stride)
-                         for _, _, f, fmt, w, h, stride in frames)
+    requests += b"".join(firmware_test.preprocess_request(quality, f, fmt, w, h, stride, detail=view == "detail")
+                         for _, _, f, fmt, w, h, stride in frames for view in views)
     requests += firmware_test.issues_request(quality, head_rows)
 
     elf = root / _link_report(root)["elf"]
@@ -229,7 +234,7 @@ def test_application_code_on_cortex_m55_equals_the_host(smoke_project, tmp_path)
     assert m55.exit_code == 0, m55.console
     host = firmware_test.run_program(_host_program(assets, tmp_path / "host_test"), requests)
     assert host.exit_code == 0, host.console
-    assert f"{len(clips) + 1 + len(sequences) + len(frames) + 1} requests answered" in m55.console
+    assert f"{len(clips) + 1 + len(sequences) + len(frames) * len(views) + 1} requests answered" in m55.console
     assert m55.responses == host.responses  # every byte: MFCC floats, int8 inputs, detections, pixels
     answers = firmware_test.Responses(m55.responses)
 
@@ -272,15 +277,18 @@ def test_application_code_on_cortex_m55_equals_the_host(smoke_project, tmp_path)
     # preprocessing: within one step of prepare(); the issues: the heads' int8 thresholds
     pixel_equal = pixel_total = pixel_step = 0
     for _, reference, *_ in frames:
-        status, got = answers.preprocess(quality, size * size * 3)
-        assert status == 0
-        diff = np.abs(got.astype(int) - (prepare(reference, size).reshape(-1).astype(int) - 128))
-        pixel_equal, pixel_total = pixel_equal + int((diff == 0).sum()), pixel_total + diff.size
-        pixel_step = max(pixel_step, int(diff.max()))
+        for view in views:
+            status, got = answers.preprocess(quality, size * size * 3)
+            assert status == 0
+            host = (prepare(reference, size) if view == "whole"
+                    else detail_view(reference, size, QUALITY.image.detail_side))
+            diff = np.abs(got.astype(int) - (host.reshape(-1).astype(int) - 128))
+            pixel_equal, pixel_total = pixel_equal + int((diff == 0).sum()), pixel_total + diff.size
+            pixel_step = max(pixel_step, int(diff.max()))
     assert pixel_step <= 1
     masks = answers.issues(quality, len(head_rows))
-    expected = [sum(1 << i for i, (o, t) in enumerate(zip(head_index, head_q, strict=True)) if row[o] >= t)
-                for row in head_rows]
+    expected = [sum(1 << i for i, (o, t, v) in enumerate(zip(head_index, head_q, view_of_head, strict=True))
+                    if row[v, o] >= t) for row in head_rows]
     assert masks.tolist() == expected
     assert answers.done()
     seconds = time.perf_counter() - start
@@ -293,7 +301,7 @@ def test_application_code_on_cortex_m55_equals_the_host(smoke_project, tmp_path)
                      round(window_equal / window_total, 6), "max_step": max_step,
                      "max_mfcc_abs_difference_to_python": worst_mfcc},
            detector={"sequences": len(sequences), "detections": detections, "identical_to_decider": True},
-           preprocess={"frames": len(frames), "values": pixel_total, "equal_to_prepare": round(pixel_equal / pixel_total, 6),
+           preprocess={"frames": len(frames), "views": list(views), "values": pixel_total, "equal_to_prepare": round(pixel_equal / pixel_total, 6),
                        "max_step": pixel_step},
            issues={"rows": len(head_rows), "identical": True})
 

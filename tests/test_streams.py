@@ -101,3 +101,31 @@ def test_folder_streams_name_a_folder_without_keywords(tmp_path: Path):
     (tmp_path / "_silence_").mkdir()
     with pytest.raises(BuildError, match=f"^{tmp_path}: no keyword clips"):
         real_streams.folder_streams(RECIPE, tmp_path)
+
+
+def test_detector_tunes_on_a_folders_own_noise_but_never_its_test_silence(tmp_path: Path):
+    """A --data-dir build's detector stage tunes on the folder's background recordings and its
+    non-test `_silence_/` clips (generated noise never sets the model off as real noise does);
+    a folder without any falls back to generated noise."""
+    from npubuild.kinds.kws.detector import tuning_noise
+    from npubuild.kinds.kws.recordings import background_noise
+
+    from .test_kws_data import write_wav
+
+    rng = np.random.default_rng(3)
+    write_wav(tmp_path / "_background_noise_" / "tap.wav", 0.1 * rng.standard_normal(3 * SR))
+    for name in ("a.wav", "b.wav", "held.wav"):
+        write_wav(tmp_path / "_silence_" / name, 0.05 * rng.standard_normal(SR))
+    write_wav(tmp_path / "_silence_" / "short.wav", 0.05 * rng.standard_normal(SR // 2))
+    (tmp_path / "testing_list.txt").write_text("_silence_/held.wav\n")
+    noise = background_noise(tmp_path, SR, SR)
+    assert [len(n) for n in noise] == [3 * SR, SR, SR]  # the recording, a and b: not the test clip, not the short one
+    assert all(abs(float(n.mean())) < 1e-6 for n in noise)
+
+    profile = RECIPE.profile("smoke")
+    segments, source = tuning_noise(RECIPE, profile, tmp_path)
+    assert source == f"background noise of {tmp_path.name} (3 recordings)"
+    assert sum(len(s) for s in segments) == pytest.approx(profile.detector_noise_seconds * SR, abs=SR)
+    empty = tmp_path / "empty"
+    (empty / "yes").mkdir(parents=True)
+    assert tuning_noise(RECIPE, profile, empty)[1] == tuning_noise(RECIPE, profile, None)[1] == "generated noise"

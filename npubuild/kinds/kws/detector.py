@@ -448,6 +448,25 @@ def tuning_clips(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tup
     return audio.astype(np.float32), [label for _, label in files], f"validation clips of {data_dir.name}"
 
 
+def tuning_noise(recipe: Recipe, profile: Profile, data_dir: Path | None) -> tuple[list[np.ndarray], str]:
+    """`profile.detector_noise_seconds` of noise in one-minute segments, and where it came from: a
+    folder's own background noise where it has some (`recordings.background_noise`: real noise sets off
+    a model that generated noise never does), else generated noise (`noise_segments`)."""
+    fe = recipe.frontend
+    rng = np.random.default_rng([recipe.seed, 7])
+    minutes = max(1, round(profile.detector_noise_seconds / 60))
+    seconds = profile.detector_noise_seconds / minutes
+    if data_dir is not None:
+        from npubuild.kinds.kws.recordings import background_noise
+        from npubuild.kinds.kws.streams import noise_bed
+
+        recorded = background_noise(data_dir, fe.sample_rate, fe.clip_samples)
+        if recorded:
+            return ([noise_bed(recorded, seconds, rng, fe.sample_rate, level_db=(-60.0, -20.0)) for _ in range(minutes)],
+                    f"background noise of {data_dir.name} ({len(recorded)} recordings)")
+    return noise_segments(rng, minutes, seconds, fe.sample_rate), "generated noise"
+
+
 def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, data_dir: Path | None, out: Path,
                   log: Callable[[str], None] | None = None) -> dict:
     """The build's detector stage: tune on validation speech in streams and on noise alone, write `out`
@@ -458,13 +477,11 @@ def tune_detector(recipe: Recipe, profile: Profile, int8: Path, features: Path, 
     clips, labels, source = tuning_clips(recipe, profile, data_dir)
     if not len(clips):
         raise BuildError(f"{data_dir or recipe.source}: no validation clips of the keywords to tune the detector on")
-    minutes = max(1, round(profile.detector_noise_seconds / 60))
-    noise = noise_segments(np.random.default_rng([recipe.seed, 7]), minutes, profile.detector_noise_seconds / minutes,
-                           fe.sample_rate)
+    noise, noise_from = tuning_noise(recipe, profile, data_dir)
     model = KwsModel.from_build(int8, features, recipe.labels)
     result = tune(model, fe, clips, labels, noise, grid=tuning_grid(recipe.detector),
                   false_alarm_limit=recipe.detector.false_alarm_limit_per_hour, seed=recipe.seed, log=log)
-    result.update(clips_from=source, fixed=recipe.detector.fixed)
+    result.update(clips_from=source, noise_from=noise_from, fixed=recipe.detector.fixed)
     write_json(out, result)
     c = result["chosen"]
     if log:

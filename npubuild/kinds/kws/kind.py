@@ -188,7 +188,7 @@ class KeywordSpotting(ModelKind):
             rate = "-" if c.get("detection_rate") is None else f"{100 * c['detection_rate']:.1f}%"
             lines += [f"Chosen by the build's detector stage on {sweep.get('clips_from')} "
                       f"({sweep.get('keyword_clips')} keyword clips in streams, {sweep.get('noise_seconds')} s of "
-                      f"noise): detection rate {rate}, {c.get('false_alarms_per_hour')} false alarms per hour "
+                      f"{sweep.get('noise_from', 'generated noise')}): detection rate {rate}, {c.get('false_alarms_per_hour')} false alarms per hour "
                       f"of noise, {c.get('wrong_word')} wrong-word detections. Rule: {sweep.get('rule')}"]
         return lines
 
@@ -238,5 +238,5 @@ def _sweep_summary(path: Path) -> dict | None:
         return None
     sweep = json.loads(path.read_text())
     keep = ("rule", "false_alarm_limit_per_hour", "keyword_clips", "unknown_clips", "keyword_stream_seconds",
-            "noise_seconds", "chosen", "grid", "fixed", "clips_from")
+            "noise_seconds", "chosen", "grid", "fixed", "clips_from", "noise_from")
     return {k: sweep[k] for k in keep if k in sweep}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npubuild.kinds.kws.streams import PACED_GAPS_S, compose, cut_to_speech, match_detections, sum_counts
+from npubuild.kinds.kws.streams import PACED_GAPS_S, compose, cut_to_speech, match_detections, noise_bed, sum_counts
 
 
 @dataclass
@@ -91,19 +91,6 @@ def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown
 
 
 # --------------------------------------------------------------------------- the real-stream benchmark
-
-
-def noise_bed(noise: Sequence[np.ndarray], seconds: float, rng: np.random.Generator, sample_rate: int,
-              level_db: tuple[float, float] = (-50.0, -20.0), piece_s: float = 10.0) -> np.ndarray:
-    """`seconds` of background noise: pieces of `piece_s` cut from random places of the recordings in
-    `noise` (tiled when shorter), each at an RMS level drawn from `level_db` dBFS."""
-    pieces, n = [], int(piece_s * sample_rate)
-    for _ in range(max(1, int(np.ceil(seconds / piece_s)))):
-        source = np.asarray(noise[int(rng.integers(len(noise)))], np.float64)
-        piece = np.resize(np.roll(source, -int(rng.integers(len(source)))), n)
-        piece = piece - piece.mean()
-        pieces.append(piece * 10 ** (rng.uniform(*level_db) / 20) / (np.sqrt(np.mean(piece**2)) + 1e-12))
-    return np.clip(np.concatenate(pieces)[:int(seconds * sample_rate)], -1.0, 1.0).astype(np.float32)
 
 
 def stream_benchmark(recipe, model, settings, stream_set: StreamSet, *, noise_seconds: float = 3600.0,

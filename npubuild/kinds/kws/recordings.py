@@ -289,6 +289,22 @@ def render_training(recipe: Recipe, audio: np.ndarray, labels: np.ndarray, noise
         return np.concatenate(pool.map(_render_chunk, chunks, chunksize=1), axis=1)
 
 
+def background_noise(data_dir: Path, sample_rate: int, clip_samples: int) -> list[np.ndarray]:
+    """A Speech Commands folder's own background noise for tuning the detector: every
+    `_background_noise_/` recording and the `_silence_/` clips outside the test split (`SplitRule`),
+    each at least `clip_samples` long, DC removed; empty when the folder has none."""
+    rule = SplitRule.for_folder(data_dir)
+    paths = sorted((data_dir / "_background_noise_").glob("*.wav"))
+    paths += [p for p in sorted((data_dir / "_silence_").glob("*.wav"))
+              if rule.split_of(f"_silence_/{p.name}") != "test"]
+    noise = []
+    for path in paths:
+        audio = read_wav(path, sample_rate)
+        if len(audio) >= clip_samples:
+            noise.append((audio - audio.mean()).astype(np.float32))
+    return noise
+
+
 def validation_files(recipe: Recipe, data_dir: Path, per_keyword: int, unknown: int) -> list[tuple[Path, int]]:
     """(file, label) of up to `per_keyword` validation clips of each keyword and `unknown` of other words
     (spread over the other words) from a Speech Commands folder's validation split (`SplitRule`)."""

@@ -205,9 +205,13 @@ def hold_for_tests(stage_name: str) -> None:
     """A hook for the reliability tests (unset in real use): with NPUBUILD_TEST_HOLD_STAGE naming this
     stage, write the file NPUBUILD_TEST_HOLD_FILE and wait for a signal, at the worst moment for a kill:
     the stage's outputs are written, its stamp is not. Tests then kill the build at a known point, on a
-    busy machine as on an idle one, instead of guessing how long a stage lasts."""
+    busy machine as on an idle one, instead of guessing how long a stage lasts. With
+    NPUBUILD_TEST_HOLD_ONCE set, only the first process to get there holds."""
     if os.environ.get("NPUBUILD_TEST_HOLD_STAGE") != stage_name:
         return
+    marker = Path(os.environ["NPUBUILD_TEST_HOLD_FILE"])
+    if os.environ.get("NPUBUILD_TEST_HOLD_ONCE") and marker.exists():
+        return  # held once already: a retry (Ray reruns a killed worker's chain) goes on
     import signal
     import threading
 
@@ -215,7 +219,6 @@ def hold_for_tests(stage_name: str) -> None:
         # Ctrl-C as on a terminal, even when the tests were started from a shell's background job
         # (which starts its children with SIGINT ignored)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    marker = Path(os.environ["NPUBUILD_TEST_HOLD_FILE"])
     marker.write_text(f"{os.getpid()}\n")
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:  # until the test's signal ends (or interrupts) the build

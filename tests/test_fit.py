@@ -205,7 +205,10 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
     from npubuild.pipeline import compare
 
     port = _free_port()
-    env = code_env()
+    hold = tmp_path / "held"
+    # the Ray workers hold once, in the killed run's first chain stage, for the test to kill them there
+    env = {**code_env(), "NPUBUILD_TEST_HOLD_STAGE": "convert digits ptq", "NPUBUILD_TEST_HOLD_FILE": str(hold),
+           "NPUBUILD_TEST_HOLD_ONCE": "1"}
     cli = [sys.executable, "-m", "ray.scripts.scripts"]
     common = ["--num-cpus=1", "--disable-usage-stats"]
     search = {**SEARCH, "techniques": ["ptq", "pcqat"]}  # pcqat: QAT's Keras file names its layers
@@ -214,6 +217,19 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
                         "--include-dashboard=false", *common], env=env, check=True, capture_output=True)
         subprocess.run([*cli, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", *common],
                        env=env, check=True, capture_output=True)
+        # a worker killed in the middle of a chain, its stage's outputs written and its stamp not: Ray
+        # retries the chain, and the unstamped stage reruns
+        killed_run = make_project(tmp_path / "killed", examples=True)
+        stop, killed = threading.Event(), []
+        killer = threading.Thread(target=_kill_the_held_worker, args=(hold, stop, killed), daemon=True)
+        killer.start()
+        try:
+            fit(killed_run, model="digits", target="corstone-300-u55-128", ray=f"127.0.0.1:{port}",
+                log=lambda line: None, **search)
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "no Ray worker held in the stage to be killed"
         on_ray = make_project(tmp_path / "ray", examples=True)
         start = time.perf_counter()
         remote = fit(on_ray, model="digits", target="corstone-300-u55-128", ray=f"127.0.0.1:{port}",
@@ -222,18 +238,6 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
         assert len(ray.nodes()) >= 2
         compare(on_ray, model="digits", targets="corstone-300-u55-128", profile="smoke",
                 techniques=["ptq", "pcqat"], run_models=compare_on_ray(f"127.0.0.1:{port}"), log=lambda line: None)
-        # a worker killed in the middle of a chain: Ray retries the chain, its unstamped stage reruns
-        killed_run = make_project(tmp_path / "killed", examples=True)
-        stop, killed = threading.Event(), []
-        killer = threading.Thread(target=_kill_a_running_chain, args=(stop, killed), daemon=True)
-        killer.start()
-        try:
-            fit(killed_run, model="digits", target="corstone-300-u55-128", ray=f"127.0.0.1:{port}",
-                log=lambda line: None, **search)
-        finally:
-            stop.set()
-            killer.join()
-        assert killed, "no worker was running a chain long enough to be killed"
     finally:
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
@@ -254,17 +258,12 @@ def test_fit_and_compare_on_a_local_ray_cluster_match_a_local_run(tmp_path):
                                                      if k.startswith("fit/")}
 
 
-def _kill_a_running_chain(stop: threading.Event, killed: list) -> None:
-    """SIGKILL the first Ray worker seen running a chain for two seconds (Ray names it ray::run_chain)."""
-    seen: dict[int, float] = {}
+def _kill_the_held_worker(hold: Path, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the Ray worker that holds in its stage (`stages.hold_for_tests` wrote its pid to `hold`)."""
     while not stop.is_set() and not killed:
-        for proc in Path("/proc").iterdir():
-            try:
-                running = proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::run_chain")
-            except OSError:
-                continue
-            if running and time.monotonic() - seen.setdefault(int(proc.name), time.monotonic()) > 2.0:
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
-                break
-        time.sleep(0.2)
+        text = hold.read_text() if hold.exists() else ""
+        if text.endswith("\n"):  # the pid is written whole
+            os.kill(int(text), signal.SIGKILL)
+            killed.append(int(text))
+            return
+        stop.wait(0.1)

@@ -6,8 +6,8 @@ Real recordings and photos vary; one bad file never stops an evaluation: it is s
 counted with its reason. Policies for keyword clips: stereo is averaged to mono, other sample
 rates are resampled to 16 kHz, the DC offset (the clip's mean) is removed, clips shorter than
 1 s are zero-padded and longer ones keep their loudest second; clipped recordings (more than
-0.1% of samples at full scale) are kept and counted. Images: centre square crop, resized (the
-build's policy); unreadable or smaller than 32x32: skipped.
+0.1% of samples at full scale) are kept and counted. Images: the views the model's heads read
+(`kinds/quality/views.py`, as the build makes them); unreadable or smaller than 32x32: skipped.
 """
 
 from __future__ import annotations

@@ -8,13 +8,19 @@ at the pace of commands (`streams.compose`), and over an hour of the folder's ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from npubuild.kinds.kws.streams import PACED_GAPS_S, compose, cut_to_speech, match_detections, noise_bed, sum_counts
+from npubuild.kinds.kws.streams import (
+    PACED_GAPS_S,
+    compose,
+    cut_to_speech,
+    match_detections,
+    noise_bed,
+    sum_counts,
+)
 
 
 @dataclass

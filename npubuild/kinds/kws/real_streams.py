@@ -43,7 +43,7 @@ def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown
     every `unknown_every` keywords. Noise: `_background_noise_/` files and `_silence_/` clips."""
     from npubuild.errors import BuildError
     from npubuild.kinds.kws.audio import fit_clip, read_wav
-    from npubuild.kinds.kws.recordings import speaker_id
+    from npubuild.kinds.kws.recordings import background_noise, speaker_id
 
     fe = recipe.frontend
     rng = np.random.default_rng(seed)
@@ -56,18 +56,16 @@ def folder_streams(recipe, data_dir: Path, *, words_per_stream: int = 6, unknown
 
     by_speaker: dict[str, list[tuple[Path, int]]] = {}
     unknown: list[Path] = []
-    noise: list[np.ndarray] = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         wavs = sorted(folder.glob("*.wav"))
         if folder.name in recipe.keywords:
             for path in wavs:
                 by_speaker.setdefault(speaker_id(path.name), []).append((path, recipe.labels.index(folder.name)))
-        elif folder.name in ("_silence_", "_background_noise_"):
-            noise += [a for a in (load(p) for p in wavs) if len(a) >= fe.clip_samples]
         elif not folder.name.startswith("_") or folder.name == "_unknown_":
             unknown += wavs
     if not by_speaker:
         raise BuildError(f"{data_dir}: no keyword clips (one folder per keyword: {', '.join(recipe.keywords)})")
+    noise = background_noise(data_dir, fe.sample_rate, fe.clip_samples, with_test=True)
     if not noise:
         raise BuildError(f"{data_dir}: no background noise (_background_noise_/ or _silence_/ clips of 1 s or more)")
     groups, pool = [], []

@@ -289,14 +289,16 @@ def render_training(recipe: Recipe, audio: np.ndarray, labels: np.ndarray, noise
         return np.concatenate(pool.map(_render_chunk, chunks, chunksize=1), axis=1)
 
 
-def background_noise(data_dir: Path, sample_rate: int, clip_samples: int) -> list[np.ndarray]:
-    """A Speech Commands folder's own background noise for tuning the detector: every
-    `_background_noise_/` recording and the `_silence_/` clips outside the test split (`SplitRule`),
-    each at least `clip_samples` long, DC removed; empty when the folder has none."""
+def background_noise(data_dir: Path, sample_rate: int, clip_samples: int, *,
+                     with_test: bool = False) -> list[np.ndarray]:
+    """A Speech Commands folder's own background noise: every `_background_noise_/` recording and the
+    `_silence_/` clips (those of the test split only `with_test`: the detector's tuning leaves them
+    out, a benchmark on the folder takes them), each at least `clip_samples` long, DC removed; empty
+    when the folder has none."""
     rule = SplitRule.for_folder(data_dir)
     paths = sorted((data_dir / "_background_noise_").glob("*.wav"))
     paths += [p for p in sorted((data_dir / "_silence_").glob("*.wav"))
-              if rule.split_of(f"_silence_/{p.name}") != "test"]
+              if with_test or rule.split_of(f"_silence_/{p.name}") != "test"]
     noise = []
     for path in paths:
         audio = read_wav(path, sample_rate)
